@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("halffull.controller.main", "run the LLMService operator against KUBECONFIG"),
     "dev": ("halffull.devcluster.main", "local control plane: up, down, env, demo"),
+    "router": ("halffull.router.main", "the SAL routing sidecar in front of the vLLM replicas"),
 }
 
 

@@ -1,0 +1,152 @@
+"""What the router checks in a request body, and how many prompt tokens it counts.
+
+The router validates only what it needs to route and to refuse early with a clear 4xx: the body
+is a JSON object; `prompt` (completions) or `messages` (chat) has the right shape; `max_tokens`,
+`stream` and `stream_options` have the right types. Every other field passes through untouched
+and the engine judges it (its 4xx comes back to the client as it is).
+
+Prompt tokens: token-id prompts are counted exactly. Text is estimated at one token per 4 UTF-8
+bytes (`estimate_text_tokens`; docs/router.md gives its measured error against real tokenizers).
+Chat adds 4 tokens per message for the role and template markers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+BYTES_PER_TOKEN = 4.0
+CHAT_TOKENS_PER_MESSAGE = 4
+
+
+class RequestError(Exception):
+    """A client error: status and a message that names the problem."""
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+
+class _StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    include_usage: bool | None = None
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stream: bool | None = False
+    stream_options: _StreamOptions | None = None
+
+
+class CompletionBody(_Body):
+    prompt: str | list[int] | list[str] | list[list[int]] = Field(min_length=1)
+
+
+class _TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    type: str
+    text: str | None = None
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    role: str = Field(min_length=1)
+    content: str | list[_TextPart] | None = None
+
+
+class ChatBody(_Body):
+    messages: list[_Message] = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    kind: Literal["completions", "chat"]
+    prompt_tokens: int
+    """All prompts of the request together (a batch of prompts goes to one replica)."""
+    exact: bool
+    """True when `prompt_tokens` is a count of token ids, False when estimated from text."""
+    longest_prompt_tokens: int
+    max_tokens: int | None
+    stream: bool
+
+
+def estimate_text_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text.encode("utf-8")) / BYTES_PER_TOKEN))
+
+
+def _describe(exc: ValidationError) -> tuple[str, str | None]:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "json_invalid":
+        return f"the body is not valid JSON: {first['msg']}", None
+    if not where:
+        return f"the body must be a JSON object ({first['msg']})", None
+    return f"invalid field '{where}': {first['msg']}", where
+
+
+def parse_request(
+    kind: Literal["completions", "chat"], body: bytes, max_model_len: int | None = None
+) -> ParsedRequest:
+    """Validate `body` and count its prompt tokens; raise `RequestError` (4xx) when it is bad."""
+    if not body:
+        raise RequestError(400, "the request body is empty; a JSON object is expected")
+    model: type[_Body] = CompletionBody if kind == "completions" else ChatBody
+    try:
+        parsed: Any = model.model_validate_json(body)
+    except ValidationError as exc:
+        message, param = _describe(exc)
+        raise RequestError(400, message, param) from None
+    lengths: list[int]
+    exact = True
+    if isinstance(parsed, CompletionBody):
+        prompt = parsed.prompt
+        if isinstance(prompt, str):
+            lengths, exact = [estimate_text_tokens(prompt)], False
+        elif all(isinstance(p, int) for p in prompt):
+            lengths = [len(prompt)]
+        elif all(isinstance(p, str) for p in prompt):
+            lengths, exact = [estimate_text_tokens(str(p)) for p in prompt], False
+        else:
+            lengths = [len(p) for p in prompt if isinstance(p, list)]
+            if any(n == 0 for n in lengths):
+                raise RequestError(
+                    400, "invalid field 'prompt': a token-id prompt is empty", "prompt"
+                )
+    else:
+        assert isinstance(parsed, ChatBody)
+        total = 0
+        for m in parsed.messages:
+            content = m.content
+            if isinstance(content, str):
+                total += estimate_text_tokens(content)
+            elif content is not None:
+                total += sum(estimate_text_tokens(p.text) for p in content if p.text)
+            total += CHAT_TOKENS_PER_MESSAGE
+        lengths, exact = [total], False
+    max_tokens = (
+        parsed.max_tokens if parsed.max_tokens is not None else parsed.max_completion_tokens
+    )
+    longest = max(lengths)
+    if exact and max_model_len is not None and longest + (max_tokens or 0) > max_model_len:
+        raise RequestError(
+            400,
+            f"the prompt is {longest} tokens and max_tokens is {max_tokens or 0}: together more "
+            f"than the model's maximum context length of {max_model_len} tokens",
+            "prompt",
+        )
+    return ParsedRequest(
+        kind=kind,
+        prompt_tokens=sum(lengths),
+        exact=exact,
+        longest_prompt_tokens=longest,
+        max_tokens=max_tokens,
+        stream=parsed.stream is True,
+    )
