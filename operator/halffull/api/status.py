@@ -1,0 +1,163 @@
+"""The LLMService status, decided by small pure functions from what the operator observed.
+
+Conditions follow the Kubernetes convention: a list keyed by `type`, CamelCase `reason`, and a
+`lastTransitionTime` that moves only when `status` changes, so a status computed twice from the
+same observations is identical and is never written twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
+CONDITION_TYPES = (READY, PROGRESSING, DEGRADED)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """What a Deployment reports, reduced to what readiness needs."""
+
+    desired: int
+    replicas: int = 0
+    ready: int = 0
+    updated: int = 0
+    up_to_date_generation: bool = True
+    stalled_message: str | None = None  # ProgressDeadlineExceeded or ReplicaFailure
+
+    @classmethod
+    def from_deployment(cls, dep: Mapping[str, Any] | None, desired: int) -> Rollout | None:
+        if dep is None:
+            return None
+        st = dep.get("status") or {}
+        stalled = None
+        for cond in st.get("conditions") or []:
+            if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+                stalled = cond.get("message") or "replica failure"
+            if cond.get("type") == "Progressing" and cond.get("reason") == (
+                "ProgressDeadlineExceeded"
+            ):
+                stalled = cond.get("message") or "progress deadline exceeded"
+        return cls(
+            desired=desired,
+            replicas=int(st.get("replicas") or 0),
+            ready=int(st.get("readyReplicas") or 0),
+            updated=int(st.get("updatedReplicas") or 0),
+            up_to_date_generation=int(st.get("observedGeneration") or 0)
+            >= int(dep["metadata"].get("generation") or 0),
+            stalled_message=stalled,
+        )
+
+    @property
+    def complete(self) -> bool:
+        return (
+            self.up_to_date_generation
+            and self.updated >= self.desired
+            and self.ready >= self.desired
+            and self.replicas == self.desired
+        )
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything the status is computed from."""
+
+    generation: int
+    desired_replicas: int
+    router_enabled: bool
+    engine: Rollout | None
+    router: Rollout | None
+    problems: Sequence[str] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str
+    reason: str
+    message: str
+
+
+def degraded(obs: Observed) -> Verdict:
+    if obs.problems:
+        return Verdict("True", "InvalidSpec", "; ".join(obs.problems))
+    for name, rollout in (("engine", obs.engine), ("router", obs.router)):
+        if rollout is not None and rollout.stalled_message:
+            return Verdict("True", "RolloutStalled", f"{name}: {rollout.stalled_message}")
+    return Verdict("False", "AsExpected", "no problem found")
+
+
+def progressing(obs: Observed) -> Verdict:
+    if obs.problems:
+        return Verdict("False", "InvalidSpec", "the spec must be fixed first")
+    waiting = []
+    for name, rollout in (("engine", obs.engine), ("router", obs.router)):
+        if name == "router" and not obs.router_enabled:
+            continue
+        if rollout is None:
+            waiting.append(f"{name} Deployment not created yet")
+        elif not rollout.complete:
+            waiting.append(f"{name} {rollout.ready}/{rollout.desired} ready")
+    if waiting:
+        return Verdict("True", "RollingOut", ", ".join(waiting))
+    return Verdict("False", "Complete", "all replicas are up to date and ready")
+
+
+def ready(obs: Observed) -> Verdict:
+    engine_ready = obs.engine.ready if obs.engine else 0
+    router_ready = obs.router.ready if obs.router else 0
+    if obs.problems and engine_ready == 0:
+        return Verdict("False", "InvalidSpec", "the spec must be fixed first")
+    if obs.desired_replicas == 0:
+        return Verdict("False", "ScaledToZero", "spec.replicas is 0")
+    if engine_ready == 0:
+        return Verdict("False", "NoEngineReady", f"0/{obs.desired_replicas} engine replicas ready")
+    if obs.router_enabled and router_ready == 0:
+        return Verdict("False", "RouterNotReady", "no router replica is ready")
+    return Verdict(
+        "True", "Serving", f"{engine_ready}/{obs.desired_replicas} engine replicas ready"
+    )
+
+
+def set_condition(
+    current: Sequence[Mapping[str, Any]], ctype: str, verdict: Verdict, generation: int, now: str
+) -> dict[str, Any]:
+    previous = next((c for c in current if c.get("type") == ctype), None)
+    moved = previous is None or previous.get("status") != verdict.status
+    when = now if moved or previous is None else previous.get("lastTransitionTime", now)
+    return {
+        "type": ctype,
+        "status": verdict.status,
+        "reason": verdict.reason,
+        "message": verdict.message,
+        "lastTransitionTime": when,
+        "observedGeneration": generation,
+    }
+
+
+def conditions(
+    current: Sequence[Mapping[str, Any]], obs: Observed, now: str
+) -> list[dict[str, Any]]:
+    verdicts = {READY: ready(obs), PROGRESSING: progressing(obs), DEGRADED: degraded(obs)}
+    return [set_condition(current, t, verdicts[t], obs.generation, now) for t in CONDITION_TYPES]
+
+
+def compute_status(
+    current: Mapping[str, Any], obs: Observed, selector: str, url: str, now: str
+) -> dict[str, Any]:
+    """The full status to write. Equal inputs give an equal result, whatever `now` is, as long as
+    no condition changes its status."""
+    out: dict[str, Any] = dict(current)  # keep fields other loops own (e.g. endpoints)
+    out.update(
+        {
+            "observedGeneration": obs.generation,
+            "replicas": obs.engine.replicas if obs.engine else 0,
+            "readyReplicas": obs.engine.ready if obs.engine else 0,
+            "selector": selector,
+            "url": url,
+            "conditions": conditions(current.get("conditions") or [], obs, now),
+            **obs.extra,
+        }
+    )
+    return out

@@ -1,0 +1,150 @@
+"""`halffull operator`: run the LLMService operator.
+
+Against the cluster in KUBECONFIG (or in-cluster credentials). With no cluster configured at all,
+it starts the local control plane (see `halffull.devcluster`), applies the packaged example and
+runs against that, so a first run shows the whole loop on a laptop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import kopf
+from kubernetes import client, config
+from prometheus_client import start_http_server
+
+from halffull.builders.children import Defaults
+from halffull.controller.handlers import Operator
+from halffull.controller.kube import Kube
+from halffull.controller.reconcile import Reconciler
+
+log = logging.getLogger("halffull.operator")
+
+DEFAULT_ENGINE_IMAGE = "ghcr.io/halffull/vllm-larry:0.1.0"
+DEFAULT_ROUTER_IMAGE = "ghcr.io/halffull/router:0.1.0"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    env = os.environ.get
+    p.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    p.add_argument(
+        "--engine-image",
+        default=env("HALFFULL_ENGINE_IMAGE", DEFAULT_ENGINE_IMAGE),
+        help="default LARRY-enabled vLLM image for engines",
+    )
+    p.add_argument(
+        "--router-image",
+        default=env("HALFFULL_ROUTER_IMAGE", DEFAULT_ROUTER_IMAGE),
+        help="default image for the routing sidecar",
+    )
+    p.add_argument("--cluster-domain", default=env("HALFFULL_CLUSTER_DOMAIN", "cluster.local"))
+    p.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=60.0,
+        help="period of the full level-based pass over all LLMServices",
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=8080, help="Prometheus metrics port (0 disables)"
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=8081,
+        help="liveness endpoint port, /healthz (0 disables)",
+    )
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="start the local control plane even if a cluster is configured",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="work directory of the local control plane (default: a temp dir)",
+    )
+    p.add_argument("--verbose", "-v", action="store_true")  # fmt: skip
+
+
+def cluster_configured() -> bool:
+    return bool(
+        os.environ.get("KUBECONFIG")
+        or os.environ.get("KUBERNETES_SERVICE_HOST")
+        or (Path.home() / ".kube" / "config").exists()
+    )
+
+
+def load_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config(os.environ.get("KUBECONFIG"))
+
+
+def run_operator(args: argparse.Namespace) -> int:
+    api = load_client()
+    defaults = Defaults(args.engine_image, args.router_image, args.cluster_domain)
+    operator = Operator(Reconciler(Kube(api), defaults), args.resync_seconds)
+    registry = kopf.OperatorRegistry()
+    operator.register(registry)
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            standalone=True,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            liveness_endpoint=liveness,
+        )
+    )
+    return 0
+
+
+def run_local(args: argparse.Namespace) -> int:
+    from halffull.devcluster.local import LocalCluster, packaged
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="halffull-local-"))
+    log.info("no cluster configured: starting the local control plane in %s", workdir)
+    with LocalCluster(workdir) as cluster:
+        os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+        subprocess.run(
+            ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "apply", "-n", "default",
+             "-f", str(packaged("example.yaml"))],
+            check=True,
+        )  # fmt: skip
+        log.info(
+            "local cluster up; try:\n  export KUBECONFIG=%s\n  kubectl get llms,deploy,svc,cm,pods",
+            cluster.kubeconfig,
+        )
+        try:
+            return run_operator(args)
+        except KeyboardInterrupt:
+            return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        logging.getLogger("kopf").setLevel(logging.WARNING)
+    if args.local or not cluster_configured():
+        return run_local(args)
+    return run_operator(args)
