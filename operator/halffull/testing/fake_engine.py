@@ -8,7 +8,8 @@ It speaks what the router needs of vLLM 0.32: `POST /v1/completions` and `/v1/ch
 counters and the TTFT / end-to-end / queue-time histograms.
 
 Service time follows the model's token load (`engine_model.StepCosts`), times `time_scale`;
-`extra_latency_s` adds a fixed delay before a request reaches the scheduler. Text prompts count
+`extra_latency_s` adds a fixed delay before a request reaches the scheduler; `serve_metrics=False`
+makes /metrics answer 503 (an engine whose stats cannot be read). Text prompts count
 one token per 4 UTF-8 bytes (rounded up); token-id prompts count exactly.
 
 In tests: `async with FakeEngine(...) as engine: engine.url`. As a process:
@@ -134,8 +135,10 @@ class FakeEngine:
         extra_latency_s: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
+        serve_metrics: bool = True,
     ) -> None:
         self.model = model
+        self.serve_metrics = serve_metrics
         self.engine = EngineModel(shape=shape or EngineShape(), costs=costs or StepCosts())
         self.time_scale = time_scale
         self.extra_latency_s = extra_latency_s
@@ -262,6 +265,8 @@ class FakeEngine:
         return web.Response(status=200)
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if not self.serve_metrics:  # stands for an engine whose stats cannot be read
+            return web.Response(status=503, text="metrics disabled")
         return web.Response(
             body=generate_latest(self.registry), content_type="text/plain", charset="utf-8"
         )

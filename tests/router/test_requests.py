@@ -1,0 +1,77 @@
+"""Request validation and prompt-token counting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from halffull.router.requests import RequestError, estimate_text_tokens, parse_request
+
+
+def body(obj: object) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def test_token_ids_are_counted_exactly() -> None:
+    p = parse_request("completions", body({"prompt": list(range(37)), "max_tokens": 5}))
+    assert (p.prompt_tokens, p.exact, p.max_tokens, p.stream) == (37, True, 5, False)
+
+
+def test_batch_of_token_prompts_sums() -> None:
+    p = parse_request("completions", body({"prompt": [[1, 2, 3], [4] * 10], "stream": True}))
+    assert (p.prompt_tokens, p.longest_prompt_tokens, p.exact, p.stream) == (13, 10, True, True)
+
+
+def test_text_is_estimated_at_four_bytes_per_token() -> None:
+    p = parse_request("completions", body({"prompt": "x" * 400}))
+    assert (p.prompt_tokens, p.exact) == (100, False)
+    assert estimate_text_tokens("é") == 1  # 2 bytes, rounded up
+
+
+def test_chat_counts_contents_and_per_message_overhead() -> None:
+    msgs = [
+        {"role": "system", "content": "a" * 40},
+        {"role": "user", "content": [{"type": "text", "text": "b" * 80}]},
+    ]
+    p = parse_request("chat", body({"messages": msgs, "max_completion_tokens": 9}))
+    assert (p.prompt_tokens, p.exact, p.max_tokens) == (10 + 4 + 20 + 4, False, 9)
+
+
+def test_too_long_token_prompt_is_refused_with_its_numbers() -> None:
+    with pytest.raises(RequestError) as err:
+        parse_request("completions", body({"prompt": [1] * 500, "max_tokens": 20}), 512)
+    assert err.value.status == 400 and "500" in err.value.message and "512" in err.value.message
+    # exactly at the limit is fine
+    parse_request("completions", body({"prompt": [1] * 492, "max_tokens": 20}), 512)
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "needle"),
+    [
+        ("completions", b"", "empty"),
+        ("completions", b"{", "not valid JSON"),
+        ("completions", b"[1, 2]", "JSON object"),
+        ("completions", body({}), "prompt"),
+        ("completions", body({"prompt": []}), "prompt"),
+        ("completions", body({"prompt": ""}), "prompt"),
+        ("completions", body({"prompt": [1, "a"]}), "prompt"),
+        ("completions", body({"prompt": [[1], []]}), "prompt"),
+        ("completions", body({"prompt": 5}), "prompt"),
+        ("completions", body({"prompt": "x", "max_tokens": 0}), "max_tokens"),
+        ("completions", body({"prompt": "x", "max_tokens": 1.5}), "max_tokens"),
+        ("completions", body({"prompt": "x", "max_tokens": "3"}), "max_tokens"),
+        ("completions", body({"prompt": "x", "stream": "yes"}), "stream"),
+        ("completions", body({"prompt": "x", "stream_options": []}), "stream_options"),
+        ("completions", body({"prompt": "x", "model": 3}), "model"),
+        ("chat", body({"messages": []}), "messages"),
+        ("chat", body({"messages": [{"content": "hi"}]}), "role"),
+        ("chat", body({"messages": [{"role": "user", "content": 7}]}), "content"),
+        ("chat", body({"prompt": "x"}), "messages"),
+    ],
+)
+def test_malformed_bodies_name_the_problem(kind: str, raw: bytes, needle: str) -> None:
+    with pytest.raises(RequestError) as err:
+        parse_request(kind, raw)  # type: ignore[arg-type]
+    assert err.value.status == 400
+    assert needle in err.value.message
