@@ -88,6 +88,12 @@ class KubeletStandIn:
                     allow_watch_bookmarks=True,
                 ):
                     obj = event["object"]
+                    if event["type"] == "ERROR":  # e.g. 410 Gone: list again
+                        rv = ""
+                        break
+                    if event["type"] == "BOOKMARK":
+                        rv = obj["metadata"]["resourceVersion"]
+                        continue
                     rv = obj.metadata.resource_version
                     if event["type"] in ("ADDED", "MODIFIED"):
                         self._handle(obj)

@@ -1,0 +1,170 @@
+"""Shared fixtures: the Kubernetes cluster the cluster tests run against, and helpers to drive it.
+
+Cluster tests use the cluster in KUBECONFIG when it is set (a user's own cluster), otherwise the
+local control plane (real etcd, kube-apiserver and kube-controller-manager, started once per
+session). Each test gets a fresh namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CRD = ROOT / "crds" / "llmservices.serving.halffull.dev.yaml"
+T = TypeVar("T")
+
+
+def wait_for(
+    fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = ""
+) -> T:
+    """Poll until `fn` returns something truthy; return it. Fails the test on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except Exception as exc:  # the condition may raise until it holds
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last  # type: ignore[no-any-return]
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s waiting for {what or fn}: last={last!r}")
+
+
+class Cluster:
+    def __init__(self, kubeconfig: Path, workdir: Path, local: bool) -> None:
+        self.kubeconfig = kubeconfig
+        self.workdir = workdir
+        self.local = local  # True: our control plane with the kubelet stand-in
+
+    def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
+        cmd = ["kubectl", "--kubeconfig", str(self.kubeconfig),
+               "--cache-dir", str(self.workdir / "kubectl-cache"), *args]  # fmt: skip
+        proc = subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout if proc.returncode == 0 else proc.stderr
+
+    def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = ["kubectl", "--kubeconfig", str(self.kubeconfig),
+               "--cache-dir", str(self.workdir / "kubectl-cache"), *args]  # fmt: skip
+        return subprocess.run(cmd, input=stdin, capture_output=True, text=True)
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        proc = self.run("get", kind, name, "-n", namespace, "-o", "json")
+        if proc.returncode != 0:
+            if "NotFound" in proc.stderr:
+                return None
+            raise RuntimeError(proc.stderr)
+        return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    workdir = tmp_path_factory.mktemp("cluster")
+    if os.environ.get("KUBECONFIG"):
+        c = Cluster(Path(os.environ["KUBECONFIG"]), workdir, local=False)
+        c.kubectl("apply", "-f", str(CRD))
+        c.kubectl("wait", "--for=condition=Established", "crd/llmservices.serving.halffull.dev")
+        yield c
+        return
+    from halffull.devcluster.local import LocalCluster
+
+    local = LocalCluster(workdir / "control-plane")
+    local.start()
+    try:
+        yield Cluster(local.kubeconfig, workdir, local=True)
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    wait_for(
+        lambda: cluster.run("get", "serviceaccount", "default", "-n", name).returncode == 0,
+        what="default ServiceAccount",
+    )
+    yield name
+    cluster.run("delete", "namespace", name, "--wait=false")
+
+
+def free_port() -> int:
+    from halffull.devcluster.controlplane import free_port as fp
+
+    return fp()
+
+
+class OperatorProcess:
+    """`halffull operator` as its own process, as it runs in a pod."""
+
+    def __init__(self, cluster: Cluster, namespace: str, log: Path) -> None:
+        self.cluster, self.namespace, self.log_path = cluster, namespace, log
+        self.metrics_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
+        cmd = [sys.executable, "-m", "halffull.cli", "operator", "-n", self.namespace,
+               "--metrics-port", str(self.metrics_port), "--health-port", str(free_port()),
+               "--resync-seconds", "5", "--engine-image", "example.invalid/vllm-larry:test",
+               "--router-image", "example.invalid/router:test"]  # fmt: skip
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.metrics() is not None, what="operator metrics endpoint")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def metrics(self) -> dict[str, float] | None:
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
+            ) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}"] = s.value
+        return out
+
+    def writes(self) -> float:
+        m = self.metrics() or {}
+        return sum(v for k, v in m.items() if k.startswith("halffull_operator_api_writes_total{"))
+
+    def reconciles(self) -> float:
+        m = self.metrics() or {}
+        return sum(v for k, v in m.items() if k.startswith("halffull_operator_reconciles_total{"))
+
+
+@pytest.fixture
+def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster, namespace, tmp_path / "operator.log")
+    op.start()
+    yield op
+    op.stop()
