@@ -60,6 +60,16 @@ class Cluster:
                "--cache-dir", str(self.workdir / "kubectl-cache"), *args]  # fmt: skip
         return subprocess.run(cmd, input=stdin, capture_output=True, text=True)
 
+    def apply(self, namespace: str, body: str) -> str:
+        return self.kubectl("apply", "-n", namespace, "-f", "-", stdin=body)
+
+    def patch(
+        self, kind: str, name: str, namespace: str, patch: object, type_: str = "merge"
+    ) -> str:
+        return self.kubectl(
+            "patch", kind, name, "-n", namespace, "--type", type_, "-p", json.dumps(patch)
+        )
+
     def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         proc = self.run("get", kind, name, "-n", namespace, "-o", "json")
         if proc.returncode != 0:

@@ -56,23 +56,31 @@ def test_crd_columns_and_explain(cluster: Cluster, namespace: str) -> None:
     )
     out = cluster.kubectl("get", "llms", "-n", namespace)
     header = out.splitlines()[0].split()
-    assert header == ["NAME", "MODEL", "DESIRED", "READY", "SCHEDULER", "ALPHA", "ROUTER",
-                      "STATUS", "AGE"]  # fmt: skip
+    assert header == [
+        "NAME",
+        "MODEL",
+        "DESIRED",
+        "READY",
+        "SCHEDULER",
+        "ALPHA",
+        "ROUTER",
+        "STATUS",
+        "AGE",
+    ]
     # no operator runs here: Ready and Status are still empty and print as blanks
     row = out.splitlines()[1].split()
     assert row[:6] == ["llama-8b", "meta-llama/Llama-3.1-8B-Instruct", "4", "larry", "0.5", "sal"]
     explain = cluster.kubectl("explain", "llmservice.spec.scheduler.alpha")
     assert "weight of waiting time" in explain
     # the short name works too, and server-side dry run of the other example passes
-    cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f",
-                    str(ROOT / "examples" / "llmservice-basic.yaml"))  # fmt: skip
+    basic = ROOT / "examples" / "llmservice-basic.yaml"
+    cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(basic))
 
 
 def test_children_created_with_expected_content_and_collected(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-",
-                    stdin=manifest("svc-a", replicas=2, engine={"gpus": 2, "maxNumSeqs": 64}))  # fmt: skip
+    cluster.apply(namespace, manifest("svc-a", replicas=2, engine={"gpus": 2, "maxNumSeqs": 64}))
     objs = all_children(cluster, namespace, "svc-a")
     llms = cluster.get("llms", "svc-a", namespace)
     assert llms is not None
@@ -104,14 +112,13 @@ def test_children_created_with_expected_content_and_collected(
 def test_alpha_patch_changes_only_the_configmap(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=manifest("svc-b"))
+    cluster.apply(namespace, manifest("svc-b"))
     all_children(cluster, namespace, "svc-b")
     before = cluster.get("deployment", "svc-b-engine", namespace)
     router_before = cluster.get("deployment", "svc-b-router", namespace)
     assert before is not None and router_before is not None
     patch = {"spec": {"scheduler": {"alpha": 0.25, "policy": "fcfs"}, "router": {"beta": 3.5}}}
-    cluster.kubectl("patch", "llms", "svc-b", "-n", namespace, "--type", "merge", "-p",
-                    json.dumps(patch))  # fmt: skip
+    cluster.patch("llms", "svc-b", namespace, patch)
 
     def tuned() -> bool:
         cm = cluster.get("configmap", "svc-b-scheduler", namespace)
@@ -144,7 +151,7 @@ def test_alpha_patch_changes_only_the_configmap(
 def test_scale_subresource_reaches_engine_deployment(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=manifest("svc-c"))
+    cluster.apply(namespace, manifest("svc-c"))
     all_children(cluster, namespace, "svc-c")
     cluster.kubectl("scale", "llms/svc-c", "--replicas=3", "-n", namespace)
     wait_for(
@@ -159,7 +166,7 @@ def test_scale_subresource_reaches_engine_deployment(
             "get",
             "--raw",
             f"/apis/serving.halffull.dev/v1alpha1/namespaces/{namespace}/llmservices/svc-c/scale",
-        )  # fmt: skip
+        )
     )
     assert scale["spec"]["replicas"] == 3
     assert "app.kubernetes.io/component=engine" in scale["status"]["selector"]
@@ -168,7 +175,7 @@ def test_scale_subresource_reaches_engine_deployment(
 def test_child_deleted_or_edited_by_hand_is_restored(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=manifest("svc-d"))
+    cluster.apply(namespace, manifest("svc-d"))
     objs = all_children(cluster, namespace, "svc-d")
     old_uid = objs["configmap/svc-d-scheduler"]["metadata"]["uid"]
     cluster.kubectl("delete", "configmap", "svc-d-scheduler", "-n", namespace)
@@ -182,10 +189,10 @@ def test_child_deleted_or_edited_by_hand_is_restored(
     )
     assert json.loads(restored["data"]["scheduler.json"])["policy"] == "larry"
 
-    cluster.kubectl("patch", "deployment", "svc-d-engine", "-n", namespace, "--type", "json",
-                    "-p", json.dumps([{"op": "replace", "path": "/spec/replicas", "value": 7}]))  # fmt: skip
-    cluster.kubectl("patch", "configmap", "svc-d-scheduler", "-n", namespace, "--type", "merge",
-                    "-p", json.dumps({"data": {"scheduler.json": '{"policy":"fcfs"}'}}))  # fmt: skip
+    edit = [{"op": "replace", "path": "/spec/replicas", "value": 7}]
+    cluster.patch("deployment", "svc-d-engine", namespace, edit, type_="json")
+    edit_cm = {"data": {"scheduler.json": '{"policy":"fcfs"}'}}
+    cluster.patch("configmap", "svc-d-scheduler", namespace, edit_cm)
     wait_for(
         lambda: (
             (cluster.get("deployment", "svc-d-engine", namespace) or {})["spec"]["replicas"] == 1
@@ -209,7 +216,7 @@ def test_restart_writes_nothing(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
     for name in ("svc-e", "svc-f"):
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=manifest(name, replicas=2))
+        cluster.apply(namespace, manifest(name, replicas=2))
     for name in ("svc-e", "svc-f"):
         all_children(cluster, namespace, name)
         wait_for(
@@ -222,8 +229,11 @@ def test_restart_writes_nothing(
         )
     # let the rollout settle: the status stops changing
     settle_reconciles = operator.reconciles()
-    wait_for(lambda: operator.reconciles() > settle_reconciles + 2, timeout=30,
-             what="a few more reconciles (resync every 5 s)")  # fmt: skip
+    wait_for(
+        lambda: operator.reconciles() > settle_reconciles + 2,
+        timeout=30,
+        what="a few more reconciles (resync every 5 s)",
+    )
     before = {n: versions(all_children(cluster, namespace, n)) for n in ("svc-e", "svc-f")}
     status_before = {
         n: (cluster.get("llms", n, namespace) or {})["metadata"]["resourceVersion"]
@@ -247,7 +257,7 @@ def test_ready_condition_when_pods_run(
 ) -> None:
     if not cluster.local:
         pytest.skip("needs the kubelet stand-in: a real cluster cannot pull the test images")
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=manifest("svc-g", replicas=2))
+    cluster.apply(namespace, manifest("svc-g", replicas=2))
 
     def ready() -> dict[str, Any] | None:
         obj = cluster.get("llms", "svc-g", namespace) or {}
@@ -265,16 +275,16 @@ def test_ready_condition_when_pods_run(
     assert router_cm is not None
     endpoints = json.loads(router_cm["data"]["router.json"])["endpoints"]
     assert len(endpoints) == 2 and all(e["url"].startswith("http://127.") for e in endpoints)
-    events = cluster.kubectl("get", "events", "-n", namespace,
-                             "--field-selector", "involvedObject.name=svc-g")  # fmt: skip
+    events = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=svc-g"
+    )
     assert "Serving" in events
 
 
 def test_invalid_combination_gets_degraded_not_a_crash_loop(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-",
-                    stdin=manifest("svc-h", engine={"extraArgs": ["--port=9999"]}))  # fmt: skip
+    cluster.apply(namespace, manifest("svc-h", engine={"extraArgs": ["--port=9999"]}))
 
     def degraded() -> dict[str, Any] | None:
         obj = cluster.get("llms", "svc-h", namespace) or {}
@@ -286,8 +296,8 @@ def test_invalid_combination_gets_degraded_not_a_crash_loop(
     assert "spec.engine.extraArgs[0]" in cond["message"] and "--port" in cond["message"]
     assert cluster.get("deployment", "svc-h-engine", namespace) is None
     # fixing the spec clears the condition and creates the children
-    cluster.kubectl("patch", "llms", "svc-h", "-n", namespace, "--type", "merge",
-                    "-p", json.dumps({"spec": {"engine": {"extraArgs": ["--enable-prefix-caching"]}}}))  # fmt: skip
+    fixed = {"spec": {"engine": {"extraArgs": ["--enable-prefix-caching"]}}}
+    cluster.patch("llms", "svc-h", namespace, fixed)
     all_children(cluster, namespace, "svc-h")
     wait_for(lambda: degraded() is None, what="Degraded cleared")
     assert operator.proc is not None and operator.proc.poll() is None
