@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class ConfigWatcher:
         self._next_check = float("-inf")
         self.reloads = 0
         self.errors = 0
+        self._lock = threading.Lock()
 
     @classmethod
     def from_env(cls) -> ConfigWatcher:
@@ -113,11 +115,15 @@ class ConfigWatcher:
         return self._config
 
     def current(self) -> SchedulerConfig:
-        """The parameters in force, after a check of the file if one is due."""
-        now = self._clock()
-        if now >= self._next_check:
-            self._next_check = now + self.interval
-            self.poll()
+        """The parameters in force, after a check of the file if one is due.
+
+        Safe to call from several threads: a check is done by one of them at a time."""
+        if self._clock() >= self._next_check:
+            with self._lock:
+                now = self._clock()
+                if now >= self._next_check:
+                    self._next_check = now + self.interval
+                    self.poll()
         return self._config
 
     def poll(self) -> Change:

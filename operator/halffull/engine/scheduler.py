@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -34,7 +35,9 @@ from halffull.policy.larry import KVCapacity, WaitingRequest, order
 logger = logging.getLogger("halffull.engine")
 
 STATS_INTERVAL_S = 0.05
-"""Minimum seconds between updates of the SAL gauges (the router polls about every 100 ms)."""
+"""Seconds between updates of the gauges by the plugin's thread (the router polls about every
+100 ms). The thread also checks the parameter file while the engine is idle, when vLLM does not
+call `schedule()` at all."""
 
 
 def _ensure_log_handler() -> None:
@@ -75,11 +78,11 @@ class LarryScheduler(Scheduler):
                 "LARRY stays off (use the default --scheduling-policy fcfs)",
                 self.scheduler_config.policy,
             )
-        self._larry_next_stats = 0.0
         self._larry_reloads_seen = 0
         self._larry_errors_seen = 0
         config = self._larry_watcher.current()
         self._sync_config_metrics()
+        threading.Thread(target=self._larry_background, name="halffull-larry", daemon=True).start()
         self._larry_metrics.kv_capacity_tokens.set(
             self._larry_capacity.num_blocks * self._larry_capacity.block_size
         )
@@ -96,19 +99,10 @@ class LarryScheduler(Scheduler):
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         self._larry_reorder()
-        output = super().schedule(*args, **kwargs)
-        now = time.monotonic()
-        if now >= self._larry_next_stats:
-            self._larry_next_stats = now + STATS_INTERVAL_S
-            self._update_engine_metrics()
-        return output
+        return super().schedule(*args, **kwargs)
 
     def _larry_reorder(self) -> None:
         config = self._larry_watcher.current()
-        if self._larry_watcher.reloads != self._larry_reloads_seen or (
-            self._larry_watcher.errors != self._larry_errors_seen
-        ):
-            self._sync_config_metrics()
         waiting = self.waiting
         if config.policy == "fcfs" or len(waiting) < 2 or not isinstance(waiting, deque):
             return
@@ -129,8 +123,19 @@ class LarryScheduler(Scheduler):
             alpha=config.alpha,
         )
         if any(i != pos for pos, i in enumerate(admission)):
-            waiting.clear()
-            waiting.extend(requests[i] for i in admission)
+            # A new queue object, swapped in whole: the plugin's thread may be reading the old one.
+            self.waiting = type(waiting)(requests[i] for i in admission)
+
+    def _larry_background(self) -> None:
+        while True:
+            time.sleep(STATS_INTERVAL_S)
+            try:
+                self._larry_watcher.current()
+                self._sync_config_metrics()
+                self._update_engine_metrics()
+            except Exception:  # never let a reporting bug take the engine down
+                logger.exception("halffull scheduler: metrics update failed")
+                time.sleep(10 * STATS_INTERVAL_S)
 
     def _sync_config_metrics(self) -> None:
         watcher, metrics = self._larry_watcher, self._larry_metrics
@@ -146,10 +151,11 @@ class LarryScheduler(Scheduler):
         free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
         metrics.free_kv_tokens.set(free_blocks * self._larry_capacity.block_size)
         pending = 0
+        # list() copies each container in one C call, safe against the scheduling thread.
         for queue in (self.waiting, self.kv_holding_waiting):
-            for r in queue:  # a preempted request recomputes its output tokens too
+            for r in list(queue):  # a preempted request recomputes its output tokens too
                 pending += max(r.num_tokens - r.num_computed_tokens, 0)
-        for r in self.running:
+        for r in list(self.running):
             pending += max(r.num_prompt_tokens - r.num_computed_tokens, 0)
         metrics.waiting_prefill_tokens.set(pending)
 
