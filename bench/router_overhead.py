@@ -52,7 +52,7 @@ class Proc:
 
 @contextlib.contextmanager
 def started(name: str, cmd: list[str], url: str, health: str) -> Iterator[Proc]:
-    log = open(f"/tmp/bench-{name}-{os.getpid()}.log", "wb")  # noqa: SIM115
+    log = Path(f"/tmp/bench-{name}-{os.getpid()}.log").open("wb")  # noqa: SIM115
     popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
@@ -173,40 +173,78 @@ def main() -> int:
     engine_port, router_port, admin_port, vr_port = (free_port() for _ in range(4))
     engine_url = f"http://127.0.0.1:{engine_port}"
     with contextlib.ExitStack() as stack:
-        engine = stack.enter_context(started(
-            "engine",
-            [PY, "-m", "halffull.testing.fake_engine", "--port", str(engine_port)],
-            engine_url, engine_url + "/health",
-        ))
+        engine = stack.enter_context(
+            started(
+                "engine",
+                [PY, "-m", "halffull.testing.fake_engine", "--port", str(engine_port)],
+                engine_url,
+                engine_url + "/health",
+            )
+        )
         engine.name = "direct"
         targets = [engine]
         halffull_bin = str(Path(PY).parent / "halffull")
-        targets.append(stack.enter_context(started(
-            "halffull",
-            [halffull_bin, "router", "--endpoint", engine_url, "--host", "127.0.0.1",
-             "--port", str(router_port), "--admin-port", str(admin_port), "--log-level",
-             "WARNING"],
-            f"http://127.0.0.1:{router_port}", f"http://127.0.0.1:{admin_port}/ready",
-        )))
+        targets.append(
+            stack.enter_context(
+                started(
+                    "halffull",
+                    [
+                        halffull_bin,
+                        "router",
+                        "--endpoint",
+                        engine_url,
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(router_port),
+                        "--admin-port",
+                        str(admin_port),
+                        "--log-level",
+                        "WARNING",
+                    ],
+                    f"http://127.0.0.1:{router_port}",
+                    f"http://127.0.0.1:{admin_port}/ready",
+                )
+            )
+        )
         vr_bin = shutil.which("vllm-router", path=str(Path(PY).parent))
         vr_note = "not installed (pip install vllm-router)"
         if vr_bin and not args.no_vllm_router:
             try:
-                targets.append(stack.enter_context(started(
-                    "vllm-router",
-                    [vr_bin, "--worker-urls", engine_url, "--host", "127.0.0.1", "--port",
-                     str(vr_port), "--policy", "round_robin", "--log-level", "warning",
-                     "--prometheus-port", str(free_port())],
-                    f"http://127.0.0.1:{vr_port}", f"http://127.0.0.1:{vr_port}/health",
-                )))
+                targets.append(
+                    stack.enter_context(
+                        started(
+                            "vllm-router",
+                            [
+                                vr_bin,
+                                "--worker-urls",
+                                engine_url,
+                                "--host",
+                                "127.0.0.1",
+                                "--port",
+                                str(vr_port),
+                                "--policy",
+                                "round_robin",
+                                "--log-level",
+                                "warning",
+                                "--prometheus-port",
+                                str(free_port()),
+                            ],
+                            f"http://127.0.0.1:{vr_port}",
+                            f"http://127.0.0.1:{vr_port}/health",
+                        )
+                    )
+                )
                 vr_note = ""
             except RuntimeError as exc:
                 vr_note = f"failed to start: {exc}"
         results, rps = asyncio.run(measure(targets, rates, args.seconds, args.concurrency))
 
     names = [t.name for t in targets]
-    print(f"\n## Router overhead ({os.cpu_count()} cores shared by load generator, engine and "
-          f"router; {args.seconds:g} s per cell; fake engine with zero service time)\n")
+    print(
+        f"\n## Router overhead ({os.cpu_count()} cores shared by load generator, engine and "
+        f"router; {args.seconds:g} s per cell; fake engine with zero service time)\n"
+    )
     print("| rate req/s | target | n | errors | p50 ms | p99 ms | added p50 ms | added p99 ms |")
     print("|---|---|---|---|---|---|---|---|")
     for rate in rates:
@@ -214,11 +252,15 @@ def main() -> int:
         for name in names:
             lat, errors = results[(name, rate)]
             p50, p99 = pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3
-            add = "" if name == "direct" else (
-                f"{p50 - pct(d, 0.5) * 1e3:+.2f} | {p99 - pct(d, 0.99) * 1e3:+.2f}"
+            add = (
+                ""
+                if name == "direct"
+                else (f"{p50 - pct(d, 0.5) * 1e3:+.2f} | {p99 - pct(d, 0.99) * 1e3:+.2f}")
             )
-            print(f"| {rate:g} | {name} | {len(lat)} | {errors} | {p50:.2f} | {p99:.2f} | "
-                  f"{add or ' | '} |")
+            print(
+                f"| {rate:g} | {name} | {len(lat)} | {errors} | {p50:.2f} | {p99:.2f} | "
+                f"{add or ' | '} |"
+            )
     print(f"\n| target | max req/s (closed loop, concurrency {args.concurrency}) |")
     print("|---|---|")
     for name in names:
