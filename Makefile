@@ -1,0 +1,24 @@
+# The two commands of the README. Both set up what they need first (hack/setup.sh).
+CACHE_BIN := $(HOME)/.cache/halffull/bin
+export PATH := $(PATH):$(CACHE_BIN)
+PYTEST_ARGS ?=
+
+.PHONY: run test lint
+
+# The operator. With no cluster configured (no KUBECONFIG, no ~/.kube/config) it starts the
+# local control plane, applies examples/llmservice-basic.yaml and runs against that.
+run:
+	bash hack/setup.sh run
+	.venv/bin/halffull operator
+
+# The linters, then every test: unit, real control plane, real vLLM (CPU), real Helm.
+test:
+	bash hack/setup.sh test
+	$(MAKE) lint
+	.venv/bin/pytest $(PYTEST_ARGS)
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+	.venv/bin/lint-imports

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Set up everything this project needs on a fresh Debian 12 machine. Idempotent: each step checks
+# what is already there (heavy builds are cached under ~/.cache/halffull, outside the clone).
+#
+#   hack/setup.sh run    what `make run` needs: system packages, the control plane, the venv
+#   hack/setup.sh test   all of that, plus real vLLM (CPU build) and Helm for the tests
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MODE="${1:-test}"
+VENV="${VENV:-$ROOT/.venv}"
+export VENV
+
+SUDO=""
+[[ $(id -u) -eq 0 ]] || SUDO="sudo"
+
+apt_packages=(etcd-server golang-go rsync golang-github-modern-go-reflect2-dev dpkg-dev openssl
+              unzip ca-certificates)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "setup: apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+bash "$ROOT/hack/build-kube.sh"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  python3 -m venv "$VENV"
+fi
+stamp="$VENV/.halffull-installed"
+if [[ ! -f "$stamp" || "$ROOT/pyproject.toml" -nt "$stamp" ]]; then
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -e "$ROOT[dev,bench]"
+  touch "$stamp"
+fi
+
+if [[ "$MODE" == "test" ]]; then
+  bash "$ROOT/hack/install-vllm.sh"
+  bash "$ROOT/hack/install-helm.sh"
+fi
+
+# kubectl: the system's if there is one, else the one that came with Helm.
+if ! command -v kubectl >/dev/null 2>&1; then
+  bash "$ROOT/hack/install-helm.sh"
+  ln -sfn "${HALFFULL_CACHE:-$HOME/.cache/halffull}/bin/kubectl-helm-layer" \
+    "${HALFFULL_CACHE:-$HOME/.cache/halffull}/bin/kubectl"
+fi
+echo "setup: done ($MODE)"
