@@ -96,7 +96,7 @@ bad_max_tokens = st.one_of(
     st.integers(max_value=0), st.floats(allow_nan=False), st.text(max_size=5), st.lists(json_scalar)
 )
 not_bool = st.one_of(st.integers(), st.text(max_size=5), st.lists(json_scalar, max_size=2))
-bad_messages = st.one_of(
+bad_messages: st.SearchStrategy[Any] = st.one_of(
     st.just([]),
     json_scalar,
     st.lists(
@@ -133,12 +133,14 @@ def malformed(draw: st.DrawFn) -> tuple[str, bytes]:
         {"messages": [{"role": "user", "content": "hi"}]} if chat else {"prompt": [1, 2, 3]}
     )
     if kind == "missing":
-        body = draw(st.dictionaries(st.sampled_from(["model", "max_tokens", "foo"]), json_scalar))
-        return path, json.dumps(body).encode()
+        partial = draw(
+            st.dictionaries(st.sampled_from(["model", "max_tokens", "foo"]), json_scalar)
+        )
+        return path, json.dumps(partial).encode()
     if kind == "oversized":
         return path, json.dumps({**good, "pad": "x" * MAX_BODY}).encode()
     field = draw(st.sampled_from(["main", "max_tokens", "stream", "stream_options", "model"]))
-    body = dict(good)
+    body: dict[str, Any] = dict(good)
     if field == "main":
         body["messages" if chat else "prompt"] = draw(bad_messages if chat else bad_prompt)
     elif field == "max_tokens":

@@ -186,7 +186,7 @@ def test_discovery_resolves_replicas() -> None:
     async def main() -> None:
         async with engines(1) as (fake,):
             settings = make_settings(
-                [], discovery=RouterDiscovery(dnsName="127.0.0.1", port=fake.port)
+                [], discovery=RouterDiscovery(dns_name="127.0.0.1", port=fake.port)
             )
             async with (
                 running_router(settings, wait_polled=False) as router,
