@@ -101,6 +101,15 @@ def run_operator(args: argparse.Namespace) -> int:
     operator = Operator(Reconciler(Kube(api), defaults), args.resync_seconds)
     registry = kopf.OperatorRegistry()
     operator.register(registry)
+    if args.namespace:
+
+        @kopf.on.startup(registry=registry)
+        def exact_namespaces(settings: kopf.OperatorSettings, **_: object) -> None:
+            # The namespaces are exact names: kopf need not list namespaces or watch CRDs at the
+            # cluster scope, which a namespace-scoped ServiceAccount may not do (kopf would retry
+            # those 403s with backoff for about a minute before it starts serving).
+            settings.scanning.disabled = True
+
     if args.metrics_port:
         start_http_server(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
