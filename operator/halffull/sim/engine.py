@@ -1,0 +1,363 @@
+"""One modelled vLLM replica: continuous batching over a paged KV cache, in simulated time.
+
+What is modelled, after vLLM 0.32's v1 scheduler (see docs/simulator.md for what is not):
+
+- A step serves the running requests first, in order, each with the tokens it still needs
+  (a prompt chunk, a recomputation, or one decode token), within `max_num_batched_tokens`
+  (chunked prefill). KV blocks are allocated for the step's tokens before it runs; when they
+  run out, the last running request is preempted (its blocks freed, its progress dropped: it is
+  recomputed later) and put back at the head of the waiting queue, until the request fits or
+  is itself the victim.
+- Then, only if nothing was preempted in this step, waiting requests are admitted in queue
+  order while the token budget, `max_num_seqs` and the free blocks allow; admission stops at the
+  first request that does not fit (head-of-line blocking, as in vLLM).
+- The queue order comes from the admission policy: `fcfs` (vLLM's deque, untouched), `larry` and
+  `larry-literal` (the production `halffull.policy.larry.order`, exactly as the engine plugin
+  calls it before every step), or `sjf-oracle` (shortest output first, knowing output lengths:
+  a reference bound, not a product feature).
+- A request produces its first token in the step that completes its prompt, then one token per
+  step; it finishes after its `output` tokens.
+
+Speed: a decode-only step whose queue cannot admit anything repeats itself until a request
+finishes, the KV cache would run out, or something arrives. The replica then plans that run of
+identical steps at once (a "stretch"), computes its step times with numpy, and cuts it short
+when a request arrives. The result is the same as stepping one by one (tests check this).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from halffull.policy.larry import KVCapacity, WaitingRequest, order
+from halffull.sim.profiles import EngineShape, FloatArray, StepModel, attended_pairs
+
+AdmissionPolicy = Literal["fcfs", "larry", "larry-literal", "sjf-oracle"]
+ADMISSION_POLICIES: tuple[AdmissionPolicy, ...] = ("fcfs", "larry", "larry-literal", "sjf-oracle")
+
+MAX_STRETCH = 4096
+"""Most steps planned at once."""
+
+
+@dataclass(slots=True, eq=False)
+class SimRequest:
+    rid: int
+    arrival: float
+    prompt: int
+    output: int
+    computed: int = 0
+    """Tokens whose KV entries are computed."""
+    generated: int = 0
+    blocks: int = 0
+    first_token_at: float = -1.0
+    finished_at: float = -1.0
+    preemptions: int = 0
+    replica: int = -1
+
+    @property
+    def to_compute(self) -> int:
+        return self.prompt + self.generated - self.computed
+
+
+OrderFn = Callable[[list[SimRequest], float], list[int]]
+
+
+def make_order(policy: AdmissionPolicy, alpha: float, capacity: KVCapacity) -> OrderFn | None:
+    """The queue-ordering function for an admission policy (None: keep vLLM's FCFS deque)."""
+    if policy == "fcfs":
+        return None
+    if policy in ("larry", "larry-literal"):
+
+        def larry_order(waiting: list[SimRequest], now: float) -> list[int]:
+            views = [
+                WaitingRequest(
+                    kv_tokens=r.prompt + r.generated,
+                    arrival_time=r.arrival,
+                    preempted=r.preemptions > 0,
+                )
+                for r in waiting
+            ]
+            return order(views, policy=policy, now=now, capacity=capacity, alpha=alpha)
+
+        return larry_order
+    if policy == "sjf-oracle":
+
+        def sjf(waiting: list[SimRequest], now: float) -> list[int]:
+            return sorted(
+                range(len(waiting)),
+                key=lambda i: (waiting[i].preemptions == 0, waiting[i].output, i),
+            )
+
+        return sjf
+    raise ValueError(f"unknown admission policy {policy!r}; known: {ADMISSION_POLICIES}")
+
+
+@dataclass(slots=True)
+class StepResult:
+    first_tokens: list[SimRequest]
+    finished: list[SimRequest]
+
+
+class Replica:
+    """One engine. `plan(now)` forms the next step (or stretch of steps) and returns when it
+    ends (None when idle); `complete()` applies it at that time. `add` queues a request and, if
+    a stretch is running, returns its new (earlier) end time."""
+
+    def __init__(
+        self,
+        shape: EngineShape,
+        model: StepModel,
+        *,
+        policy: AdmissionPolicy = "fcfs",
+        alpha: float = 1.0,
+        index: int = 0,
+        fast: bool = True,
+    ) -> None:
+        self.shape = shape
+        self.model = model
+        self.index = index
+        self.fast = fast
+        self.capacity = KVCapacity(block_size=shape.block_size, num_blocks=shape.num_blocks)
+        self._order = make_order(policy, alpha, self.capacity)
+        self.waiting: deque[SimRequest] = deque()
+        self.running: list[SimRequest] = []
+        self.used_blocks = 0
+        self.num_preemptions = 0
+        self.steps = 0
+        self.busy_s = 0.0
+        self.max_used_blocks = 0
+        self.max_step_tokens = 0
+        # the planned step or stretch
+        self._sched: list[tuple[SimRequest, int]] = []
+        self._start = 0.0
+        self._ends: FloatArray | None = None
+        self._k = 0
+        self.end_at: float | None = None
+
+    # -- what a poll of /metrics would read --------------------------------------------------
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def used_blocks_at(self, now: float) -> int:
+        """Blocks in use at `now`, counting the growth of a stretch in progress."""
+        if self._ends is None or self._k <= 1:
+            return self.used_blocks
+        started = min(self._k, int(np.searchsorted(self._ends, now, side="right")) + 1)
+        bs = self.shape.block_size
+        # blocks were allocated for the stretch's first step; each later step started adds more
+        extra = 0
+        for req, _ in self._sched:
+            extra += -(-(req.computed + started) // bs) - req.blocks
+        return self.used_blocks + extra
+
+    def kv_usage_at(self, now: float) -> float:
+        return self.used_blocks_at(now) / self.shape.num_blocks
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- arrivals ----------------------------------------------------------------------------
+
+    def add(self, req: SimRequest, now: float) -> float | None:
+        """Queue a request. Returns the new end of the planned work when a stretch was cut
+        short (the caller reschedules), else None."""
+        if req.prompt + req.output > self.shape.max_model_len:
+            raise ValueError(
+                f"request {req.rid}: prompt {req.prompt} + output {req.output} exceeds "
+                f"max_model_len {self.shape.max_model_len}"
+            )
+        req.replica = self.index
+        self.waiting.append(req)
+        if self._ends is not None and self._k > 1:
+            done = int(np.searchsorted(self._ends, now, side="right"))
+            k = min(self._k, done + 1)
+            if k < self._k:
+                self._k = k
+                self.end_at = float(self._ends[k - 1])
+                return self.end_at
+        return None
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def _grow(self, req: SimRequest, tokens: int) -> bool:
+        need = -(-(req.computed + tokens) // self.shape.block_size) - req.blocks
+        if need <= 0:
+            return True
+        if self.used_blocks + need > self.shape.num_blocks:
+            return False
+        self.used_blocks += need
+        req.blocks += need
+        return True
+
+    def _preempt(self, victim: SimRequest) -> None:
+        self.used_blocks -= victim.blocks
+        victim.blocks = 0
+        victim.computed = 0
+        victim.preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(victim)
+
+    def plan(self, now: float) -> float | None:
+        """Form the next step at `now`; returns when it (or the stretch) ends, None if idle."""
+        shape = self.shape
+        budget = shape.max_num_batched_tokens
+        sched: list[tuple[SimRequest, int]] = []
+        preempted = False
+        all_decode = True
+        running = self.running
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            tokens = min(req.to_compute, budget)
+            scheduled = True
+            while not self._grow(req, tokens):
+                victim = running.pop()
+                self._preempt(victim)
+                preempted = True
+                if victim is req:
+                    scheduled = False
+                    break
+            if not scheduled:
+                break
+            if not (tokens == 1 and req.generated > 0):
+                all_decode = False
+            sched.append((req, tokens))
+            budget -= tokens
+            i += 1
+        admitted = False
+        if not preempted and self.waiting and budget > 0 and len(running) < shape.max_num_seqs:
+            if self._order is not None and len(self.waiting) >= 2 and self._may_admit(budget):
+                waiting = list(self.waiting)
+                self.waiting = deque(waiting[j] for j in self._order(waiting, now))
+            while self.waiting and budget > 0 and len(running) < shape.max_num_seqs:
+                req = self.waiting[0]
+                tokens = min(req.to_compute, budget)
+                if not self._grow(req, tokens):
+                    break
+                self.waiting.popleft()
+                running.append(req)
+                sched.append((req, tokens))
+                budget -= tokens
+                admitted = True
+        self._sched = sched
+        if not sched:
+            self._ends = None
+            self.end_at = None
+            return None
+        self.max_used_blocks = max(self.max_used_blocks, self.used_blocks)
+        self.max_step_tokens = max(self.max_step_tokens, shape.max_num_batched_tokens - budget)
+        self._start = now
+        if (
+            self.fast
+            and all_decode
+            and not admitted
+            and not preempted
+            and len(sched) == len(running)
+        ):
+            return self._plan_stretch(now)
+        prefill = decode = ctx = 0
+        attended = 0.0
+        for req, tokens in sched:
+            ctx += req.computed + tokens
+            if tokens == 1 and req.generated > 0:
+                decode += 1
+                attended += req.computed + 1
+            else:
+                prefill += tokens
+                attended += attended_pairs(req.computed, tokens)
+        duration = self.model.step(prefill, decode, ctx, attended, len(sched))
+        self._ends = None
+        self._k = 1
+        self.end_at = now + duration
+        return self.end_at
+
+    def _may_admit(self, budget: int) -> bool:
+        """False when no waiting request could be admitted whatever the order: then ordering
+        the queue changes nothing this step and is skipped."""
+        free = self.shape.num_blocks - self.used_blocks
+        bs = self.shape.block_size
+        smallest = min(min(r.to_compute, budget) for r in self.waiting)
+        return -(-smallest // bs) <= free
+
+    def _plan_stretch(self, now: float) -> float:
+        """The current decode-only step repeats: plan up to the next finish or KV shortage."""
+        sched = self._sched
+        n = len(sched)
+        bs = self.shape.block_size
+        k = min(min(req.output - req.generated for req, _ in sched), MAX_STRETCH)
+        computed = np.fromiter((req.computed for req, _ in sched), dtype=np.int64, count=n)
+        held = np.fromiter((req.blocks for req, _ in sched), dtype=np.int64, count=n)
+        free = self.shape.num_blocks - self.used_blocks
+
+        def extra(steps: int) -> int:
+            return int((-(-(computed + steps) // bs) - held).sum())
+
+        if k > 1 and extra(k) > free:
+            lo, hi = 1, k  # extra(lo) == 0 <= free < extra(hi)
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if extra(mid) <= free:
+                    lo = mid
+                else:
+                    hi = mid
+            k = lo
+        ctx0 = int(computed.sum())
+        ctx = ctx0 + n * np.arange(1, k + 1, dtype=np.float64)
+        ends: FloatArray = now + np.cumsum(self.model.decode_steps(n, ctx))
+        self._ends = ends
+        self._k = k
+        self.end_at = float(ends[k - 1])
+        return self.end_at
+
+    def complete(self) -> StepResult:
+        """Apply the planned step (or stretch) at its end time."""
+        assert self.end_at is not None, "complete() without a planned step"
+        now = self.end_at
+        first: list[SimRequest] = []
+        finished: list[SimRequest] = []
+        k = self._k
+        self.steps += k
+        self.busy_s += now - self._start
+        bs = self.shape.block_size
+        for req, tokens in self._sched:
+            if k > 1:  # a stretch: k decode tokens each
+                req.computed += k
+                req.generated += k
+                blocks = -(-req.computed // bs)
+                self.used_blocks += blocks - req.blocks
+                req.blocks = blocks
+            else:
+                req.computed += tokens
+                if req.computed < req.prompt + req.generated:
+                    continue  # a prompt chunk: no token yet
+                req.generated += 1
+            if req.first_token_at < 0:
+                req.first_token_at = now
+                first.append(req)
+            if req.generated >= req.output:
+                req.finished_at = now
+                finished.append(req)
+        if k > 1:
+            self.max_used_blocks = max(self.max_used_blocks, self.used_blocks)
+        if finished:
+            done = set(map(id, finished))
+            self.running = [r for r in self.running if id(r) not in done]
+            for req in finished:
+                self.used_blocks -= req.blocks
+                req.blocks = 0
+        self._sched = []
+        self._ends = None
+        self._k = 0
+        self.end_at = None
+        return StepResult(first, finished)
