@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 READY, PROGRESSING, DEGRADED = "Ready", "Progressing", "Degraded"
-CONDITION_TYPES = (READY, PROGRESSING, DEGRADED)
+METRICS_AVAILABLE = "MetricsAvailable"
+CONDITION_TYPES = (READY, PROGRESSING, DEGRADED, METRICS_AVAILABLE)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ class Observed:
     router: Rollout | None
     problems: Sequence[str] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    metrics_sampled: bool | None = False
+    """The operator's metrics loop has published a table for this object; None: not known in
+    this process yet (just restarted), so the stored condition stands."""
+    metrics_problem: tuple[str, str] | None = None
+    """(reason, message) of what is wrong with the engines' metrics, if anything."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,14 @@ def ready(obs: Observed) -> Verdict:
     )
 
 
+def metrics_available(obs: Observed) -> Verdict:
+    if not obs.metrics_sampled:  # never sampled, or unknown with nothing stored
+        return Verdict("Unknown", "NotSampledYet", "no ready engine has been sampled yet")
+    if obs.metrics_problem is not None:
+        return Verdict("False", *obs.metrics_problem)
+    return Verdict("True", "Sampled", "every ready engine reports usable metrics")
+
+
 def set_condition(
     current: Sequence[Mapping[str, Any]], ctype: str, verdict: Verdict, generation: int, now: str
 ) -> dict[str, Any]:
@@ -139,7 +153,18 @@ def set_condition(
 def conditions(
     current: Sequence[Mapping[str, Any]], obs: Observed, now: str
 ) -> list[dict[str, Any]]:
-    verdicts = {READY: ready(obs), PROGRESSING: progressing(obs), DEGRADED: degraded(obs)}
+    stored = {c.get("type"): c for c in current}
+    if obs.metrics_sampled is None and METRICS_AVAILABLE in stored:
+        c = stored[METRICS_AVAILABLE]
+        keep = Verdict(c.get("status", "Unknown"), c.get("reason", ""), c.get("message", ""))
+    else:
+        keep = metrics_available(obs)
+    verdicts = {
+        READY: ready(obs),
+        PROGRESSING: progressing(obs),
+        DEGRADED: degraded(obs),
+        METRICS_AVAILABLE: keep,
+    }
     return [set_condition(current, t, verdicts[t], obs.generation, now) for t in CONDITION_TYPES]
 
 

@@ -20,6 +20,7 @@ from halffull.api.spec import GROUP, PLURAL, VERSION
 from halffull.builders.meta import MANAGED_BY, OWNER_LABEL
 from halffull.controller.reconcile import Reconciler
 from halffull.controller.runner import KeyedRunner
+from halffull.controller.weights import WeightsLoop
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,20 @@ CHILD_LABELS: dict[str, Any] = {
 class Operator:
     """Wires the reconciler into kopf's registry. One instance per process."""
 
-    def __init__(self, reconciler: Reconciler, resync_seconds: float) -> None:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        resync_seconds: float,
+        prometheus_url: str | None = None,
+        metrics_loop: bool = True,
+    ) -> None:
         self.reconciler = reconciler
         self.resync_seconds = resync_seconds
         self.known: set[tuple[str, str]] = set()
         self.runner: KeyedRunner | None = None
-        self._resync_task: asyncio.Task[None] | None = None
+        self.weights = WeightsLoop(self._trigger, prometheus_url) if metrics_loop else None
+        reconciler.weights = self.weights
+        self._tasks: list[asyncio.Task[None]] = []
 
     def _reconcile(self, namespace: str, name: str) -> None:
         outcome = self.reconciler.reconcile(namespace, name)
@@ -47,9 +56,7 @@ class Operator:
     def register(self, registry: kopf.OperatorRegistry) -> None:
         @kopf.on.login(registry=registry)
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(
-                **kwargs
-            )
+            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
         @kopf.on.startup(registry=registry)
         async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -58,16 +65,20 @@ class Operator:
             settings.persistence.finalizer = "serving.halffull.dev/finalizer"
             settings.watching.server_timeout = 300
             self.runner = KeyedRunner(self._reconcile)
-            self._resync_task = asyncio.create_task(self._resync())
+            self._tasks.append(asyncio.create_task(self._resync()))
+            if self.weights is not None:
+                self._tasks.append(asyncio.create_task(self.weights.run()))
 
         @kopf.on.cleanup(registry=registry)
         async def cleanup(**_: Any) -> None:
-            if self._resync_task is not None:
-                self._resync_task.cancel()
+            for task in self._tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._resync_task
+                    await task
             if self.runner is not None:
                 await self.runner.close()
+            if self.weights is not None:
+                await self.weights.close()
 
         @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
         async def llmservice_event(type: str, name: str, namespace: str | None, **_: Any) -> None:
@@ -76,6 +87,8 @@ class Operator:
             key = (namespace, name)
             if type == "DELETED":
                 self.known.discard(key)
+                if self.weights is not None:
+                    self.weights.forget(key)
                 return
             self.known.add(key)
             self._trigger(namespace, name)

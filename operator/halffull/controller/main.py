@@ -51,6 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cluster-domain", default=env("HALFFULL_CLUSTER_DOMAIN", "cluster.local"))
     p.add_argument(
+        "--prometheus-url",
+        default=env("HALFFULL_PROMETHEUS_URL"),
+        help="operator-wide Prometheus for engine metrics (spec.metrics.prometheusUrl overrides "
+        "it); unset: scrape the engine pods' /metrics directly",
+    )
+    p.add_argument(
         "--resync-seconds",
         type=float,
         default=60.0,
@@ -98,7 +104,7 @@ def load_client() -> client.ApiClient:
 def run_operator(args: argparse.Namespace) -> int:
     api = load_client()
     defaults = Defaults(args.engine_image, args.router_image, args.cluster_domain)
-    operator = Operator(Reconciler(Kube(api), defaults), args.resync_seconds)
+    operator = Operator(Reconciler(Kube(api), defaults), args.resync_seconds, args.prometheus_url)
     registry = kopf.OperatorRegistry()
     operator.register(registry)
     if args.namespace:

@@ -3,6 +3,7 @@ only the difference. Safe to run any number of times; a run with nothing to do w
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -13,13 +14,15 @@ from prometheus_client import Counter, Histogram
 
 from halffull.api import status as status_api
 from halffull.api import validation
-from halffull.api.runtime_config import RouterEndpoint
+from halffull.api.runtime_config import ROUTER_CONFIG_FILE, RouterEndpoint
 from halffull.api.spec import LLMService
 from halffull.builders import engine as engine_builders
 from halffull.builders import meta
 from halffull.builders.children import Defaults, desired_children
 from halffull.builders.drift import covers
 from halffull.controller.kube import Kube, now_rfc3339
+from halffull.controller.weights import Published, Watch, WeightsLoop, targets_of
+from halffull.policy.sal import DEFAULT_MAX_TOKENS_PER_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,46 @@ def ready_endpoints(pods: list[dict[str, Any]]) -> list[RouterEndpoint]:
     return out
 
 
+def live_weights(router_cm: Mapping[str, Any] | None) -> dict[str, float]:
+    """Weights in the router's live ConfigMap: what stands until the metrics loop knows better
+    (after an operator restart), so a restart rewrites nothing."""
+    if router_cm is None:
+        return {}
+    try:
+        cfg = json.loads((router_cm.get("data") or {}).get(ROUTER_CONFIG_FILE, "{}"))
+        return {e["name"]: float(e.get("weight", 1.0)) for e in cfg.get("endpoints", [])}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def weighted(endpoints: list[RouterEndpoint], weights: Mapping[str, float]) -> list[RouterEndpoint]:
+    """The endpoint table with weights (1.0 for pods without one)."""
+    return [e.model_copy(update={"weight": weights.get(e.name, 1.0)}) for e in endpoints]
+
+
 class Reconciler:
-    def __init__(self, kube: Kube, defaults: Defaults) -> None:
+    def __init__(self, kube: Kube, defaults: Defaults, weights: WeightsLoop | None = None) -> None:
         self.kube = kube
         self.defaults = defaults
+        self.weights = weights
+
+    def _watch_metrics(self, svc: LLMService, endpoints: list[RouterEndpoint]) -> Published | None:
+        if self.weights is None:
+            return None
+        key = (svc.meta.namespace, svc.meta.name)
+        spec = svc.spec
+        self.weights.watch(
+            key,
+            Watch(
+                targets=targets_of([(e.name, e.url) for e in endpoints]),
+                beta=spec.router.beta,
+                max_tokens_per_batch=spec.engine.max_num_batched_tokens
+                or DEFAULT_MAX_TOKENS_PER_BATCH,
+                interval_s=float(spec.metrics.interval_seconds),
+                prometheus_url=spec.metrics.prometheus_url,
+            ),
+        )
+        return self.weights.published(key)
 
     def reconcile(self, namespace: str, name: str) -> Outcome:
         started = time.perf_counter()
@@ -97,9 +136,16 @@ class Reconciler:
         pods = self.kube.list_pods(namespace, meta.selector_string(svc, engine_builders.COMPONENT))
 
         outcome.problems = validation.problems(svc)
+        endpoints = ready_endpoints(pods)
+        table = self._watch_metrics(svc, endpoints)
         if not outcome.problems:
             # An invalid spec leaves the running children as they are: nothing that serves is lost.
-            desired = desired_children(svc, self.defaults, ready_endpoints(pods))
+            weights = (
+                dict(table.weights)
+                if table is not None
+                else live_weights(live.get(("ConfigMap", meta.router_name(svc))))
+            )
+            desired = desired_children(svc, self.defaults, weighted(endpoints, weights))
             wanted = {(d["kind"], d["metadata"]["name"]) for d in desired}
             for obj in desired:
                 key = (obj["kind"], obj["metadata"]["name"])
@@ -111,7 +157,7 @@ class Reconciler:
                 del live[key]
                 outcome.deleted.append("/".join(key))
 
-        outcome.status_written = self._write_status(body, svc, live, outcome.problems)
+        outcome.status_written = self._write_status(body, svc, live, outcome.problems, table)
         if outcome.applied or outcome.deleted:
             log.info("%s/%s: applied %s deleted %s", namespace, name, outcome.applied,
                      outcome.deleted)  # fmt: skip
@@ -123,6 +169,7 @@ class Reconciler:
         svc: LLMService,
         live: Mapping[tuple[str, str], dict[str, Any]],
         problems: list[str],
+        table: Published | None,
     ) -> bool:
         engine_dep = live.get(("Deployment", meta.engine_name(svc)))
         router_dep = live.get(("Deployment", meta.router_name(svc)))
@@ -133,7 +180,14 @@ class Reconciler:
             engine=status_api.Rollout.from_deployment(engine_dep, svc.spec.replicas),
             router=status_api.Rollout.from_deployment(router_dep, svc.spec.router.replicas),
             problems=problems,
-            extra=_applied_parameters(svc, problems, body.get("status") or {}),
+            extra={
+                **_applied_parameters(svc, problems, body.get("status") or {}),
+                "endpoints": list(table.rows)
+                if table
+                else (body.get("status") or {}).get("endpoints", []),
+            },
+            metrics_sampled=(bool(table.rows) if table is not None else None),
+            metrics_problem=table.problem if table else None,
         )
         current = body.get("status") or {}
         url = (
