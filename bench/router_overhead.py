@@ -8,7 +8,7 @@ sends an open-loop Poisson stream of small non-streamed completions to each targ
 target's maximum requests/s. Everything shares this machine's cores: the load generator, the
 engine and the router compete, which this table does not hide.
 
-    .venv/bin/python bench/router_overhead.py                # rates 100,250,500 req/s, 5 s each
+    .venv/bin/python bench/router_overhead.py                # rates 100,250,500 req/s, 6 s each
     .venv/bin/python bench/router_overhead.py --rates 500 --seconds 10 --concurrency 32
 """
 
@@ -126,7 +126,7 @@ async def open_loop(
 
 async def closed_loop(
     session: aiohttp.ClientSession, url: str, concurrency: int, seconds: float
-) -> float:
+) -> tuple[int, float]:
     loop = asyncio.get_running_loop()
     done = 0
     end = loop.time() + seconds
@@ -141,30 +141,68 @@ async def closed_loop(
 
     t0 = loop.time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (loop.time() - t0)
+    return done, loop.time() - t0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Cell:
+    latencies: list[float]
+    errors: int = 0
+    requests: int = 0
+    cpu_s: float = 0.0  # CPU time of the target's own process (the router; the engine for direct)
 
 
 async def measure(
-    targets: list[Proc], rates: list[float], seconds: float, concurrency: int
-) -> tuple[dict[tuple[str, float], tuple[list[float], int]], dict[str, float]]:
-    results: dict[tuple[str, float], tuple[list[float], int]] = {}
+    targets: list[Proc], rates: list[float], seconds: float, slice_s: float, concurrency: int
+) -> tuple[dict[tuple[str, float], Cell], dict[str, float], dict[str, float]]:
+    """Each rate runs for `seconds` per target, cut into `slice_s` slices that take turns across
+    the targets, so that load from other processes on the machine falls on all of them alike."""
+    cells = {(t.name, r): Cell([]) for t in targets for r in rates}
     rps: dict[str, float] = {}
+    cpu_per_req: dict[str, float] = {}
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         for t in targets:  # warm connections and code paths
             await open_loop(session, t.url, 100, 1.0, seed=0)
+        seed = 1
         for rate in rates:
-            for i, t in enumerate(targets):
-                results[(t.name, rate)] = await open_loop(session, t.url, rate, seconds, seed=i)
+            for _ in range(max(1, round(seconds / slice_s))):
+                for t in targets:
+                    cell = cells[(t.name, rate)]
+                    c0 = cpu_seconds(t.popen.pid)
+                    lat, errors = await open_loop(session, t.url, rate, slice_s, seed=seed)
+                    cell.cpu_s += cpu_seconds(t.popen.pid) - c0
+                    cell.latencies += lat
+                    cell.errors += errors
+                    cell.requests += len(lat) + errors
+                    seed += 1
+        done = dict.fromkeys((t.name for t in targets), 0.0)
+        spent = dict.fromkeys((t.name for t in targets), 0.0)
+        cpu = dict.fromkeys((t.name for t in targets), 0.0)
+        for _ in range(max(1, round(seconds / slice_s))):
+            for t in targets:
+                c0 = cpu_seconds(t.popen.pid)
+                n, elapsed = await closed_loop(session, t.url, concurrency, slice_s)
+                cpu[t.name] += cpu_seconds(t.popen.pid) - c0
+                done[t.name] += n
+                spent[t.name] += elapsed
         for t in targets:
-            rps[t.name] = await closed_loop(session, t.url, concurrency, seconds)
-    return results, rps
+            rps[t.name] = done[t.name] / spent[t.name]
+            cpu_per_req[t.name] = cpu[t.name] / max(1.0, done[t.name])
+    return cells, rps, cpu_per_req
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rates", default="100,250,500")
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--seconds", type=float, default=6.0, help="per rate and target")
+    ap.add_argument("--slice", type=float, default=1.0, help="seconds per turn")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--no-vllm-router", action="store_true")
     args = ap.parse_args()
@@ -238,36 +276,52 @@ def main() -> int:
                 vr_note = ""
             except RuntimeError as exc:
                 vr_note = f"failed to start: {exc}"
-        results, rps = asyncio.run(measure(targets, rates, args.seconds, args.concurrency))
+        load_before = os.getloadavg()[0]
+        cells, rps, cpu = asyncio.run(
+            measure(targets, rates, args.seconds, args.slice, args.concurrency)
+        )
+        load_after = os.getloadavg()[0]
 
     names = [t.name for t in targets]
     print(
-        f"\n## Router overhead ({os.cpu_count()} cores shared by load generator, engine and "
-        f"router; {args.seconds:g} s per cell; fake engine with zero service time)\n"
+        f"\n## Router overhead ({os.cpu_count()} cores shared by the load generator, the engine "
+        f"and the router; {args.seconds:g} s per cell in {args.slice:g} s slices taking turns; "
+        f"fake engine with zero service time; 1-minute load average {load_before:.1f} before, "
+        f"{load_after:.1f} after)\n"
     )
-    print("| rate req/s | target | n | errors | p50 ms | p99 ms | added p50 ms | added p99 ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| rate req/s | target | n | errors | p50 ms | p99 ms | added p50 ms | added p99 ms "
+        "| process CPU ms/req |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for rate in rates:
-        d = results[("direct", rate)][0]
+        d = cells[("direct", rate)].latencies
         for name in names:
-            lat, errors = results[(name, rate)]
-            p50, p99 = pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3
-            add = (
-                ""
-                if name == "direct"
-                else (f"{p50 - pct(d, 0.5) * 1e3:+.2f} | {p99 - pct(d, 0.99) * 1e3:+.2f}")
-            )
+            c = cells[(name, rate)]
+            p50, p99 = pct(c.latencies, 0.5) * 1e3, pct(c.latencies, 0.99) * 1e3
+            if name == "direct":
+                add = " | "
+            else:
+                add = f"{p50 - pct(d, 0.5) * 1e3:+.2f} | {p99 - pct(d, 0.99) * 1e3:+.2f}"
+            per_req = c.cpu_s / max(1, c.requests) * 1e3
             print(
-                f"| {rate:g} | {name} | {len(lat)} | {errors} | {p50:.2f} | {p99:.2f} | "
-                f"{add or ' | '} |"
+                f"| {rate:g} | {name} | {len(c.latencies)} | {c.errors} | {p50:.2f} | {p99:.2f} "
+                f"| {add} | {per_req:.3f} |"
             )
-    print(f"\n| target | max req/s (closed loop, concurrency {args.concurrency}) |")
-    print("|---|---|")
+    print(
+        f"\n| target | max req/s (closed loop, concurrency {args.concurrency}) "
+        "| process CPU ms/req at max |"
+    )
+    print("|---|---|---|")
     for name in names:
-        print(f"| {name} | {rps[name]:.0f} |")
+        print(f"| {name} | {rps[name]:.0f} | {cpu[name] * 1e3:.3f} |")
+    print(
+        "\n`direct` rows: the CPU column is the fake engine's; router rows: the router's own "
+        "process (the engine's CPU is spent as well)."
+    )
     if vr_note:
         print(f"\nvllm-router: {vr_note}")
-    mean_direct = statistics.fmean(results[("direct", rates[-1])][0] or [float("nan")])
+    mean_direct = statistics.fmean(cells[("direct", rates[-1])].latencies or [float("nan")])
     print(f"\n(direct mean latency at {rates[-1]:g} req/s: {mean_direct * 1e3:.2f} ms)")
     return 0
 

@@ -37,7 +37,7 @@ from halffull.testing.engine_model import EngineModel, EngineShape, StepCosts
 
 DEFAULT_TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "traces"
 TRACE_FILES = {"conv": "azure_llm_2023_conv.csv", "code": "azure_llm_2023_code.csv"}
-DEFAULT_SPEEDUPS = {"conv": "5,7,9", "code": "4,8,12"}
+DEFAULT_SPEEDUPS = {"conv": "6,7.5,9", "code": "4,8,12"}
 SHAPE = EngineShape(
     num_gpu_blocks=8192,
     block_size=16,
