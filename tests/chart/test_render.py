@@ -1,0 +1,323 @@
+"""The chart without a cluster: lint, rendering checked against the Kubernetes schemas and the
+CRD, the security and RBAC shape of what it renders, checkov, and the values schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+import yaml
+
+from tests.chart.conftest import CHART, Helm, find, one
+from tests.conftest import CRD, ROOT
+
+NON_DEFAULT = [
+    "--set", "operator.watchNamespaces={team-a,team-b}",
+    "--set", "metrics.serviceMonitor.enabled=true",
+    "--set", "metrics.serviceMonitor.labels.release=prom",
+    "--set", "metrics.podMonitor.enabled=true",
+    "--set", f"image.digest=sha256:{'ab' * 32}",
+    "--set", "image.pullPolicy=Always",
+    "--set", "podSecurityContext.runAsUser=10001",
+    "--set", "engineImage.repository=registry.example/vllm-larry",
+    "--set", "engineImage.tag=9.9.9",
+    "--set", "operator.verbose=true",
+    "--set", "nodeSelector.pool=system",
+    "--set", "tolerations[0].key=dedicated",
+    "--set", "tolerations[0].operator=Exists",
+    "--set", "tolerations[0].effect=NoSchedule",
+]  # fmt: skip
+KUBE_VERSIONS = ["1.25.0", "1.32.0"]  # the oldest schema set kubernetes-validate ships, and 1.32
+MONITOR_KINDS = {"ServiceMonitor", "PodMonitor"}  # prometheus-operator CRDs: no schema offline
+
+
+def test_lint_strict(helm: Helm) -> None:
+    for extra in ([], NON_DEFAULT):
+        proc = helm.run("lint", "--strict", str(CHART), *extra)
+        assert "0 chart(s) failed" in proc.stdout, proc.stdout
+
+
+def test_chart_crd_is_the_source_crd() -> None:
+    chart_crd = CHART / "crds" / CRD.name
+    assert not chart_crd.is_symlink()
+    assert chart_crd.read_bytes() == CRD.read_bytes(), "run hack/sync-crd.sh"
+    check = subprocess.run(
+        ["bash", str(ROOT / "hack" / "sync-crd.sh"), "--check"], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+
+
+def test_packaged_chart_carries_the_crd(helm: Helm, tmp_path: Path) -> None:
+    helm.run("package", str(CHART), "--destination", str(tmp_path))
+    (tgz,) = tmp_path.glob("halffull-*.tgz")
+    listing = subprocess.run(["tar", "-tzf", str(tgz)], capture_output=True, text=True).stdout
+    assert f"halffull/crds/{CRD.name}" in listing.split()
+    assert "halffull/values.schema.json" in listing.split()
+
+
+@pytest.mark.parametrize("values", [[], NON_DEFAULT], ids=["default", "non-default"])
+def test_rendered_manifests_are_valid(helm: Helm, values: list[str]) -> None:
+    docs = helm.template("--include-crds", *values)
+    kinds = sorted(d["kind"] for d in docs)
+    assert "CustomResourceDefinition" in kinds and "Deployment" in kinds
+    for doc in docs:
+        if doc["kind"] in MONITOR_KINDS:
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{doc['kind']} {doc['metadata']['name']} ({version}): {exc.message}")
+    (crd,) = find(docs, "CustomResourceDefinition")
+    assert crd == yaml.safe_load(CRD.read_text())
+
+
+def test_example_llmservices_match_the_chart_crd() -> None:
+    import jsonschema  # type: ignore[import-untyped]
+
+    crd = yaml.safe_load((CHART / "crds" / CRD.name).read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["served"]]
+    schema = version["schema"]["openAPIV3Schema"]
+    for example in sorted((ROOT / "examples").glob("llmservice-*.yaml")):
+        body = yaml.safe_load(example.read_text())
+        jsonschema.validate(body, schema)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**body, "spec": {**body["spec"], "replicas": -1}}, schema)
+
+
+def test_monitors_select_the_operator(helm: Helm) -> None:
+    docs = helm.template(*NON_DEFAULT)
+    service = one(docs, "Service")
+    monitor, pod_monitor = one(docs, "ServiceMonitor"), one(docs, "PodMonitor")
+    assert monitor["apiVersion"] == pod_monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    svc_labels = service["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= svc_labels.items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    assert [p["name"] for p in service["spec"]["ports"]] == ["metrics"]
+    pod = one(docs, "Deployment")["spec"]["template"]
+    assert (
+        pod_monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    )
+    container_ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] in container_ports
+    assert not find(helm.template(), "ServiceMonitor") and not find(helm.template(), "PodMonitor")
+
+
+def test_operator_deployment_shape(helm: Helm) -> None:
+    docs = helm.template()
+    dep = one(docs, "Deployment")
+    spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    (c,) = pod["containers"]
+    assert c["image"] == "ghcr.io/halffull/operator:0.1.0"
+    assert c["args"][0] == "operator" and "--namespace" not in " ".join(c["args"])
+    args = dict(a.split("=", 1) for a in c["args"][1:])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert args["--health-port"] == str(ports["health"]) == "8081"
+    assert args["--metrics-port"] == str(ports["metrics"]) == "8080"
+    for probe in (c["livenessProbe"], c["readinessProbe"]):
+        assert probe["httpGet"] == {"path": "/healthz", "port": "health"}
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["HALFFULL_ENGINE_IMAGE"] == "ghcr.io/halffull/vllm-larry:0.1.0"
+    assert env["HALFFULL_ROUTER_IMAGE"] == "ghcr.io/halffull/router:0.1.0"
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    # restricted pod security
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        for key in ("name", "instance", "component", "version", "managed-by"):
+            assert f"app.kubernetes.io/{key}" in labels, (doc["kind"], key)
+
+
+def test_non_default_values_reach_the_pod(helm: Helm) -> None:
+    dep = one(helm.template(*NON_DEFAULT), "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == f"ghcr.io/halffull/operator@sha256:{'ab' * 32}"
+    assert c["imagePullPolicy"] == "Always"
+    assert [a for a in c["args"] if a.startswith("--namespace")] == [
+        "--namespace=team-a",
+        "--namespace=team-b",
+    ]
+    assert "--verbose" in c["args"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["HALFFULL_ENGINE_IMAGE"] == "registry.example/vllm-larry:9.9.9"
+    assert pod["nodeSelector"] == {"pool": "system"}
+    assert pod["tolerations"] == [
+        {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert pod["securityContext"]["runAsUser"] == 10001
+
+
+def rules_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(doc["rules"])
+
+
+def test_rbac_modes(helm: Helm) -> None:
+    cluster_docs = helm.template()
+    role = one(cluster_docs, "ClusterRole")
+    binding = one(cluster_docs, "ClusterRoleBinding")
+    assert not find(cluster_docs, "Role") and not find(cluster_docs, "RoleBinding")
+    sa = one(cluster_docs, "ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["name"], "namespace": "halffull-system"}
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+
+    ns_docs = helm.template("--set", "operator.watchNamespaces={team-a,team-b}")
+    assert not find(ns_docs, "ClusterRole") and not find(ns_docs, "ClusterRoleBinding")
+    roles, bindings = find(ns_docs, "Role"), find(ns_docs, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for b in bindings:
+        assert b["subjects"] == binding["subjects"] and b["roleRef"]["kind"] == "Role"
+    # The same namespaced rules in both modes; only cluster mode watches CRDs.
+    crd_rule = {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["list", "watch"],
+    }
+    assert rules_of(role) == [*rules_of(roles[0]), crd_rule]
+    for doc in (role, *roles):
+        for rule in rules_of(doc):
+            assert "*" not in json.dumps(rule), rule
+            assert "secrets" not in rule["resources"]
+
+    off = helm.template("--set", "rbac.create=false")
+    assert not {d["kind"] for d in off} & {"ClusterRole", "ClusterRoleBinding", "Role"}
+
+
+def test_existing_service_account(helm: Helm) -> None:
+    docs = helm.template("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops")
+    assert not find(docs, "ServiceAccount")
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+    assert one(docs, "ClusterRoleBinding")["subjects"][0]["name"] == "ops"
+    proc = helm.run(
+        "template", "rel", str(CHART), "--set", "serviceAccount.create=false", check=False
+    )
+    assert proc.returncode != 0
+    assert "serviceAccount.name is required when serviceAccount.create is false" in proc.stderr
+
+
+# --- checkov ---------------------------------------------------------------------------------
+
+DEFAULT_SKIPS = {"CKV_K8S_38", "CKV_K8S_43", "CKV_K8S_15", "CKV_K8S_40"}
+
+
+def run_checkov(checkov: Path, manifests: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [str(checkov), "--directory", str(manifests), "--framework", "kubernetes",
+         "--skip-download", "--output", "json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert isinstance(report, dict) and report["check_type"] == "kubernetes", proc.stdout[:500]
+    return report
+
+
+@pytest.mark.parametrize(
+    ("values", "skips"),
+    [([], DEFAULT_SKIPS), (NON_DEFAULT, {"CKV_K8S_38"})],
+    ids=["default", "non-default"],
+)
+def test_checkov_finds_nothing_unjustified(
+    helm: Helm, checkov: Path, tmp_path: Path, values: list[str], skips: set[str]
+) -> None:
+    docs = helm.template(*values)
+    (tmp_path / "chart.yaml").write_text(yaml.safe_dump_all(docs))
+    report = run_checkov(checkov, tmp_path)
+    results, summary = report["results"], report["summary"]
+    failed = [(c["check_id"], c["resource"], c["check_name"]) for c in results["failed_checks"]]
+    assert failed == [], failed
+    assert summary["parsing_errors"] == 0 and summary["passed"] > 50
+    skipped = {
+        c["check_id"]: c["check_result"].get("suppress_comment") for c in results["skipped_checks"]
+    }
+    assert set(skipped) == skips
+    for check_id, reason in skipped.items():
+        assert reason and len(reason) > 40, f"{check_id} skipped without a reason"
+
+
+def test_checkov_would_fail_without_the_justifications(
+    helm: Helm, checkov: Path, tmp_path: Path
+) -> None:
+    """The skips are what keeps the report clean: stripped, the same checks fail."""
+    docs = helm.template()
+    for doc in docs:
+        annotations = doc["metadata"].get("annotations") or {}
+        for key in [k for k in annotations if k.startswith("checkov.io/skip")]:
+            del annotations[key]
+    (tmp_path / "chart.yaml").write_text(yaml.safe_dump_all(docs))
+    report = run_checkov(checkov, tmp_path)
+    assert {c["check_id"] for c in report["results"]["failed_checks"]} == DEFAULT_SKIPS
+
+
+# --- the values schema -----------------------------------------------------------------------
+
+BAD_VALUES = [
+    ("negative-replicas", ["--set", "replicaCount=-1"],
+     "replicaCount: Must be greater than or equal to 0"),
+    ("two-replicas", ["--set", "replicaCount=2"], "replicaCount: Must be less than or equal to 1"),
+    ("wrong-type", ["--set", "replicaCount=one"],
+     "replicaCount: Invalid type. Expected: integer, given: string"),
+    ("unknown-key", ["--set", "replicas=1"], "Additional property replicas is not allowed"),
+    ("unknown-nested-key", ["--set", "image.tagg=1.0"],
+     "image: Additional property tagg is not allowed"),
+    ("namespaces-not-a-list", ["--set", "operator.watchNamespaces=team-a"],
+     "operator.watchNamespaces: Invalid type. Expected: array, given: string"),
+    ("bad-namespace-name", ["--set", "operator.watchNamespaces={Team_A}"],
+     "operator.watchNamespaces.0: Does not match pattern"),
+    ("port-out-of-range", ["--set", "ports.metrics=70000"],
+     "ports.metrics: Must be less than or equal to 65535"),
+    ("bad-pull-policy", ["--set", "image.pullPolicy=Sometimes"],
+     "image.pullPolicy: image.pullPolicy must be one of the following"),
+    ("unknown-resource", ["--set", "resources.limits.gpu=1"],
+     "resources.limits: Additional property gpu is not allowed"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), [(a, m) for _, a, m in BAD_VALUES], ids=[i for i, _, _ in BAD_VALUES]
+)
+def test_schema_refuses_bad_values(helm: Helm, args: list[str], message: str) -> None:
+    proc = helm.run("template", "rel", str(CHART), *args, check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+def test_schema_rejects_unknown_keys_everywhere() -> None:
+    """additionalProperties is false on every object the schema describes, except string maps
+    (labels, annotations, nodeSelector), whose values must be strings."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    free_form = {"global", "nodeAffinity", "podAffinity", "podAntiAffinity", "namespaceSelector",
+                 "podSelector"}  # fmt: skip
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        if node.get("type") == "object" and path.rsplit(".", 1)[-1] not in free_form:
+            assert "additionalProperties" in node, path
+            if node["additionalProperties"] is not False:
+                assert node["additionalProperties"] == {"type": "string"}, path
+        for key, sub in (node.get("properties") or {}).items():
+            walk(sub, f"{path}.{key}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+
+    walk(schema, "")
+    # Every key of values.yaml is described (helm itself checks that the defaults validate).
+    assert set(values) <= set(schema["properties"])
