@@ -110,9 +110,10 @@ def parse_request(
         prompt = parsed.prompt
         if isinstance(prompt, str):
             lengths, exact = [estimate_text_tokens(prompt)], False
-        elif all(isinstance(p, int) for p in prompt):
+        # pydantic matched one list type of the union, so the first item tells which
+        elif isinstance(prompt[0], int):
             lengths = [len(prompt)]
-        elif all(isinstance(p, str) for p in prompt):
+        elif isinstance(prompt[0], str):
             lengths, exact = [estimate_text_tokens(str(p)) for p in prompt], False
         else:
             lengths = [len(p) for p in prompt if isinstance(p, list)]

@@ -238,10 +238,11 @@ class FakeEngine:
     def _observe_finished(self) -> None:
         done = self.engine.finished
         labels = (self.model, "0")
+        ttft, e2e, queue = (h.labels(*labels) for h in (self._ttft, self._e2e, self._queue_time))
         for rec in done[self._finished_seen :]:
-            self._ttft.labels(*labels).observe(rec.ttft_s)
-            self._e2e.labels(*labels).observe(rec.e2e_s)
-            self._queue_time.labels(*labels).observe(rec.queue_s)
+            ttft.observe(rec.ttft_s)
+            e2e.observe(rec.e2e_s)
+            queue.observe(rec.queue_s)
         if len(done) > 10_000:  # keep memory bounded in long runs
             del done[:-1000]
         self._finished_seen = len(done)
