@@ -15,7 +15,7 @@ SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"
 
 apt_packages=(etcd-server golang-go rsync golang-github-modern-go-reflect2-dev dpkg-dev openssl
-              unzip ca-certificates)
+              unzip ca-certificates prometheus)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -118,9 +118,9 @@ def router_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
             {"name": "admin", "containerPort": meta.ROUTER_ADMIN_PORT, "protocol": "TCP"},
         ],
         "resources": _resources(svc),
-        "readinessProbe": {"httpGet": {"path": "/readyz", **probe_port}, "periodSeconds": 5},
+        "readinessProbe": {"httpGet": {"path": "/ready", **probe_port}, "periodSeconds": 5},
         "livenessProbe": {
-            "httpGet": {"path": "/healthz", **probe_port},
+            "httpGet": {"path": "/health", **probe_port},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },

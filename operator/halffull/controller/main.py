@@ -132,11 +132,11 @@ def run_operator(args: argparse.Namespace) -> int:
 
 
 def run_local(args: argparse.Namespace) -> int:
-    from halffull.devcluster.local import LocalCluster, packaged
+    from halffull.devcluster.local import DEMO_COMMANDS, LocalCluster, packaged
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="halffull-local-"))
     log.info("no cluster configured: starting the local control plane in %s", workdir)
-    with LocalCluster(workdir) as cluster:
+    with LocalCluster(workdir, commands=DEMO_COMMANDS) as cluster:
         os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
         subprocess.run(
             ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "apply", "-n", "default",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -9,6 +10,19 @@ from kubernetes import config
 
 from halffull.devcluster.controlplane import ControlPlane
 from halffull.devcluster.kubelet import KubeletStandIn
+from halffull.devcluster.runtime import (
+    CommandBuilder,
+    ProcessRuntime,
+    fake_engine_command,
+    router_command,
+)
+
+DEMO_COMMANDS: Mapping[str, CommandBuilder] = {
+    "vllm-larry": fake_engine_command,
+    "router": router_command,
+}
+"""Images of the demo and the processes that stand in for them: the real router, and the fake
+engine (vLLM's API and metrics without a GPU) for the engine image."""
 
 
 def packaged(name: str) -> Path:
@@ -17,9 +31,16 @@ def packaged(name: str) -> Path:
 
 
 class LocalCluster:
-    def __init__(self, workdir: Path, with_kubelet: bool = True) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        with_kubelet: bool = True,
+        commands: Mapping[str, CommandBuilder] | None = None,
+    ) -> None:
+        self.workdir = workdir
         self.control_plane = ControlPlane(workdir)
         self.with_kubelet = with_kubelet
+        self.commands = commands
         self.kubelet: KubeletStandIn | None = None
 
     @property
@@ -30,7 +51,12 @@ class LocalCluster:
         self.control_plane.start(crds=[packaged("crd.yaml")])
         if self.with_kubelet:
             api = config.new_client_from_config(str(self.kubeconfig))
-            self.kubelet = KubeletStandIn(api)
+            runtime = (
+                ProcessRuntime(self.workdir / "runtime", api, self.commands)
+                if self.commands
+                else None
+            )
+            self.kubelet = KubeletStandIn(api, runtime=runtime)
             self.kubelet.start()
 
     def stop(self) -> None:
