@@ -133,3 +133,41 @@ def test_ten_thousand_aborted_requests_leak_nothing() -> None:
                 await f.stop()
 
     asyncio.run(main())
+
+
+def test_engine_dying_mid_answer() -> None:
+    """A streamed answer that breaks gets an SSE error event (its headers are gone already); a
+    non-streamed one has had no response byte yet, so it is retried on the next replica."""
+
+    async def main() -> None:
+        dying = FakeEngine(costs=StepCosts(step_base_s=0.05))
+        healthy = FakeEngine()
+        await dying.start()
+        await healthy.start()
+        for i in range(3):  # a queue that makes SAL prefer the dying replica
+            healthy.engine.add(f"q{i}", 2000, 1, 0.0)
+        settings = make_settings([dying.url, healthy.url], poll_interval_ms=60_000)
+        try:
+            async with running_router(settings) as router, aiohttp.ClientSession() as s:
+                url = base(router) + "/v1/completions"
+                streamed = await s.post(
+                    url, json={"prompt": [1] * 8, "max_tokens": 1000, "stream": True}
+                )
+                await streamed.content.readuntil(b"\n\n")  # first token arrived
+                plain = asyncio.create_task(s.post(url, json={"prompt": [1] * 8, "max_tokens": 5}))
+                await wait_for(lambda: dying.engine.num_running == 2, "both requests to run")
+                await dying.stop()  # the engine dies with both answers unfinished
+
+                rest = (await streamed.read()).decode()
+                assert '"type": "UpstreamError"' in rest and "[DONE]" not in rest
+                resp = await plain
+                assert resp.status == 200
+                assert (await resp.json())["usage"]["completion_tokens"] == 5
+                assert router.m_retries._value.get() == 1
+                for ep in router.endpoints.values():
+                    assert ep.inflight_requests == 0 and ep.prefill_tokens == 0
+        finally:
+            await dying.stop()
+            await healthy.stop()
+
+    asyncio.run(main())

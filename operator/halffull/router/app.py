@@ -51,6 +51,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _CONNECT_ERRORS = (
     aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
     aiohttp.ServerDisconnectedError,
     aiohttp.ClientOSError,
     ConnectionResetError,
@@ -68,6 +69,8 @@ def json_error(
         404: "NotFoundError",
         405: "MethodNotAllowed",
         413: "RequestTooLarge",
+        500: "InternalServerError",
+        502: "BadGateway",
         503: "ServiceUnavailable",
     }.get(status, "Error")
     return web.json_response(
@@ -518,6 +521,11 @@ class Router:
             if exc.status < 400:
                 raise
             return json_error(exc.status, exc.reason)
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            return json_error(500, "internal router error")
 
     @web.middleware
     async def _auth_mw(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -582,6 +590,11 @@ class Router:
                         log.warning("endpoint %s down (request): %s", ep.name, exc)
                     ep.mark_down(self.loop_time(), self.first_backoff_s, self.max_backoff_s)
                     continue
+                except aiohttp.ClientError as exc:  # it may have reached the engine: no retry
+                    ticket.close()
+                    self.m_errors.labels(ep.name, "upstream").inc()
+                    code = 502
+                    return json_error(502, f"the engine replica failed to answer: {exc}")
                 except BaseException:
                     ticket.close()
                     raise
@@ -611,7 +624,11 @@ class Router:
         try:
             ctype = upstream.headers.get("Content-Type", "application/json")
             if upstream.status != 200 or not ctype.startswith("text/event-stream"):
-                data = await upstream.read()
+                try:
+                    data = await upstream.read()
+                except aiohttp.ClientError as exc:
+                    self.m_errors.labels(ep.name, "body_broken").inc()
+                    return json_error(502, f"the engine replica broke off its answer: {exc}")
                 ticket.first_token()
                 complete = True
                 if upstream.status >= 500:

@@ -188,7 +188,10 @@ class FakeEngine:
 
     async def start(self) -> str:
         self._stepper = asyncio.create_task(self._step_loop())
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        # a short shutdown: stopping the fake with requests in flight looks like an engine crash
+        self._runner = web.AppRunner(
+            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=0.1
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
