@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from halffull.router.requests import RequestError, estimate_text_tokens, parse_request
+from halffull.router.requests import (
+    RequestError,
+    estimate_text_tokens,
+    load_tokenizer,
+    parse_request,
+)
 
 
 def body(obj: object) -> bytes:
@@ -75,3 +81,24 @@ def test_malformed_bodies_name_the_problem(kind: str, raw: bytes, needle: str) -
         parse_request(kind, raw)  # type: ignore[arg-type]
     assert err.value.status == 400
     assert needle in err.value.message
+
+
+def test_a_real_tokenizer_counts_text_exactly(tmp_path: Path) -> None:
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {"[UNK]": 0, "hello": 1, "world": 2, "again": 3}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    path = tmp_path / "tokenizer.json"
+    tok.save(str(path))
+    count = load_tokenizer(str(path))
+    p = parse_request("completions", body({"prompt": "hello world again xyz"}), None, count)
+    assert (p.prompt_tokens, p.exact) == (4, True)
+    with pytest.raises(RequestError) as err:  # text can now be refused for length too
+        parse_request("completions", body({"prompt": "hello " * 10, "max_tokens": 3}), 12, count)
+    assert "10 tokens" in err.value.message
+    chat = parse_request(
+        "chat", body({"messages": [{"role": "user", "content": "hello"}]}), None, count
+    )
+    assert (chat.prompt_tokens, chat.exact) == (1 + 4, False)  # the template stays an estimate
+    with pytest.raises(ValueError, match="cannot load tokenizer"):
+        load_tokenizer(str(tmp_path / "missing.json"))

@@ -150,6 +150,7 @@ class Router:
         config_check_s: float = 1.0,
         discovery_interval_s: float = 5.0,
         seed: int | None = None,
+        count_text: Callable[[str], int] | None = None,
     ) -> None:
         self.settings = settings
         self.flags = flags or FlagOverrides()
@@ -160,6 +161,7 @@ class Router:
         self.config_check_s = config_check_s
         self.discovery_interval_s = discovery_interval_s
         self.seed = seed
+        self.count_text = count_text
         self.policy: RoutingPolicy = make_policy(settings.policy, beta=settings.beta, seed=seed)
         self.endpoints: dict[str, Endpoint] = {}
         self._discovered: tuple[RouterEndpoint, ...] = ()
@@ -561,7 +563,7 @@ class Router:
         route = request.path
         try:
             body = await request.read()
-            parsed = parse_request(kind, body, self.settings.max_model_len)
+            parsed = parse_request(kind, body, self.settings.max_model_len, self.count_text)
         except (RequestError, web.HTTPException) as exc:
             code = exc.status if isinstance(exc, RequestError) else exc.status_code
             self._count(route, code)

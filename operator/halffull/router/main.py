@@ -12,6 +12,7 @@ from pathlib import Path
 from halffull.policy.routing import POLICIES
 from halffull.router.app import Router
 from halffull.router.config import FlagOverrides, load_config_file, merge, resolve_config_path
+from halffull.router.requests import load_tokenizer
 
 log = logging.getLogger("halffull.router")
 
@@ -44,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--api-key-file",
         metavar="PATH",
         help="file holding the bearer token clients must send (e.g. a mounted Secret key)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="the model's tokenizer.json: count text prompts exactly instead of estimating "
+        "(needs the 'tokenizers' package)",
     )
     parser.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024)
     parser.add_argument(
@@ -90,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("no endpoints: give --config with endpoints or discovery, or --endpoint URL")
         return 2
     try:
+        count_text = load_tokenizer(args.tokenizer) if args.tokenizer else None
         router = Router(
             settings,
             flags=flags,
@@ -97,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             api_key_file=Path(args.api_key_file) if args.api_key_file else None,
             max_body_bytes=args.max_body_bytes,
             max_attempts=args.max_attempts,
+            count_text=count_text,
         )
     except (OSError, ValueError) as exc:
         log.error("%s", exc)

@@ -6,13 +6,16 @@ is a JSON object; `prompt` (completions) or `messages` (chat) has the right shap
 and the engine judges it (its 4xx comes back to the client as it is).
 
 Prompt tokens: token-id prompts are counted exactly. Text is estimated at one token per 4 UTF-8
-bytes (`estimate_text_tokens`; docs/router.md gives its measured error against real tokenizers).
-Chat adds 4 tokens per message for the role and template markers.
+bytes (`estimate_text_tokens`; docs/router.md gives its measured error against real tokenizers),
+or counted with the model's tokenizer when the router is given one (`load_tokenizer`). Chat adds 4
+tokens per message for the role and template markers.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -72,7 +75,8 @@ class ParsedRequest:
     prompt_tokens: int
     """All prompts of the request together (a batch of prompts goes to one replica)."""
     exact: bool
-    """True when `prompt_tokens` is a count of token ids, False when estimated from text."""
+    """True when `prompt_tokens` is a count (token ids, or text through a real tokenizer), False
+    when estimated."""
     longest_prompt_tokens: int
     max_tokens: int | None
     stream: bool
@@ -92,10 +96,37 @@ def _describe(exc: ValidationError) -> tuple[str, str | None]:
     return f"invalid field '{where}': {first['msg']}", where
 
 
+def load_tokenizer(path: str) -> Callable[[str], int]:
+    """A token counter from a Hugging Face `tokenizer.json` (the `tokenizers` package is optional:
+    it comes with vLLM and transformers). Counts include the special tokens the tokenizer adds,
+    as vLLM's completions endpoint does."""
+    try:
+        module: Any = importlib.import_module("tokenizers")
+    except ImportError as exc:
+        raise ValueError("--tokenizer needs the 'tokenizers' package installed") from exc
+    try:
+        tokenizer = module.Tokenizer.from_file(path)
+    except Exception as exc:  # the library raises bare Exceptions for unreadable files
+        raise ValueError(f"cannot load tokenizer {path}: {exc}") from exc
+
+    def count(text: str) -> int:
+        return max(1, len(tokenizer.encode(text).ids))
+
+    return count
+
+
 def parse_request(
-    kind: Literal["completions", "chat"], body: bytes, max_model_len: int | None = None
+    kind: Literal["completions", "chat"],
+    body: bytes,
+    max_model_len: int | None = None,
+    count_text: Callable[[str], int] | None = None,
 ) -> ParsedRequest:
-    """Validate `body` and count its prompt tokens; raise `RequestError` (4xx) when it is bad."""
+    """Validate `body` and count its prompt tokens; raise `RequestError` (4xx) when it is bad.
+
+    `count_text`: a real tokenizer's counter (`load_tokenizer`); then completion text prompts count
+    as exact. Chat stays an estimate (the chat template's tokens are unknown here)."""
+    text_exact = count_text is not None
+    count = count_text or estimate_text_tokens
     if not body:
         raise RequestError(400, "the request body is empty; a JSON object is expected")
     model: type[_Body] = CompletionBody if kind == "completions" else ChatBody
@@ -109,12 +140,12 @@ def parse_request(
     if isinstance(parsed, CompletionBody):
         prompt = parsed.prompt
         if isinstance(prompt, str):
-            lengths, exact = [estimate_text_tokens(prompt)], False
+            lengths, exact = [count(prompt)], text_exact
         # pydantic matched one list type of the union, so the first item tells which
         elif isinstance(prompt[0], int):
             lengths = [len(prompt)]
         elif isinstance(prompt[0], str):
-            lengths, exact = [estimate_text_tokens(str(p)) for p in prompt], False
+            lengths, exact = [count(str(p)) for p in prompt], text_exact
         else:
             lengths = [len(p) for p in prompt if isinstance(p, list)]
             if any(n == 0 for n in lengths):
@@ -127,9 +158,9 @@ def parse_request(
         for m in parsed.messages:
             content = m.content
             if isinstance(content, str):
-                total += estimate_text_tokens(content)
+                total += count(content)
             elif content is not None:
-                total += sum(estimate_text_tokens(p.text) for p in content if p.text)
+                total += sum(count(p.text) for p in content if p.text)
             total += CHAT_TOKENS_PER_MESSAGE
         lengths, exact = [total], False
     max_tokens = (
