@@ -13,6 +13,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("halffull.controller.main", "run the LLMService operator against KUBECONFIG"),
     "dev": ("halffull.devcluster.main", "local control plane: up, down, env, demo"),
     "router": ("halffull.router.main", "the SAL routing sidecar in front of the vLLM replicas"),
+    "sim": ("halffull.sim.main", "simulate vLLM replicas under LARRY/SAL on a trace (no GPU)"),
+    "bench": ("halffull.sim.bench", "simulator sweeps: markdown tables + plots; alpha/beta tuning"),
 }
 
 

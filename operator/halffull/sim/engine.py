@@ -9,8 +9,10 @@ What is modelled, after vLLM 0.32's v1 scheduler (see docs/simulator.md for what
   recomputed later) and put back at the head of the waiting queue, until the request fits or
   is itself the victim.
 - Then, only if nothing was preempted in this step, waiting requests are admitted in queue
-  order while the token budget, `max_num_seqs` and the free blocks allow; admission stops at the
-  first request that does not fit (head-of-line blocking, as in vLLM).
+  order while the token budget, `max_num_seqs` and the free blocks allow; a request is admitted
+  only when blocks for its whole sequence so far (prompt, plus output to recompute) are free
+  (vLLM 0.32's `scheduler_reserve_full_isl`), though only its first chunk is allocated;
+  admission stops at the first request that does not fit (head-of-line blocking, as in vLLM).
 - The queue order comes from the admission policy: `fcfs` (vLLM's deque, untouched), `larry` and
   `larry-literal` (the production `halffull.policy.larry.order`, exactly as the engine plugin
   calls it before every step), or `sjf-oracle` (shortest output first, knowing output lengths:
@@ -240,8 +242,13 @@ class Replica:
             if self._order is not None and len(self.waiting) >= 2 and self._may_admit(budget):
                 waiting = list(self.waiting)
                 self.waiting = deque(waiting[j] for j in self._order(waiting, now))
+            bs = shape.block_size
             while self.waiting and budget > 0 and len(running) < shape.max_num_seqs:
                 req = self.waiting[0]
+                # vLLM 0.32 admits only when the whole sequence so far fits
+                # (scheduler_reserve_full_isl, on by default), then allocates the chunk
+                if -(-(req.prompt + req.generated) // bs) > shape.num_blocks - self.used_blocks:
+                    break
                 tokens = min(req.to_compute, budget)
                 if not self._grow(req, tokens):
                     break
@@ -287,7 +294,7 @@ class Replica:
         the queue changes nothing this step and is skipped."""
         free = self.shape.num_blocks - self.used_blocks
         bs = self.shape.block_size
-        smallest = min(min(r.to_compute, budget) for r in self.waiting)
+        smallest = min(r.prompt + r.generated for r in self.waiting)
         return -(-smallest // bs) <= free
 
     def _plan_stretch(self, now: float) -> float:
