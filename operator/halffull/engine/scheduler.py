@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
@@ -80,6 +81,9 @@ class LarryScheduler(Scheduler):
             )
         self._larry_reloads_seen = 0
         self._larry_errors_seen = 0
+        self.larry_clock: Callable[[], float] = time.time
+        """Source of `now` for waiting times; the same clock as `Request.arrival_time`. A replay
+        benchmark that runs the engine on its own clock substitutes it."""
         config = self._larry_watcher.current()
         self._sync_config_metrics()
         threading.Thread(target=self._larry_background, name="halffull-larry", daemon=True).start()
@@ -118,7 +122,7 @@ class LarryScheduler(Scheduler):
         admission = order(
             views,
             policy=config.policy,
-            now=time.time(),
+            now=self.larry_clock(),
             capacity=self._larry_capacity,
             alpha=config.alpha,
         )
