@@ -89,8 +89,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
         return
     from halffull.devcluster.local import LocalCluster
+    from halffull.devcluster.runtime import fake_engine_command, router_command
 
-    local = LocalCluster(workdir / "control-plane")
+    # Pods of these images run as local processes (see E2E_IMAGES); all others only pretend.
+    commands = {"e2e/fake-engine": fake_engine_command, "e2e/router": router_command}
+    local = LocalCluster(workdir / "control-plane", commands=commands)
     local.start()
     try:
         yield Cluster(local.kubeconfig, workdir, local=True)
@@ -116,11 +119,24 @@ def free_port() -> int:
     return fp()
 
 
+E2E_IMAGES = ("local/e2e/fake-engine:1", "local/e2e/router:1")
+"""With these images, the kubelet stand-in runs the fake engine and the real router."""
+INERT_IMAGES = ("example.invalid/vllm-larry:test", "example.invalid/router:test")
+
+
 class OperatorProcess:
     """`halffull operator` as its own process, as it runs in a pod."""
 
-    def __init__(self, cluster: Cluster, namespace: str, log: Path) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        log: Path,
+        images: tuple[str, str] = INERT_IMAGES,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.cluster, self.namespace, self.log_path = cluster, namespace, log
+        self.images, self.extra_args = images, extra_args
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -128,8 +144,8 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)}
         cmd = [sys.executable, "-m", "halffull.cli", "operator", "-n", self.namespace,
                "--metrics-port", str(self.metrics_port), "--health-port", str(free_port()),
-               "--resync-seconds", "5", "--engine-image", "example.invalid/vllm-larry:test",
-               "--router-image", "example.invalid/router:test"]  # fmt: skip
+               "--resync-seconds", "5", "--engine-image", self.images[0],
+               "--router-image", self.images[1], *self.extra_args]  # fmt: skip
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: self.metrics() is not None, what="operator metrics endpoint")
