@@ -94,6 +94,10 @@ def token_kubeconfig(admin_kubeconfig: Path, token: str, out: Path, server: str 
     """A kubeconfig for `token`: the admin kubeconfig's cluster (or `server`), no other user."""
     doc = yaml.safe_load(admin_kubeconfig.read_text())
     cluster = dict(_cluster_of(doc))
+    if "certificate-authority" in cluster:  # relative to the admin kubeconfig's directory
+        cluster["certificate-authority"] = str(
+            admin_kubeconfig.parent / cluster["certificate-authority"]
+        )
     if server:
         cluster = {"server": server}
     out.write_text(

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -125,18 +126,18 @@ def new_namespace(cluster: Cluster, prefix: str) -> str:
 
 
 def service_account_token(cluster: Cluster, namespace: str, name: str) -> str:
-    """The token the API server issued for a ServiceAccount (its token Secret, as on 1.20)."""
-
-    def secret_name() -> str | None:
-        sa = cluster.get("serviceaccount", name, namespace)
-        secrets = (sa or {}).get("secrets") or []
-        return str(secrets[0]["name"]) if secrets else None
-
-    secret_ = wait_for(secret_name, what=f"token Secret of {name}")
-    assert secret_ is not None
-    secret = cluster.get("secret", secret_, namespace)
-    assert secret is not None
-    return base64.b64decode(secret["data"]["token"]).decode()
+    """A token the API server issued for a ServiceAccount: its token Secret, which the
+    serviceaccount-token controller creates (Kubernetes up to 1.23, our 1.20 control plane), or
+    else one from the TokenRequest API (`kubectl create token`, 1.24 and later)."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        sa = cluster.get("serviceaccount", name, namespace) or {}
+        if sa.get("secrets"):
+            secret = cluster.get("secret", sa["secrets"][0]["name"], namespace)
+            if secret is not None and (secret.get("data") or {}).get("token"):
+                return base64.b64decode(secret["data"]["token"]).decode()
+        time.sleep(0.2)
+    return cluster.kubectl("create", "token", name, "-n", namespace).strip()
 
 
 def sa_kubeconfig(cluster: Cluster, namespace: str, name: str, out: Path, server: str = "") -> Path:
