@@ -3,7 +3,7 @@
 # what is already there (heavy builds are cached under ~/.cache/halffull, outside the clone).
 #
 #   hack/setup.sh run    what `make run` needs: system packages, the control plane, the venv
-#   hack/setup.sh test   all of that, plus real vLLM (CPU build) and Helm for the tests
+#   hack/setup.sh test   all of that, plus real vLLM (CPU build), Helm and checkov for the tests
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +41,7 @@ fi
 if [[ "$MODE" == "test" ]]; then
   bash "$ROOT/hack/install-vllm.sh"
   bash "$ROOT/hack/install-helm.sh"
+  bash "$ROOT/hack/install-checkov.sh"
 fi
 
 # kubectl: the system's if there is one, else the one that came with Helm.
