@@ -56,6 +56,7 @@ _CONNECT_ERRORS = (
     aiohttp.ClientOSError,
     ConnectionResetError,
 )
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 STALE_POLLS = 3
 """Stats older than this many poll intervals are stale: the policy falls back (routing.py)."""
 
@@ -194,29 +195,13 @@ class Router:
             "Time from request to the end of the response, by route",
             ["route"],
             registry=reg,
-            buckets=(
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1,
-                2.5,
-                5,
-                10,
-                30,
-                60,
-            ),
+            buckets=_LATENCY_BUCKETS,
         )
         self.m_ttft = Histogram(
             "halffull_router_time_to_first_chunk_seconds",
             "Streamed requests: time from request to the first body chunk from the engine",
             registry=reg,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            buckets=_LATENCY_BUCKETS,
         )
         self.m_choices = Counter(
             "halffull_router_choices",
@@ -383,9 +368,7 @@ class Router:
 
     async def _discover_loop(self) -> None:
         while True:
-            disc = self.settings.discovery
-            if disc is not None:
-                await self.discover_once()
+            await self.discover_once()  # also drops discovered endpoints when discovery is unset
             await asyncio.sleep(self.discovery_interval_s)
 
     async def discover_once(self) -> None:
