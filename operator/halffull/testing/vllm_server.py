@@ -185,6 +185,9 @@ def start_vllm_server(
             "XDG_CACHE_HOME": str(work / "cache"),
             "TMPDIR": str(tmp),
             "PYTHONUNBUFFERED": "1",
+            # One OpenMP thread: on small shared CPUs a second one spins at barriers and makes
+            # steps several times slower and erratic. Pass env={"OMP_NUM_THREADS": ...} to change.
+            "OMP_NUM_THREADS": "1",
         }
     )
     child_env.update(env or {})
