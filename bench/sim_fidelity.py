@@ -4,7 +4,8 @@ its fidelity check.
 Two measurements, one in-process engine (our scheduler plugin loaded, prefix caching off):
 
 1. Calibration: controlled batches (one prefill of P tokens; n sequences decoding at context c),
-   every `engine.step()` timed, and what the step held read from the scheduler's own output
+   every engine step timed (start to the next step's start while the engine stays busy), and
+   what the step held read from the scheduler's own output
    (prefill tokens, decoding sequences, KV tokens attended, sequences).
    `halffull.sim.profiles.fit_linear` fits the CPU profile's step-time coefficients to them.
 2. Replays: a slice of the Azure conversation trace (read in place from ../shared/traces),
@@ -14,10 +15,12 @@ Two measurements, one in-process engine (our scheduler plugin loaded, prefix cac
 Everything goes into one JSON file; `halffull bench fidelity --real FILE` replays the same
 requests in the simulator with the CPU profile fitted from part 1 and reports the errors.
 
-    .venv/bin/python bench/sim_fidelity.py --out /tmp/fidelity.json
+    OMP_NUM_THREADS=1 .venv/bin/python bench/sim_fidelity.py --out /tmp/fidelity.json \
+        --requests 200 --rates 20 40 70
 
-Runs for about 3 to 5 minutes on 2 cores; the machine is shared, so timings carry noise that the
-report states.
+One OpenMP thread: with two, a step waits for the slower thread, and on a shared 2-core machine
+step times then vary 10 to 50 times. Runs for about 2 minutes; the machine is shared, so timings
+carry noise that docs/simulator.md quantifies (repeat a policy in --policies to see it).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import tempfile
 import time
@@ -62,14 +66,39 @@ class StepRecorder:
         scheduler.schedule = schedule
 
 
+class Cycles:
+    """Step-to-step times: a step's sample is closed when the next step starts (the harness's
+    own work between steps counts, as the engine's busy loop does in a server), or at its own
+    end when the engine went idle after it."""
+
+    def __init__(self, out: list[list[float]]) -> None:
+        self.out = out
+        self.pending: tuple[list[float], float] | None = None
+
+    def start(self) -> float:
+        t0 = time.perf_counter()
+        if self.pending is not None:
+            sample, started = self.pending
+            self.out.append([*sample, t0 - started])
+            self.pending = None
+        return t0
+
+    def end(self, sample: tuple[int, ...] | None, t0: float, busy: bool) -> None:
+        if sample is None or sample[3] == 0:
+            return
+        if busy:
+            self.pending = (list(sample), t0)
+        else:
+            self.out.append([*sample, time.perf_counter() - t0])
+
+
 def timed_steps(engine: Any, recorder: StepRecorder, samples: list[list[float]]) -> None:
+    cycles = Cycles(samples)
     while engine.has_unfinished_requests():
         recorder.last = None
-        t0 = time.perf_counter()
+        t0 = cycles.start()
         engine.step()
-        dt = time.perf_counter() - t0
-        if recorder.last is not None and recorder.last[3] > 0:
-            samples.append([*recorder.last, dt])
+        cycles.end(recorder.last, t0, engine.has_unfinished_requests())
 
 
 def calibrate(engine: Any, recorder: StepRecorder, budget: int, max_seqs: int) -> list[list[float]]:
@@ -135,6 +164,7 @@ def replay(
     first: dict[str, float] = {}
     done: dict[str, float] = {}
     steps: list[list[float]] = []
+    cycles = Cycles(steps)
     start = time.time() + 0.05
     i = 0
     while i < len(jobs) or engine.has_unfinished_requests():
@@ -152,12 +182,10 @@ def replay(
             i += 1
         if engine.has_unfinished_requests():
             recorder.last = None
-            t0 = time.perf_counter()
+            t0 = cycles.start()
             outputs = engine.step()
-            dt = time.perf_counter() - t0
             t = time.time()
-            if recorder.last is not None and recorder.last[3] > 0:
-                steps.append([*recorder.last, dt])
+            cycles.end(recorder.last, t0, engine.has_unfinished_requests())
             for o in outputs:
                 if o.outputs and o.outputs[0].token_ids and o.request_id not in first:
                     first[o.request_id] = t
@@ -217,6 +245,7 @@ def main() -> int:
         }
         print(result["engine"], file=sys.stderr)
         recorder = StepRecorder(sched)
+        result["loadavg_before"] = os.getloadavg()[0]
         if not args.skip_calibration:
             t0 = time.time()
             result["calibration"] = calibrate(engine, recorder, budget, args.max_num_seqs)
@@ -239,6 +268,7 @@ def main() -> int:
                 )
                 result["runs"].append(
                     {
+                        "loadavg_after": os.getloadavg()[0],
                         "policy": name,
                         "alpha": float(alpha or 1.0),
                         "rate": rate,

