@@ -26,7 +26,7 @@ import argparse
 import csv
 import heapq
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -85,13 +85,14 @@ def simulate(
     trace: list[TraceRequest],
     policy_name: str,
     *,
+    shape: EngineShape = SHAPE,
     speedup: float,
     replicas: int,
     poll_s: float,
     beta: float,
     seed: int,
 ) -> Result:
-    engines = [EngineModel(shape=SHAPE, costs=COSTS) for _ in range(replicas)]
+    engines = [EngineModel(shape=shape, costs=COSTS) for _ in range(replicas)]
     endpoints = [Endpoint(name=f"r{i}", url=f"sim://{i}") for i in range(replicas)]
     policy = make_policy(policy_name, beta=beta, seed=seed)
     busy = [False] * replicas
@@ -127,7 +128,7 @@ def simulate(
             r = trace[arg]
             mean_prompt += 0.02 * (r.prompt - mean_prompt)
             states = [
-                ep.state(now, stale_after, SHAPE.max_num_batched_tokens, mean_prompt)
+                ep.state(now, stale_after, shape.max_num_batched_tokens, mean_prompt)
                 for ep in endpoints
             ]
             k = policy.rank(RouteRequest(r.prompt, r.output), states)[0]
@@ -156,8 +157,8 @@ def simulate(
                     num_running=eng.num_running,
                     num_waiting=eng.num_waiting,
                     kv_usage=eng.kv_usage,
-                    num_gpu_blocks=SHAPE.num_gpu_blocks,
-                    block_size=SHAPE.block_size,
+                    num_gpu_blocks=shape.num_gpu_blocks,
+                    block_size=shape.block_size,
                     num_preemptions=eng.num_preemptions,
                 )
                 ep.poll_succeeded(stats, ep.poll_started(), now)
@@ -185,6 +186,12 @@ def main() -> int:
     )
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--kv-blocks",
+        type=int,
+        default=SHAPE.num_gpu_blocks,
+        help=f"KV blocks of {SHAPE.block_size} tokens per replica (memory pressure)",
+    )
     args = ap.parse_args()
     betas = [float(b) for b in args.betas.split(",")]
     runs: list[tuple[str, str, float]] = []  # (label, policy, beta)
@@ -194,10 +201,12 @@ def main() -> int:
         else:
             runs.append((pol, pol, 1.0))
     traces = list(TRACE_FILES) if args.trace == "both" else [args.trace]
+    shape = replace(SHAPE, num_gpu_blocks=args.kv_blocks)
 
     print(
         f"## Routing policies: {args.replicas} modelled replicas, {args.requests} requests per "
-        f"run from row {args.start}, poll every {args.poll_ms:g} ms\n"
+        f"run from row {args.start}, poll every {args.poll_ms:g} ms, "
+        f"{shape.kv_capacity_tokens:,} KV tokens per replica\n"
     )
     print(
         "Times in seconds. TGT = total generation time (arrival to last token). "
@@ -220,6 +229,7 @@ def main() -> int:
                 res = simulate(
                     trace,
                     pol,
+                    shape=shape,
                     speedup=speedup,
                     replicas=args.replicas,
                     poll_s=args.poll_ms / 1000,
