@@ -78,3 +78,25 @@ def test_broken_file_keeps_last_good_parameters_and_serves(
     assert engine.burst(SIZES) == SMALLEST_FIRST
     engine.set_policy("fcfs", 1.0)
     assert engine.burst(SIZES) == ARRIVAL
+
+
+def test_async_engines_get_the_async_base() -> None:
+    """vLLM builds `--scheduler-cls` as given; on engines with async scheduling (the GPU default;
+    the CPU platform turns it off, so no engine here can run it) the plugin must bring
+    AsyncScheduler's bookkeeping. Only the class choice is checked: no engine is built."""
+    from types import SimpleNamespace
+
+    from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    from halffull.engine.scheduler import LarryAsyncScheduler, LarryScheduler
+
+    def config(async_scheduling: bool) -> SimpleNamespace:
+        return SimpleNamespace(scheduler_config=SimpleNamespace(async_scheduling=async_scheduling))
+
+    on = LarryScheduler.__new__(LarryScheduler, vllm_config=config(True))
+    off = LarryScheduler.__new__(LarryScheduler, config(False))
+    assert type(on) is LarryAsyncScheduler and isinstance(on, AsyncScheduler)
+    assert type(off) is LarryScheduler and not isinstance(off, AsyncScheduler)
+    mro = LarryAsyncScheduler.__mro__
+    assert mro.index(LarryScheduler) < mro.index(AsyncScheduler) < mro.index(Scheduler)
