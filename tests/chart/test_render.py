@@ -20,6 +20,8 @@ NON_DEFAULT = [
     "--set", "metrics.serviceMonitor.enabled=true",
     "--set", "metrics.serviceMonitor.labels.release=prom",
     "--set", "metrics.podMonitor.enabled=true",
+    "--set", "workloadMonitors.enabled=true",
+    "--set", "dashboard.enabled=true",
     "--set", f"image.digest=sha256:{'ab' * 32}",
     "--set", "image.pullPolicy=Always",
     "--set", "podSecurityContext.runAsUser=20000",
@@ -93,7 +95,12 @@ def test_example_llmservices_match_the_chart_crd() -> None:
 def test_monitors_select_the_operator(helm: Helm) -> None:
     docs = helm.template(*NON_DEFAULT)
     service = one(docs, "Service")
-    monitor, pod_monitor = one(docs, "ServiceMonitor"), one(docs, "PodMonitor")
+    monitor = one(docs, "ServiceMonitor")
+    (pod_monitor,) = [  # the operator's own; the workload monitors are tested below
+        p
+        for p in find(docs, "PodMonitor")
+        if not p["metadata"]["name"].endswith(("-engines", "-routers"))
+    ]
     assert monitor["apiVersion"] == pod_monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prom"
     svc_labels = service["metadata"]["labels"]
@@ -107,6 +114,52 @@ def test_monitors_select_the_operator(helm: Helm) -> None:
     container_ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] in container_ports
     assert not find(helm.template(), "ServiceMonitor") and not find(helm.template(), "PodMonitor")
+
+
+def test_workload_monitors_select_what_the_operator_builds(helm: Helm) -> None:
+    from halffull.api.spec import LLMService
+    from halffull.builders.children import Defaults, desired_children
+
+    svc = LLMService.from_body(
+        {"metadata": {"name": "m", "namespace": "ns", "uid": "u"}, "spec": {"model": "x"}}
+    )
+    built = {
+        d["metadata"]["name"]: d["spec"]["template"]
+        for d in desired_children(svc, Defaults("e", "r"))
+        if d["kind"] == "Deployment"
+    }
+    monitors = {
+        p["metadata"]["name"].rsplit("-", 1)[1]: p
+        for p in find(helm.template(*NON_DEFAULT), "PodMonitor")
+        if p["metadata"]["name"].endswith(("-engines", "-routers"))
+    }
+    assert set(monitors) == {"engines", "routers"}
+    for component, pod in (("engines", built["m-engine"]), ("routers", built["m-router"])):
+        spec = monitors[component]["spec"]
+        assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+        (endpoint,) = spec["podMetricsEndpoints"]
+        assert endpoint["port"] in ports
+        label = endpoint["relabelings"][0]["sourceLabels"][0]
+        assert label == "__meta_kubernetes_pod_label_serving_halffull_dev_llmservice"
+        assert "serving.halffull.dev/llmservice" in pod["metadata"]["labels"]
+    assert not [p for p in find(helm.template(), "PodMonitor")]
+
+
+def test_dashboard_is_valid_grafana_json_over_our_metrics(helm: Helm) -> None:
+    (cm,) = [c for c in find(helm.template(*NON_DEFAULT), "ConfigMap") if "dashboard" in
+             c["metadata"]["name"]]  # fmt: skip
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dash = json.loads(cm["data"]["halffull.json"])
+    assert dash == json.loads((CHART / "dashboards" / "halffull.json").read_text())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    for name in ("vllm:time_to_first_token_seconds_bucket", "vllm:num_requests_waiting",
+                 "vllm:kv_cache_usage_perc", "halffull_router_choices_total",
+                 "halffull_scheduler_alpha", "halffull_router_beta"):  # fmt: skip
+        assert name in exprs
+    assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
+    assert not [c for c in find(helm.template(), "ConfigMap") if "dashboard" in
+                c["metadata"]["name"]]  # fmt: skip
 
 
 def test_operator_deployment_shape(helm: Helm) -> None:
