@@ -222,7 +222,8 @@ def alpha_sweep(b: Bench, profile: Profile, name: str, scale: float) -> None:
 
 # -- cluster level: SAL vs other balancers --------------------------------------------------------
 
-ROUTER_LOADS = {"conv": (900.0, [38.0, 46.0, 54.0]), "code": (1800.0, [25.0, 45.0, 70.0])}
+ROUTER_LOADS = {"conv": (900.0, [46.0, 58.0, 66.0]), "code": (1800.0, [45.0, 70.0, 90.0])}
+ROUTER_LOADS_70B = {"conv": (600.0, [11.0, 14.0, 17.0])}
 BETAS = [0.25, 1.0, 4.0, 16.0]
 
 
@@ -232,7 +233,13 @@ def router_configs() -> list[tuple[str, str, float]]:
     return runs
 
 
-def router_sweep(b: Bench, profile: Profile, traces: Sequence[str], replicas: int) -> None:
+def router_sweep(
+    b: Bench,
+    profile: Profile,
+    traces: Sequence[str],
+    replicas: int,
+    loads: dict[str, tuple[float, list[float]]] = ROUTER_LOADS,
+) -> None:
     b.write(
         f"\n## SAL vs other balancers: {replicas} replicas, {profile.description}, FCFS engines\n"
     )
@@ -241,7 +248,7 @@ def router_sweep(b: Bench, profile: Profile, traces: Sequence[str], replicas: in
         "= the lowest mean TGT among the non-SAL policies divided by SAL's (b=1). " + TRACE_NOTE
     )
     for name in traces:
-        seconds, scales = ROUTER_LOADS[name]
+        seconds, scales = loads[name]
         if b.quick:
             scales = scales[1:2]
         rows: list[list[object]] = []
@@ -312,7 +319,7 @@ def router_sweep(b: Bench, profile: Profile, traces: Sequence[str], replicas: in
 
 
 def poll_sweep(b: Bench, profile: Profile, name: str, scale: float, replicas: int) -> None:
-    seconds = ROUTER_LOADS[name][0]
+    seconds = ROUTER_LOADS[name][0] if profile.name.endswith("8b") else 600.0
     jobs = b.slice(name, seconds, scale, profile)
     polls = [10.0, 100.0, 1000.0, 5000.0]
     b.write(f"\n## Poll interval: {name} trace x{scale:g}, {replicas} replicas, {profile.name}\n")
@@ -339,7 +346,7 @@ def poll_sweep(b: Bench, profile: Profile, name: str, scale: float, replicas: in
 
 
 def beta_plot(b: Bench, profile: Profile, name: str, scale: float, replicas: int) -> None:
-    seconds = ROUTER_LOADS[name][0]
+    seconds = ROUTER_LOADS[name][0] if profile.name.endswith("8b") else 600.0
     jobs = b.slice(name, seconds, scale, profile)
     betas = [0.0, 0.25, 1.0, 4.0, 16.0, 64.0]
     if b.quick:
@@ -518,10 +525,12 @@ def report(args: argparse.Namespace) -> int:
         alpha_sweep(b, p8, "conv", 7.5)
     if "router" in parts:
         router_sweep(b, p8, ["conv", "code"], 8)
+        router_sweep(b, p70, ["conv"], 8, ROUTER_LOADS_70B)
     if "beta" in parts:
-        beta_plot(b, p8, "conv", 54.0, 8)
+        beta_plot(b, p8, "conv", 66.0, 8)
+        beta_plot(b, p70, "conv", 14.0, 8)
     if "poll" in parts:
-        poll_sweep(b, p8, "code", 45.0, 8)
+        poll_sweep(b, p8, "code", 70.0, 8)
     if "scls" in parts:
         small_kv = replace(with_shape(p8, num_blocks=2048), name="h100-llama3-8b-kv32k")
         scls_sweep(b, [p8, p70, small_kv], ["conv", "code"], 4)
