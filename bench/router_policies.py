@@ -11,11 +11,11 @@ last token - arrival.
 
 The replica profile is an assumption, not a measurement: a mid-range GPU serving an 8B model
 (8 ms per step + 0.05 ms per prefill token + 0.05 ms per decoding sequence + 40 ns per KV token
-read; 131,072 KV tokens; 2,048 tokens per step; 256 sequences). Load is swept by replaying the
-trace's arrivals `speedup` times faster.
+read; 131,072 KV tokens, or fewer with --kv-blocks; 2,048 tokens per step; 256 sequences). Load
+is swept by replaying the trace's arrivals `speedup` times faster. SAL runs once per --betas value.
 
     .venv/bin/python bench/router_policies.py                      # both traces, default loads
-    .venv/bin/python bench/router_policies.py --trace conv --speedups 6,8 --requests 3000
+    .venv/bin/python bench/router_policies.py --kv-blocks 2048 --trace conv --speedups 3,4,5
 
 Reads ../shared/traces (or --traces DIR); never copies them.
 """
