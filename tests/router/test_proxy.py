@@ -13,6 +13,7 @@ import pytest
 from router_helpers import admin, base, make_settings, read_sse, running_router, wait_for
 
 from halffull.api.runtime_config import RouterDiscovery
+from halffull.policy.routing import POLICIES
 from halffull.router.metrics_parse import parse_engine_metrics
 from halffull.testing.engine_model import EngineShape, StepCosts
 from halffull.testing.fake_engine import FakeEngine
@@ -259,5 +260,24 @@ def test_engine_metrics_names_match_what_the_router_reads() -> None:
             assert stats.num_running == 1
             assert stats.kv_usage == pytest.approx(3 / 64)
             assert stats.kv_capacity_tokens == 1024
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_every_policy_serves_through_the_router(policy: str) -> None:
+    async def main() -> None:
+        async with (
+            engines(2) as fakes,
+            running_router(make_settings([f.url for f in fakes], policy=policy)) as router,
+            aiohttp.ClientSession() as s,
+        ):
+            assert router.policy.name == policy
+            for _ in range(6):
+                async with s.post(
+                    base(router) + "/v1/completions", json={"prompt": [1] * 20, "max_tokens": 2}
+                ) as r:
+                    assert r.status == 200
+            assert sum(f.requests_total for f in fakes) == 6
 
     asyncio.run(main())
