@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,8 +52,8 @@ class Proc:
 
 
 @contextlib.contextmanager
-def started(name: str, cmd: list[str], url: str, health: str) -> Iterator[Proc]:
-    log = Path(f"/tmp/bench-{name}-{os.getpid()}.log").open("wb")  # noqa: SIM115
+def started(name: str, cmd: list[str], url: str, health: str, log_dir: Path) -> Iterator[Proc]:
+    log = (log_dir / f"{name}.log").open("wb")
     popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
@@ -209,6 +210,7 @@ def main() -> int:
     rates = [float(r) for r in args.rates.split(",")]
 
     engine_port, router_port, admin_port, vr_port = (free_port() for _ in range(4))
+    log_dir = Path(tempfile.mkdtemp(prefix="router-overhead-"))
     engine_url = f"http://127.0.0.1:{engine_port}"
     with contextlib.ExitStack() as stack:
         engine = stack.enter_context(
@@ -217,6 +219,7 @@ def main() -> int:
                 [PY, "-m", "halffull.testing.fake_engine", "--port", str(engine_port)],
                 engine_url,
                 engine_url + "/health",
+                log_dir,
             )
         )
         engine.name = "direct"
@@ -242,6 +245,7 @@ def main() -> int:
                     ],
                     f"http://127.0.0.1:{router_port}",
                     f"http://127.0.0.1:{admin_port}/ready",
+                    log_dir,
                 )
             )
         )
@@ -270,6 +274,7 @@ def main() -> int:
                             ],
                             f"http://127.0.0.1:{vr_port}",
                             f"http://127.0.0.1:{vr_port}/health",
+                            log_dir,
                         )
                     )
                 )
@@ -323,6 +328,8 @@ def main() -> int:
         print(f"\nvllm-router: {vr_note}")
     mean_direct = statistics.fmean(cells[("direct", rates[-1])].latencies or [float("nan")])
     print(f"\n(direct mean latency at {rates[-1]:g} req/s: {mean_direct * 1e3:.2f} ms)")
+    if not vr_note.startswith("failed"):  # keep the logs of a failed start
+        shutil.rmtree(log_dir, ignore_errors=True)
     return 0
 
 
