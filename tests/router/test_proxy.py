@@ -98,7 +98,7 @@ def test_burst_between_two_polls_spreads() -> None:
     accounting all twelve would go to engine 0; with it, they even out the queues."""
 
     async def main() -> None:
-        costs = StepCosts(step_base_s=0.05)
+        costs = StepCosts(step_base_s=0.5)  # nothing finishes while the burst is dispatched
         async with engines(3, costs=costs) as fakes:
             for f in fakes[1:]:
                 f.engine.add("earlier", 300, 2, 0.0)  # waiting; the scheduler is not woken
