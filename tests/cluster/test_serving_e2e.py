@@ -32,14 +32,14 @@ def post(url: str, body: dict[str, Any]) -> tuple[int, bytes]:
         return resp.status, resp.read()
 
 
-def router_reloads(ip: str) -> float:
+def router_metric(ip: str, name: str) -> float:
     with urllib.request.urlopen(f"http://{ip}:9000/metrics", timeout=5) as resp:
         text = resp.read().decode()
     return sum(
         s.value
         for fam in text_string_to_metric_families(text)
         for s in fam.samples
-        if s.name == "halffull_router_config_reloads_total"
+        if s.name == name
     )
 
 
@@ -107,9 +107,13 @@ def test_requests_flow_and_weights_follow_engine_metrics(
     # tuning reaches the running router (it reloads its projected ConfigMap), no restart
     engine_before = cluster.get("deployment", "e2e-engine", namespace)
     assert engine_before is not None
-    reloads = router_reloads(ip)
+    assert router_metric(ip, "halffull_router_beta") != 4.0
     cluster.patch("llms", "e2e", namespace, {"spec": {"router": {"beta": 4.0}}})
-    wait_for(lambda: router_reloads(ip) > reloads, timeout=30, what="router reloaded its config")
+    wait_for(
+        lambda: router_metric(ip, "halffull_router_beta") == 4.0,
+        timeout=30,
+        what="the running router reports the new beta",
+    )
     engine_after = cluster.get("deployment", "e2e-engine", namespace)
     assert engine_after is not None
     assert engine_after["metadata"]["generation"] == engine_before["metadata"]["generation"]

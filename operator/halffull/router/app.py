@@ -120,6 +120,17 @@ class _EndpointCollector(Collector):
         fails = CounterMetricFamily(
             "halffull_router_poll_failures", "Failed /metrics polls of the endpoint", labels=lab
         )
+        beta = GaugeMetricFamily("halffull_router_beta", "SAL's beta in force")
+        beta.add_metric([], r.settings.beta)
+        poll = GaugeMetricFamily(
+            "halffull_router_poll_interval_seconds", "Engine stats poll interval in force"
+        )
+        poll.add_metric([], r.settings.poll_interval_ms / 1000.0)
+        policy = GaugeMetricFamily(
+            "halffull_router_policy", "1 for the routing policy in force", labels=["policy"]
+        )
+        policy.add_metric([r.settings.policy], 1.0)
+        yield from (beta, poll, policy)
         for ep in r.endpoints.values():
             state = r.state_of(ep, now)
             up.add_metric([ep.name], 0.0 if ep.down else 1.0)
