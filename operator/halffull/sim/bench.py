@@ -35,9 +35,10 @@ from halffull.sim.profiles import (
 )
 from halffull.sim.report import Summary, summarize, table
 from halffull.sim.slices import SliceConfig, simulate_slices
-from halffull.sim.workload import Job, load_csv, prepare, resolve_trace
+from halffull.sim.workload import Job, fit, load_csv, prepare, resolve_trace, synthetic
 
 TRACE_NOTE = "Trace: Azure LLM inference trace 2023 (CC-BY 4.0)."
+PARTS = ["speed", "engine", "alpha", "router", "beta", "poll", "synthetic", "combined", "scls"]
 
 
 def _plt() -> Any:
@@ -485,6 +486,87 @@ def scls_sweep(
     b.save(fig, "scls_throughput.png")
 
 
+def synthetic_sweep(b: Bench, profile: Profile, name: str, rate: float) -> None:
+    """LARRY vs FCFS on synthetic arrivals: lengths fitted to the trace, Poisson or bursty."""
+    law = fit(b.trace(name))
+    count = 600 if b.quick else 4000
+    b.write(
+        f"\n## Synthetic workloads: {rate:g} req/s, lengths fitted to the {name} trace "
+        f"(log-normal), 1 replica, {profile.name}\n"
+    )
+    b.write(
+        f"Fitted: prompt log-mean {law.prompt_mu:.2f} (sd {law.prompt_sigma:.2f}), output log-mean "
+        f"{law.output_mu:.2f} (sd {law.output_sigma:.2f}); the trace's own inter-arrival CV is "
+        f"{law.cv:.2f}. Gamma-distributed gaps with the given CV; {count} requests, seed 0."
+    )
+    rows: list[list[object]] = []
+    for cv in (1.0, 4.0):
+        jobs = prepare(
+            synthetic(law, count=count, rate=rate, cv=cv, seed=0),
+            max_model_len=profile.shape.max_model_len,
+        )
+        base: Summary | None = None
+        for label, pol, alpha in ENGINE_POLICIES[:3]:
+            s = summarize(jobs, simulate(jobs, ClusterConfig(profile, admission=pol, alpha=alpha)))
+            base = base or s
+            rows.append(
+                [
+                    "Poisson" if cv == 1.0 else f"bursty (CV {cv:g})",
+                    label,
+                    s.ttft_p50,
+                    s.ttft_mean,
+                    s.ttft_p99,
+                    s.tgt_p50,
+                    s.tgt_p99,
+                    f"{base.ttft_p50 / s.ttft_p50:.2f}x",
+                ]
+            )
+    b.write(
+        table(
+            [
+                "arrivals",
+                "policy",
+                "TTFT p50",
+                "TTFT mean",
+                "TTFT p99",
+                "TGT p50",
+                "TGT p99",
+                "x FCFS",
+            ],
+            rows,
+        )
+    )
+
+
+def combined_sweep(b: Bench, profile: Profile, name: str, scale: float, replicas: int) -> None:
+    """LARRY engines behind SAL, against FCFS engines behind round-robin."""
+    seconds = ROUTER_LOADS[name][0]
+    jobs = b.slice(name, seconds, scale, profile)
+    b.write(
+        f"\n## LARRY and SAL together: {name} trace x{scale:g}, {replicas} replicas, "
+        f"{profile.name}\n"
+    )
+    rows: list[list[object]] = []
+    for admission, alpha in (("fcfs", 1.0), ("larry", 0.1), ("larry", 0.01)):
+        for router in ("round-robin", "sal"):
+            cfg = ClusterConfig(
+                profile,
+                replicas=replicas,
+                admission=admission,  # type: ignore[arg-type]
+                alpha=alpha,
+                router=router,
+                seed=1,
+            )
+            s = summarize(jobs, simulate(jobs, cfg))
+            label = admission if admission == "fcfs" else f"larry a={alpha:g}"
+            rows.append([label, router, s.ttft_p50, s.ttft_mean, s.ttft_p99, s.tgt_mean, s.tgt_p99])
+    b.write(
+        table(
+            ["engine", "router", "TTFT p50", "TTFT mean", "TTFT p99", "TGT mean", "TGT p99"], rows
+        )
+    )
+
+
 def speed(b: Bench) -> None:
     profile = get_profile("h100-llama3-8b")
     jobs = prepare(b.trace("conv"), max_model_len=profile.shape.max_model_len)
@@ -515,7 +597,7 @@ def report(args: argparse.Namespace) -> int:
     )
     p8 = get_profile("h100-llama3-8b")
     p70 = get_profile("h100x2-llama3-70b")
-    parts = set(args.only or ["speed", "engine", "alpha", "router", "beta", "poll", "scls"])
+    parts = set(args.only or PARTS)
     if "speed" in parts:
         speed(b)
     if "engine" in parts:
@@ -531,6 +613,10 @@ def report(args: argparse.Namespace) -> int:
         beta_plot(b, p70, "conv", 14.0, 8)
     if "poll" in parts:
         poll_sweep(b, p8, "code", 70.0, 8)
+    if "synthetic" in parts:
+        synthetic_sweep(b, p8, "conv", 33.0)
+    if "combined" in parts:
+        combined_sweep(b, p8, "code", 90.0, 8)
     if "scls" in parts:
         small_kv = replace(with_shape(p8, num_blocks=2048), name="h100-llama3-8b-kv32k")
         scls_sweep(b, [p8, p70, small_kv], ["conv", "code"], 4)
@@ -687,9 +773,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r = sub.add_parser("report", help="all sweeps: tables and plots into --out")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--quick", action="store_true", help="short slices and fewer points")
-    r.add_argument(
-        "--only", nargs="+", choices=["speed", "engine", "alpha", "router", "beta", "poll", "scls"]
-    )
+    r.add_argument("--only", nargs="+", choices=PARTS)
     r.add_argument("--traces-dir", type=Path)
     t = sub.add_parser("tune", help="alpha and beta sweeps on your own trace CSV")
     t.add_argument("--trace", required=True, help="CSV: arrival, prompt_tokens, output_tokens")
