@@ -147,7 +147,7 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
             a += 1
             k = 0
             if policy is not None:
-                # the router's running mean of prompt sizes (RouterApp._observe_prompt)
+                # the router's running mean of prompt sizes (Router._observe_prompt)
                 mean_prompt = (
                     float(req.prompt) if a == 1 else mean_prompt + 0.02 * (req.prompt - mean_prompt)
                 )
