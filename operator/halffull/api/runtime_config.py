@@ -54,7 +54,7 @@ class RouterConfig(_Strict):
 
     model: str = Field(min_length=1)
     policy: RouterPolicy = "sal"
-    beta: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
+    beta: float = Field(default=256.0, ge=0.0, allow_inf_nan=False)
     poll_interval_ms: int = Field(default=100, alias="pollIntervalMs", ge=10, le=60_000)
     max_num_batched_tokens: int | None = Field(default=None, alias="maxNumBatchedTokens", ge=1)
     max_model_len: int | None = Field(default=None, alias="maxModelLen", ge=1)

@@ -61,7 +61,7 @@ class ApiKeySecret(_Model):
 class RouterSpec(_Model):
     enabled: bool = True
     policy: RouterPolicy = "sal"
-    beta: float = 1.0
+    beta: float = 256.0
     poll_interval_ms: int = Field(default=100, alias="pollIntervalMs")
     replicas: int = 1
     image: str | None = None
