@@ -71,5 +71,3 @@ class LocalCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-
-__all__ = ["LocalCluster", "packaged"]
