@@ -66,6 +66,16 @@ class ReplayClock:
             self._skipped += t - now
 
 
+class WallClock:
+    """Wall-clock time for the replay (GPU runs, where the engine's work is not CPU time)."""
+
+    def __call__(self) -> float:
+        return time.time()
+
+    def skip_to(self, t: float) -> None:
+        time.sleep(max(0.0, t - time.time()))
+
+
 @dataclass(frozen=True)
 class TraceRequest:
     offset: float  # seconds after the slice's first arrival, at the trace's own pace
@@ -147,6 +157,7 @@ def replay(
     max_model_len: int,
     tag: str,
     salt: int,
+    use_cpu_clock: bool = True,
 ) -> tuple[list[float], list[float], int, float]:
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
@@ -163,7 +174,7 @@ def replay(
     done: dict[str, float] = {}
     arrival: dict[str, float] = {}
     output_tokens = 0
-    clock = ReplayClock()
+    clock: ReplayClock | WallClock = ReplayClock() if use_cpu_clock else WallClock()
     inproc.scheduler.larry_clock = clock
     start = clock() + 0.001
     i = 0
@@ -216,9 +227,10 @@ def run(args: argparse.Namespace) -> list[RunResult]:
         engine_kwargs["block_size"] = args.block_size
     with inproc_engine(
         work,
-        kv_cache_memory_bytes=args.kv_tokens * KV_BYTES_PER_TOKEN,
+        kv_cache_memory_bytes=args.kv_tokens * args.kv_bytes_per_token,
         max_model_len=args.max_model_len,
         engine_kwargs=engine_kwargs,
+        model=args.model,
     ) as inproc:
         engine = inproc.engine
         sched = inproc.scheduler
@@ -240,6 +252,7 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                     max_model_len=args.max_model_len,
                     tag=f"warmup{w}-{trace_name}",
                     salt=1000 + w,
+                    use_cpu_clock=args.clock == "cpu",
                 )
             for rate in args.rates:
                 arrivals = slice_for_rate(trace, rate, args.duration)
@@ -256,6 +269,7 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                         max_model_len=args.max_model_len,
                         tag=tag,
                         salt=len(results),
+                        use_cpu_clock=args.clock == "cpu",
                     )
                     res = RunResult(
                         trace_name,
@@ -373,6 +387,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument(
         "--block-size", type=int, default=32, help="KV block size in tokens (0: vLLM's choice)"
+    )
+    parser.add_argument(
+        "--model", help="model directory or name with real weights (default: the tiny dummy one)"
+    )
+    parser.add_argument(
+        "--kv-bytes-per-token",
+        type=int,
+        default=KV_BYTES_PER_TOKEN,
+        help="KV bytes per token of the model, to size --kv-tokens (default: the tiny model's)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="replay clock: this process's CPU time (CPU engines) or wall time (GPU engines)",
     )
     parser.add_argument(
         "--repeats", type=int, default=1, help="passes over the policies at each rate"

@@ -83,8 +83,10 @@ def inproc_engine(
     max_model_len: int = 4096,
     engine_kwargs: Mapping[str, Any] | None = None,
     scheduler_cls: str | None = PLUGIN,
+    model: str | None = None,
 ) -> Iterator[InprocEngine]:
-    """Build an in-process engine with the tiny model and our plugin; the parameter file is
+    """Build an in-process engine with our plugin and the tiny dummy-weight model (or `model`,
+    a local directory or name loaded with real weights); the parameter file is
     `workdir/scheduler.json` and is checked at every step. Sets the environment variables it
     needs for the engine's lifetime and restores them after."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -107,18 +109,18 @@ def inproc_engine(
         from vllm.v1.engine.llm_engine import LLMEngine
 
         kwargs: dict[str, Any] = {
-            "load_format": "dummy",
             "skip_tokenizer_init": True,
-            "dtype": "float32",
-            "enforce_eager": True,
             "kv_cache_memory_bytes": kv_cache_memory_bytes,
             "max_model_len": max_model_len,
         }
+        if model is None:
+            kwargs.update(load_format="dummy", dtype="float32", enforce_eager=True)
         if scheduler_cls is not None:
             kwargs["scheduler_cls"] = scheduler_cls
         kwargs.update(engine_kwargs or {})
-        model = write_tiny_llama(workdir / "model", max_position_embeddings=max_model_len)
-        engine = LLMEngine.from_engine_args(EngineArgs(model=str(model), **kwargs))
+        if model is None:
+            model = str(write_tiny_llama(workdir / "model", max_position_embeddings=max_model_len))
+        engine = LLMEngine.from_engine_args(EngineArgs(model=model, **kwargs))
         yield InprocEngine(engine, config_path)
     finally:
         if engine is not None:
@@ -128,3 +130,71 @@ def inproc_engine(
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def step_trace(
+    inproc: InprocEngine, prompts: Sequence[int], outputs: Sequence[int]
+) -> list[list[int]]:
+    """Submit all requests (prompt and output lengths, arriving 10 ms apart) before the first
+    step, run the engine to completion and return, per step, the indices of the requests that
+    produced a token in it: a fingerprint of every scheduling decision the engine took."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    start = time.time() - 1.0
+    for i, (p, o) in enumerate(zip(prompts, outputs, strict=True)):
+        inproc.engine.add_request(
+            f"trace-{i}",
+            {"prompt_token_ids": prompt_ids(i, p)},
+            SamplingParams(max_tokens=o, ignore_eos=True, output_kind=RequestOutputKind.DELTA),
+            arrival_time=start + 0.01 * i,
+        )
+    steps: list[list[int]] = []
+    while inproc.engine.has_unfinished_requests():
+        produced = [
+            int(out.request_id.split("-")[1])
+            for out in inproc.engine.step()
+            if out.outputs and out.outputs[0].token_ids
+        ]
+        steps.append(sorted(produced))
+    return steps
+
+
+def preemptions(inproc: InprocEngine) -> int:
+    """vLLM's own preemption counter (`vllm:num_preemptions`) for this process."""
+    return int(
+        sum(
+            float(getattr(m, "value", 0.0))
+            for m in inproc.engine.get_metrics()
+            if m.name == "vllm:num_preemptions"
+        )
+    )
+
+
+def _main() -> None:
+    """`python -m halffull.testing.vllm_engine SPEC_JSON`: build an engine in a fresh process,
+    run `step_trace` and print `{"steps": ..., "preemptions": ...}` as JSON. SPEC keys: workdir,
+    prompts, outputs, scheduler_cls (null: vanilla vLLM), scheduler_config, and optional
+    kv_cache_memory_bytes, max_model_len, engine_kwargs."""
+    import sys
+
+    spec = json.loads(sys.argv[1])
+    with inproc_engine(
+        Path(spec["workdir"]),
+        scheduler_config=spec.get("scheduler_config", '{"policy": "fcfs", "alpha": 1.0}'),
+        kv_cache_memory_bytes=spec.get("kv_cache_memory_bytes", 16 * 1024 * 1024),
+        max_model_len=spec.get("max_model_len", 4096),
+        engine_kwargs=spec.get("engine_kwargs"),
+        scheduler_cls=spec.get("scheduler_cls"),
+    ) as inproc:
+        steps = step_trace(inproc, spec["prompts"], spec["outputs"])
+        result = {
+            "scheduler": type(inproc.scheduler).__name__,
+            "steps": steps,
+            "preemptions": preemptions(inproc),
+        }
+    print("HALFFULL-RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    _main()
