@@ -13,7 +13,9 @@ Two measurements, one in-process engine (our scheduler plugin loaded, prefix cac
    with FCFS and once with LARRY. Per request: arrival, prompt, output, first token, last token.
 
 Everything goes into one JSON file; `halffull bench fidelity --real FILE` replays the same
-requests in the simulator with the CPU profile fitted from part 1 and reports the errors.
+requests in the simulator and reports the errors, with a step-time model fitted to the first
+replay's steps (default), to the calibration batches, or the committed cpu-tiny constants
+(`--fit-on 0|calibration|profile`; docs/simulator.md says why the first is the default).
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/sim_fidelity.py --out /tmp/fidelity.json \
         --requests 200 --rates 20 40 70

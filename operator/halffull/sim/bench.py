@@ -787,9 +787,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--real", type=Path, required=True)
     f.add_argument(
         "--fit-on",
-        default="calibration",
-        help="'calibration' (fit the controlled batches), 'profile' (use the committed cpu-tiny "
-        "constants) or the index of a replay whose steps to fit",
+        default="0",
+        help="the index of a replay whose steps to fit (default 0: the first, usually the lightest "
+        "load), 'calibration' (fit the controlled batches) or 'profile' (the committed cpu-tiny "
+        "constants)",
     )
 
 
