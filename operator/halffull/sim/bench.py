@@ -631,7 +631,11 @@ def report(args: argparse.Namespace) -> int:
 
 
 def tune(args: argparse.Namespace) -> int:
-    """Sweep alpha (one replica) and beta (all replicas) at a few loads of the user's trace."""
+    """Sweep alpha and beta at a few multiples of the user's traffic on `--replicas` replicas.
+
+    alpha: one replica given every N-th request (its share under an even split); beta: all N
+    replicas behind the router with the whole trace. A rate scale of 2 means twice today's
+    traffic."""
     profile = get_profile(args.profile)
     jobs0 = prepare(
         load_csv(resolve_trace(args.trace, args.traces_dir)),
@@ -639,10 +643,14 @@ def tune(args: argparse.Namespace) -> int:
     )
     scales = args.rate_scales
     print(f"# Tuning on {args.trace}: {len(jobs0)} requests, {profile.description}\n")
-    print("## alpha (one replica; lower TTFT p50 is better, watch p99)\n")
+    print(
+        f"## alpha (one replica with every {args.replicas}th request; lower TTFT p50 is better, "
+        "watch p99)\n"
+    )
     rows: list[list[object]] = []
+    share = jobs0[:: args.replicas]
     for scale in scales:
-        jobs = [replace(j, arrival=j.arrival / scale) for j in jobs0]
+        jobs = [replace(j, arrival=j.arrival / scale) for j in share]
         for label, pol, alpha in [("fcfs", "fcfs", 1.0)] + [
             (f"larry a={a:g}", "larry", a) for a in args.alphas
         ]:
@@ -655,7 +663,7 @@ def tune(args: argparse.Namespace) -> int:
     print(f"\n## beta ({args.replicas} replicas, FCFS engines; lower TGT is better)\n")
     rows = []
     for scale in scales:
-        jobs = [replace(j, arrival=j.arrival / (scale * args.replicas)) for j in jobs0]
+        jobs = [replace(j, arrival=j.arrival / scale) for j in jobs0]
         for label, router, beta in [
             ("round-robin", "round-robin", 1.0),
             ("least-requests", "least-requests", 1.0),
@@ -664,7 +672,7 @@ def tune(args: argparse.Namespace) -> int:
             s = summarize(jobs, simulate(jobs, cfg))
             rows.append(
                 [
-                    f"x{scale * args.replicas:g}",
+                    f"x{scale:g}",
                     s.offered_rps,
                     label,
                     s.ttft_p50,
