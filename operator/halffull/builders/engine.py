@@ -72,17 +72,11 @@ def scheduler_configmap(svc: LLMService) -> dict[str, Any]:
 
 def _resources(svc: LLMService) -> dict[str, Any]:
     engine = svc.spec.engine
-    limits: dict[str, Any] = dict(engine.resources.limits)
-    requests: dict[str, Any] = dict(engine.resources.requests)
+    limits: dict[str, object] = dict(engine.resources.limits)
+    requests: dict[str, object] = dict(engine.resources.requests)
     if engine.gpus > 0:
-        limits[GPU_RESOURCE] = str(engine.gpus)
-        requests[GPU_RESOURCE] = str(engine.gpus)
-    out: dict[str, Any] = {}
-    if limits:
-        out["limits"] = {k: str(v) for k, v in sorted(limits.items())}
-    if requests:
-        out["requests"] = {k: str(v) for k, v in sorted(requests.items())}
-    return out
+        limits[GPU_RESOURCE] = requests[GPU_RESOURCE] = engine.gpus
+    return meta.resource_requirements(limits, requests)
 
 
 def _env(svc: LLMService) -> list[dict[str, Any]]:
@@ -146,26 +140,10 @@ def engine_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
         pod_spec["nodeSelector"] = dict(sorted(engine.node_selector.items()))
     if engine.tolerations:
         pod_spec["tolerations"] = [dict(t) for t in engine.tolerations]
-    selector = meta.selector_labels(svc, COMPONENT)
-    return meta.with_hash(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": meta.object_meta(svc, meta.engine_name(svc), COMPONENT),
-            "spec": {
-                "replicas": svc.spec.replicas,
-                "selector": {"matchLabels": selector},
-                # GPUs are scarce: replace replicas one at a time instead of surging.
-                "strategy": {
-                    "type": "RollingUpdate",
-                    "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
-                },
-                "template": {
-                    "metadata": {"labels": meta.labels(svc, COMPONENT)},
-                    "spec": pod_spec,
-                },
-            },
-        }
+    # GPUs are scarce: replace replicas one at a time instead of surging.
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    return meta.deployment(
+        svc, meta.engine_name(svc), COMPONENT, svc.spec.replicas, pod_spec, strategy
     )
 
 

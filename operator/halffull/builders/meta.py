@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from halffull.api.spec import API_VERSION, KIND, LLMService
@@ -76,6 +77,44 @@ def object_meta(svc: LLMService, name: str, component: str) -> dict[str, Any]:
         "labels": labels(svc, component),
         "ownerReferences": [owner_reference(svc)],
     }
+
+
+def resource_requirements(
+    limits: Mapping[str, object], requests: Mapping[str, object]
+) -> dict[str, dict[str, str]]:
+    """Core ResourceRequirements with quantities as strings, keys sorted, empty parts left out."""
+    out: dict[str, dict[str, str]] = {}
+    if limits:
+        out["limits"] = {k: str(v) for k, v in sorted(limits.items())}
+    if requests:
+        out["requests"] = {k: str(v) for k, v in sorted(requests.items())}
+    return out
+
+
+def deployment(
+    svc: LLMService,
+    name: str,
+    component: str,
+    replicas: int,
+    pod_spec: dict[str, Any],
+    strategy: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A Deployment of one component's pods, with the input hash in its annotations."""
+    spec: dict[str, Any] = {
+        "replicas": replicas,
+        "selector": {"matchLabels": selector_labels(svc, component)},
+    }
+    if strategy is not None:
+        spec["strategy"] = strategy
+    spec["template"] = {"metadata": {"labels": labels(svc, component)}, "spec": pod_spec}
+    return with_hash(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": object_meta(svc, name, component),
+            "spec": spec,
+        }
+    )
 
 
 def desired_hash(obj: dict[str, Any]) -> str:

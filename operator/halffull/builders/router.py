@@ -69,12 +69,7 @@ def _resources(svc: LLMService) -> dict[str, Any]:
     res = svc.spec.router.resources
     if not res.limits and not res.requests:
         return DEFAULT_RESOURCES
-    out: dict[str, Any] = {}
-    if res.limits:
-        out["limits"] = {k: str(v) for k, v in sorted(res.limits.items())}
-    if res.requests:
-        out["requests"] = {k: str(v) for k, v in sorted(res.requests.items())}
-    return out
+    return meta.resource_requirements(res.limits, res.requests)
 
 
 def router_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
@@ -127,28 +122,14 @@ def router_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
         "securityContext": container_security_context(),
         "volumeMounts": mounts,
     }
-    selector = meta.selector_labels(svc, COMPONENT)
-    return meta.with_hash(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": meta.object_meta(svc, meta.router_name(svc), COMPONENT),
-            "spec": {
-                "replicas": router.replicas,
-                "selector": {"matchLabels": selector},
-                "template": {
-                    "metadata": {"labels": meta.labels(svc, COMPONENT)},
-                    "spec": {
-                        "automountServiceAccountToken": False,
-                        "enableServiceLinks": False,
-                        "securityContext": pod_security_context(),
-                        "containers": [container],
-                        "volumes": volumes,
-                    },
-                },
-            },
-        }
-    )
+    pod_spec = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    return meta.deployment(svc, meta.router_name(svc), COMPONENT, router.replicas, pod_spec)
 
 
 def public_service(svc: LLMService) -> dict[str, Any]:
