@@ -100,3 +100,46 @@ def test_async_engines_get_the_async_base() -> None:
     assert type(off) is LarryScheduler and not isinstance(off, AsyncScheduler)
     mro = LarryAsyncScheduler.__mro__
     assert mro.index(LarryScheduler) < mro.index(AsyncScheduler) < mro.index(Scheduler)
+
+
+def test_sal_gauges_follow_the_engine(engine: InprocEngine) -> None:
+    """The plugin's gauges against vLLM's own state: prompt tokens of queued requests, and free
+    KV tokens matching vLLM's own KV usage once the engine is idle again."""
+    import time
+
+    from vllm import SamplingParams
+
+    from halffull.testing.vllm_engine import prompt_ids
+
+    engine.set_policy("larry", 1.0)
+    registry = engine.scheduler._larry_metrics.registry
+
+    def gauge(name: str) -> float:
+        value = registry.get_sample_value(name)
+        assert value is not None
+        return float(value)
+
+    def wait_for(name: str, expected: float) -> None:
+        deadline = time.monotonic() + 30
+        while gauge(name) != expected:
+            assert time.monotonic() < deadline, f"{name} = {gauge(name)}, expected {expected}"
+            time.sleep(0.05)
+
+    for i, n in enumerate(SIZES):
+        engine.engine.add_request(
+            f"gauges-{i}",
+            {"prompt_token_ids": prompt_ids(100 + i, n)},
+            SamplingParams(max_tokens=2),
+        )
+    wait_for("halffull_engine_waiting_prefill_tokens", float(sum(SIZES)))
+    while engine.engine.has_unfinished_requests():
+        engine.engine.step()
+    wait_for("halffull_engine_waiting_prefill_tokens", 0.0)
+    usage = [m for m in engine.engine.get_metrics() if m.name == "vllm:kv_cache_usage_perc"]
+    capacity = gauge("halffull_engine_kv_capacity_tokens")
+    assert capacity == 8192.0  # 16 MiB at 2 KiB per token
+    blocks = engine.scheduler.cache_config.num_gpu_blocks
+    block = capacity / blocks
+    # vLLM counts usage over all blocks but one (its null block).
+    expected_free = (1.0 - float(getattr(usage[0], "value", 0.0))) * (blocks - 1) * block
+    wait_for("halffull_engine_free_kv_tokens", expected_free)
