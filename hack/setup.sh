@@ -34,7 +34,8 @@ fi
 stamp="$VENV/.halffull-installed"
 if [[ ! -f "$stamp" || "$ROOT/pyproject.toml" -nt "$stamp" ]]; then
   "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -e "$ROOT[dev,bench]"
+  # The same install command the images run (hack/install-package.sh).
+  PYTHON="$VENV/bin/python" PIP_QUIET=1 bash "$ROOT/hack/install-package.sh" --editable dev,bench
   touch "$stamp"
 fi
 

@@ -138,10 +138,11 @@ def test_workload_monitors_select_what_the_operator_builds(helm: Helm) -> None:
         spec = monitors[component]["spec"]
         assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
         ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
-        (endpoint,) = spec["podMetricsEndpoints"]
-        assert endpoint["port"] in ports
-        label = endpoint["relabelings"][0]["sourceLabels"][0]
-        assert label == "__meta_kubernetes_pod_label_serving_halffull_dev_llmservice"
+        assert spec["podMetricsEndpoints"]
+        for endpoint in spec["podMetricsEndpoints"]:
+            assert endpoint["port"] in ports
+            label = endpoint["relabelings"][0]["sourceLabels"][0]
+            assert label == "__meta_kubernetes_pod_label_serving_halffull_dev_llmservice"
         assert "serving.halffull.dev/llmservice" in pod["metadata"]["labels"]
     assert not [p for p in find(helm.template(), "PodMonitor")]
 

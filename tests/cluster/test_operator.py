@@ -69,7 +69,7 @@ def test_crd_columns_and_explain(cluster: Cluster, namespace: str) -> None:
     ]
     # no operator runs here: Ready and Status are still empty and print as blanks
     row = out.splitlines()[1].split()
-    assert row[:6] == ["llama-8b", "meta-llama/Llama-3.1-8B-Instruct", "4", "larry", "0.5", "sal"]
+    assert row[:6] == ["llama-8b", "meta-llama/Llama-3.1-8B-Instruct", "4", "larry", "0.05", "sal"]
     explain = cluster.kubectl("explain", "llmservice.spec.scheduler.alpha")
     assert "weight of waiting time" in explain
     # the short name works too, and server-side dry run of the other example passes
@@ -99,7 +99,7 @@ def test_children_created_with_expected_content_and_collected(
     assert objs["service/svc-a-engine"]["spec"]["clusterIP"] == "None"
     assert objs["service/svc-a"]["spec"]["ports"][0]["port"] == 8000
     sched = json.loads(objs["configmap/svc-a-scheduler"]["data"]["scheduler.json"])
-    assert sched == {"alpha": 1.0, "policy": "larry"}
+    assert sched == {"alpha": 0.1, "policy": "larry"}
 
     cluster.kubectl("delete", "llms", "svc-a", "-n", namespace)
     wait_for(

@@ -138,3 +138,14 @@ def test_endpoint_table_is_sorted_so_pod_order_does_not_rewrite_the_configmap() 
     b = RouterEndpoint(name="p-b", url="http://127.0.0.3:8000")
     svc = service({"model": "m"})
     assert desired_children(svc, DEFAULTS, [a, b]) == desired_children(svc, DEFAULTS, [b, a])
+
+
+def test_pods_run_as_the_images_user() -> None:
+    import re
+
+    from halffull.builders.security import RUN_AS_USER
+
+    for image in ("vllm-larry", "router"):
+        text = (ROOT / "images" / image / "Dockerfile").read_text()
+        users = re.findall(r"^USER\s+(\d+)", text, flags=re.MULTILINE)
+        assert users and users[-1] == str(RUN_AS_USER), image

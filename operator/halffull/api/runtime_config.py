@@ -15,6 +15,8 @@ SCHEDULER_CONFIG_ENV = "HALFFULL_SCHEDULER_CONFIG"
 """Environment variable that gives the engine plugin the path of its parameter file."""
 
 SCHEDULER_CONFIG_FILE = "scheduler.json"
+ENGINE_METRICS_PORT_ENV = "HALFFULL_ENGINE_METRICS_PORT"
+"""Environment variable: the port where the engine plugin serves its own gauges."""
 ROUTER_CONFIG_FILE = "router.json"
 
 SchedulerPolicy = Literal["larry", "fcfs", "larry-literal"]
@@ -31,7 +33,7 @@ class SchedulerConfig(_Strict):
     """Parameters of the LARRY engine scheduler (file `scheduler.json`)."""
 
     policy: SchedulerPolicy = "larry"
-    alpha: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
+    alpha: float = Field(default=0.1, ge=0.0, allow_inf_nan=False)
 
 
 class RouterEndpoint(_Strict):

@@ -50,7 +50,7 @@ class EngineSpec(_Model):
 
 class SchedulerSpec(_Model):
     policy: SchedulerPolicy = "larry"
-    alpha: float = 1.0
+    alpha: float = 0.1
 
 
 class ApiKeySecret(_Model):

@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from halffull.api.runtime_config import (
+    ENGINE_METRICS_PORT_ENV,
     SCHEDULER_CONFIG_ENV,
     SCHEDULER_CONFIG_FILE,
     SchedulerConfig,
@@ -82,6 +83,7 @@ def _resources(svc: LLMService) -> dict[str, Any]:
 def _env(svc: LLMService) -> list[dict[str, Any]]:
     ours = [
         {"name": SCHEDULER_CONFIG_ENV, "value": f"{SCHEDULER_MOUNT}/{SCHEDULER_CONFIG_FILE}"},
+        {"name": ENGINE_METRICS_PORT_ENV, "value": str(meta.ENGINE_PLUGIN_METRICS_PORT)},
         {"name": "HOME", "value": CACHE_MOUNT},
         {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
         {"name": "VLLM_CACHE_ROOT", "value": f"{CACHE_MOUNT}/vllm"},
@@ -108,7 +110,14 @@ def engine_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
         "image": engine.image or default_image,
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
         "args": vllm_args(svc),
-        "ports": [{"name": "http", "containerPort": meta.ENGINE_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": meta.ENGINE_PORT, "protocol": "TCP"},
+            {
+                "name": "sched-metrics",
+                "containerPort": meta.ENGINE_PLUGIN_METRICS_PORT,
+                "protocol": "TCP",
+            },
+        ],
         "env": _env(svc),
         "resources": _resources(svc),
         "startupProbe": _http_probe("/health", STARTUP_PROBE_PERIOD_S, STARTUP_PROBE_FAILURES, 5),

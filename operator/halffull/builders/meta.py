@@ -15,6 +15,8 @@ HASH_ANNOTATION = "serving.halffull.dev/desired-hash"
 FIELD_MANAGER = "halffull-operator"
 
 ENGINE_PORT = 8000
+ENGINE_PLUGIN_METRICS_PORT = 9464
+"""Where the LARRY plugin serves the policy in force and SAL's inputs (see halffull.engine)."""
 ROUTER_PORT = 8000
 ROUTER_ADMIN_PORT = 9000
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# The images run as this non-root user (see images/*/Dockerfile).
-RUN_AS_USER = 1000
+# The images run as this non-root user (see images/*/Dockerfile; a test keeps them in step).
+RUN_AS_USER = 10001
 
 
 def pod_security_context() -> dict[str, Any]:

@@ -23,10 +23,10 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from halffull.api.runtime_config import SchedulerConfig
+from halffull.api.runtime_config import ENGINE_METRICS_PORT_ENV, SchedulerConfig
 from halffull.policy.larry import POLICIES
 
-METRICS_PORT_ENV = "HALFFULL_ENGINE_METRICS_PORT"
+METRICS_PORT_ENV = ENGINE_METRICS_PORT_ENV
 METRICS_HOST_ENV = "HALFFULL_ENGINE_METRICS_HOST"
 
 logger = logging.getLogger("halffull.engine")

@@ -85,7 +85,9 @@ def merge(config: RouterConfig | None, flags: FlagOverrides, source: str) -> Set
     return Settings(
         model=flags.model or (config.model if config else None),
         policy=policy,
-        beta=flags.beta if flags.beta is not None else (config.beta if config else RouterConfig.model_fields["beta"].default),
+        beta=flags.beta
+        if flags.beta is not None
+        else (config.beta if config else RouterConfig.model_fields["beta"].default),
         poll_interval_ms=flags.poll_interval_ms or (config.poll_interval_ms if config else 100),
         max_num_batched_tokens=config.max_num_batched_tokens if config else None,
         max_model_len=config.max_model_len if config else None,
