@@ -6,7 +6,11 @@ set -euo pipefail
 
 CACHE="${HALFFULL_CACHE:-$HOME/.cache/halffull}"
 BIN="$CACHE/kube/bin"
-if [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" ]]; then
+# Bump RECIPE when the way the binaries are built changes: cached binaries of another recipe are
+# rebuilt.
+RECIPE="v1.20.2-2"
+if [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" ]] \
+   && [[ "$(cat "$BIN/RECIPE" 2>/dev/null)" == "$RECIPE" ]]; then
   echo "build-kube: cached binaries in $BIN"
   exit 0
 fi
@@ -44,15 +48,24 @@ cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$TREE/vendor/github.c
 
 export GOPATH GO111MODULE=off CGO_ENABLED=0 GOFLAGS="" GOCACHE="$CACHE/kube/gocache"
 cd "$TREE"
+# The tarball was made by `git archive`, which left "v0.0.0-master+<commit>" as the version, and
+# -X linker flags do not reach it through the vendor/ symlinks into staging/: set it in the source.
+for base in staging/src/k8s.io/component-base/version/base.go \
+            staging/src/k8s.io/client-go/pkg/version/base.go; do
+  sed -i -E \
+    -e 's/^(\s+gitVersion\s+(string\s+)?= )"v0\.0\.0-master\+[0-9a-f]*"/\1"v1.20.2"/' \
+    -e 's/^(\s+gitMajor string)( = "")?( *\/\/)/\1 = "1"\3/' \
+    -e 's/^(\s+gitMinor string)( = "")?( *\/\/)/\1 = "20"\3/' \
+    -e 's/^(\s+gitTreeState\s+(string\s+)?= )""/\1"clean"/' "$base"
+  grep -q '"v1.20.2"' "$base" || { echo "build-kube: could not set the version in $base" >&2; exit 1; }
+done
 # The generated OpenAPI definitions are not shipped in the source package.
 make gen_openapi >/dev/null
-LDFLAGS="-s -w -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=v1.20.2
- -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitMajor=1
- -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitMinor=20"
 for cmd in kube-apiserver kube-controller-manager; do
-  go build -ldflags "$LDFLAGS" -o "$BIN/$cmd.tmp" "./cmd/$cmd"
+  go build -ldflags "-s -w" -o "$BIN/$cmd.tmp" "./cmd/$cmd"
   mv "$BIN/$cmd.tmp" "$BIN/$cmd"
 done
+echo "$RECIPE" > "$BIN/RECIPE"
 # Keep the binaries; drop the 1+ GB tree and build cache.
 rm -rf "$WORK" "$CACHE/kube/gocache"
 echo "build-kube: built $BIN/kube-apiserver and $BIN/kube-controller-manager"

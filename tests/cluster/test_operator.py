@@ -301,3 +301,10 @@ def test_invalid_combination_gets_degraded_not_a_crash_loop(
     all_children(cluster, namespace, "svc-h")
     wait_for(lambda: degraded() is None, what="Degraded cleared")
     assert operator.proc is not None and operator.proc.poll() is None
+
+
+def test_local_control_plane_reports_its_real_version(cluster: Cluster) -> None:
+    if not cluster.local:
+        pytest.skip("a user's cluster runs whatever version it runs")
+    version = json.loads(cluster.kubectl("version", "-o", "json"))["serverVersion"]
+    assert (version["gitVersion"], version["major"], version["minor"]) == ("v1.20.2", "1", "20")
