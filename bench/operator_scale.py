@@ -10,7 +10,6 @@ steady-state window, and the operator's RSS. Not a test: it prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -18,15 +17,14 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
-from prometheus_client.parser import text_string_to_metric_families
 
 from halffull.devcluster.controlplane import free_port
 from halffull.devcluster.local import LocalCluster
+from halffull.testing import prom
 
 NS = "bench"
 CHILD_SUFFIXES = {
@@ -88,23 +86,6 @@ class Recorder:
         return None if any(t is None for t in times) else max(t for t in times if t)
 
 
-def scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            key = s.name + json.dumps(s.labels, sort_keys=True)
-            out[key] = out.get(key, 0.0) + s.value
-    return out
-
-
-def sum_matching(metrics: dict[str, float], prefix: str, *needles: str) -> float:
-    return sum(
-        v for k, v in metrics.items() if k.startswith(prefix) and all(n in k for n in needles)
-    )
-
-
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE"})
 
 
@@ -112,11 +93,10 @@ def apiserver_writes(cluster: LocalCluster) -> dict[str, float]:
     """Write requests the apiserver counted, by "verb resource code"."""
     text = cluster.control_plane.kubectl("get", "--raw", "/metrics").stdout
     out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == "apiserver_request_total" and s.labels.get("verb") in WRITE_VERBS:
-                key = f"{s.labels['verb']} {s.labels.get('resource')} {s.labels.get('code')}"
-                out[key] = out.get(key, 0.0) + s.value
+    for s in prom.parse(text):
+        if s.name == "apiserver_request_total" and s.labels.get("verb") in WRITE_VERBS:
+            key = f"{s.labels['verb']} {s.labels.get('resource')} {s.labels.get('code')}"
+            out[key] = out.get(key, 0.0) + s.value
     return out
 
 
@@ -150,7 +130,7 @@ def main() -> int:
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    scrape(metrics_url)
+                    prom.scrape(metrics_url)
                     break
                 except OSError:
                     if time.monotonic() > deadline:
@@ -197,13 +177,13 @@ def main() -> int:
                     break
                 time.sleep(0.5)
             time.sleep(5)
-            m0, a0 = scrape(metrics_url), apiserver_writes(cluster)
+            m0, a0 = prom.scrape(metrics_url), apiserver_writes(cluster)
             time.sleep(args.steady_seconds)
-            m1, a1 = scrape(metrics_url), apiserver_writes(cluster)
+            m1, a1 = prom.scrape(metrics_url), apiserver_writes(cluster)
             w = "halffull_operator_api_writes_total"
             r = "halffull_operator_reconciles_total"
-            op_writes = sum_matching(m1, w) - sum_matching(m0, w)
-            reconciles = sum_matching(m1, r) - sum_matching(m0, r)
+            op_writes = prom.total(m1, w) - prom.total(m0, w)
+            reconciles = prom.total(m1, r) - prom.total(m0, r)
             rss = rss_mb(op.pid)
             recorder.stop.set()
         finally:

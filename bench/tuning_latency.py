@@ -19,28 +19,20 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from kubernetes import client, config
-from prometheus_client.parser import text_string_to_metric_families
 
 from halffull.devcluster.controlplane import free_port
 from halffull.devcluster.local import DEMO_COMMANDS, LocalCluster
+from halffull.testing import prom
 
 NS = "default"
 NAME = "tuning"
 
 
 def router_beta(ip: str) -> float:
-    with urllib.request.urlopen(f"http://{ip}:9000/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(
-        s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if s.name == "halffull_router_beta"
-    )
+    return prom.total(prom.scrape(f"http://{ip}:9000/metrics"), "halffull_router_beta")
 
 
 def wait(fn, limit_s: float = 60.0) -> float:  # type: ignore[no-untyped-def]

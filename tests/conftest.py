@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from halffull.testing import prom
+
 ROOT = Path(__file__).resolve().parent.parent
 CRD = ROOT / "crds" / "llmservices.serving.halffull.dev.yaml"
 T = TypeVar("T")
@@ -160,32 +162,17 @@ class OperatorProcess:
                 self.proc.wait()
             self.proc = None
 
-    def metrics(self) -> dict[str, float] | None:
-        import urllib.request
-
-        from prometheus_client.parser import text_string_to_metric_families
-
+    def metrics(self) -> list[prom.Sample] | None:
         try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
-            ) as r:
-                text = r.read().decode()
+            return prom.scrape(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout_s=2)
         except OSError:
             return None
-        out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                out[f"{s.name}{{{labels}}}"] = s.value
-        return out
 
     def writes(self) -> float:
-        m = self.metrics() or {}
-        return sum(v for k, v in m.items() if k.startswith("halffull_operator_api_writes_total{"))
+        return prom.total(self.metrics() or [], "halffull_operator_api_writes_total")
 
     def reconciles(self) -> float:
-        m = self.metrics() or {}
-        return sum(v for k, v in m.items() if k.startswith("halffull_operator_reconciles_total{"))
+        return prom.total(self.metrics() or [], "halffull_operator_reconciles_total")
 
 
 @pytest.fixture

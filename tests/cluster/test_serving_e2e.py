@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from halffull.testing import prom
 from tests.cluster.test_operator import manifest
 from tests.conftest import E2E_IMAGES, Cluster, OperatorProcess, wait_for
 
@@ -33,14 +33,7 @@ def post(url: str, body: dict[str, Any]) -> tuple[int, bytes]:
 
 
 def router_metric(ip: str, name: str) -> float:
-    with urllib.request.urlopen(f"http://{ip}:9000/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return sum(
-        s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-        if s.name == name
-    )
+    return prom.total(prom.scrape(f"http://{ip}:9000/metrics"), name)
 
 
 @pytest.fixture

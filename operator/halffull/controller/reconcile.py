@@ -21,7 +21,8 @@ from halffull.builders import meta
 from halffull.builders.children import Defaults, desired_children
 from halffull.builders.drift import covers
 from halffull.controller.kube import Kube, now_rfc3339
-from halffull.controller.weights import Published, Watch, WeightsLoop, targets_of
+from halffull.controller.metrics_source import Target
+from halffull.controller.weights import Published, Watch, WeightsLoop
 from halffull.policy.sal import DEFAULT_MAX_TOKENS_PER_BATCH
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,11 @@ class Reconciler:
             return None
         key = (svc.meta.namespace, svc.meta.name)
         spec = svc.spec
+        by_name = sorted(endpoints, key=lambda e: e.name)
         self.weights.watch(
             key,
             Watch(
-                targets=targets_of([(e.name, e.url) for e in endpoints]),
+                targets=tuple(Target(e.name, e.url) for e in by_name),
                 beta=spec.router.beta,
                 max_tokens_per_batch=spec.engine.max_num_batched_tokens
                 or DEFAULT_MAX_TOKENS_PER_BATCH,

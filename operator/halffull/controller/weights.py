@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,7 +213,3 @@ class WeightsLoop:
             detail = "; ".join(f"{pod}: {why}" for pod, why in sorted(bad.items()))
             problem = ("EndpointMetricsMissing", f"fallback weight {fallback} for {detail}")
         return Published(weights, tuple(rows), problem)
-
-
-def targets_of(endpoints: Sequence[tuple[str, str]]) -> tuple[Target, ...]:
-    return tuple(Target(pod, url) for pod, url in sorted(endpoints))

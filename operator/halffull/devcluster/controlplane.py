@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,8 +235,7 @@ class ControlPlane:
         return self.kubectl("get", "serviceaccount", "default", "-n", "default",
                             check=False).returncode == 0  # fmt: skip
 
-    def _wait(self, ready: object, name: str, timeout: float) -> None:
-        assert callable(ready)
+    def _wait(self, ready: Callable[[], bool], name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             proc = self._procs.get(name)
