@@ -5,11 +5,11 @@ PYTEST_ARGS ?=
 
 .PHONY: run test lint
 
-# The operator. With no cluster configured (no KUBECONFIG, no ~/.kube/config) it starts the
-# local control plane, applies examples/llmservice-basic.yaml and runs against that.
+# The main job on this machine: the local cluster (halffull dev), the example LLMService and the
+# operator reconciling it. Against a cluster of your own: .venv/bin/halffull operator.
 run:
 	bash hack/setup.sh run
-	.venv/bin/halffull operator
+	.venv/bin/halffull dev demo
 
 # The linters, then every test: unit, real control plane, real vLLM (CPU), real Helm.
 test:

@@ -162,7 +162,7 @@ def replay(
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    from halffull.testing.vllm_engine import prompt_ids
+    from halffull_dev.testing.vllm_engine import prompt_ids
 
     engine = inproc.engine
     jobs = []
@@ -214,7 +214,7 @@ def replay(
 
 
 def run(args: argparse.Namespace) -> list[RunResult]:
-    from halffull.testing.vllm_engine import inproc_engine
+    from halffull_dev.testing.vllm_engine import inproc_engine
 
     policies = [parse_policy(p) for p in args.policies]
     results: list[RunResult] = []

@@ -22,9 +22,9 @@ from typing import Any
 
 from kubernetes import client, config, watch
 
-from halffull.devcluster.controlplane import free_port
-from halffull.devcluster.local import LocalCluster
-from halffull.testing import prom
+from halffull_dev.cluster.controlplane import free_port
+from halffull_dev.cluster.local import LocalCluster
+from halffull_dev.testing import prom
 
 NS = "bench"
 CHILD_SUFFIXES = {

@@ -216,7 +216,7 @@ def main() -> int:
         engine = stack.enter_context(
             started(
                 "engine",
-                [PY, "-m", "halffull.testing.fake_engine", "--port", str(engine_port)],
+                [PY, "-m", "halffull_dev.testing.fake_engine", "--port", str(engine_port)],
                 engine_url,
                 engine_url + "/health",
                 log_dir,

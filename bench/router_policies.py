@@ -1,6 +1,6 @@
 """Routing-policy quality: replay the Azure LLM traces through 4 modelled replicas, all policies.
 
-Each replica is a `halffull.testing.engine_model.EngineModel` (continuous batching, chunked
+Each replica is a `halffull_dev.testing.engine_model.EngineModel` (continuous batching, chunked
 prefill with a per-step token budget, paged KV cache, preemption; step time grows with the
 step's prefill tokens, decode sequences and KV tokens read), stepped in simulated time. The
 router side is the production code: the policy classes from `halffull.policy.routing`, the
@@ -33,7 +33,7 @@ from pathlib import Path
 from halffull.policy.routing import POLICIES, EngineStats, RouteRequest, make_policy
 from halffull.policy.sal import DEFAULT_MAX_TOKENS_PER_BATCH
 from halffull.router.endpoints import Endpoint, Ticket
-from halffull.testing.engine_model import EngineModel, EngineShape, StepCosts
+from halffull_dev.testing.engine_model import EngineModel, EngineShape, StepCosts
 
 DEFAULT_TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "traces"
 TRACE_FILES = {"conv": "azure_llm_2023_conv.csv", "code": "azure_llm_2023_code.csv"}

@@ -106,7 +106,7 @@ def timed_steps(engine: Any, recorder: StepRecorder, samples: list[list[float]])
 def calibrate(engine: Any, recorder: StepRecorder, budget: int, max_seqs: int) -> list[list[float]]:
     from vllm import SamplingParams
 
-    from halffull.testing.vllm_engine import prompt_ids
+    from halffull_dev.testing.vllm_engine import prompt_ids
 
     samples: list[list[float]] = []
     k = 0
@@ -161,7 +161,7 @@ def replay(
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    from halffull.testing.vllm_engine import prompt_ids
+    from halffull_dev.testing.vllm_engine import prompt_ids
 
     first: dict[str, float] = {}
     done: dict[str, float] = {}
@@ -224,7 +224,7 @@ def main() -> int:
     ap.add_argument("--skip-calibration", action="store_true")
     args = ap.parse_args()
 
-    from halffull.testing.vllm_engine import inproc_engine
+    from halffull_dev.testing.vllm_engine import inproc_engine
 
     base = load_slice(args.start, args.requests, args.length_scale, args.max_model_len)
     span = base[-1][0]

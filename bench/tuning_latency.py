@@ -23,9 +23,9 @@ from pathlib import Path
 
 from kubernetes import client, config
 
-from halffull.devcluster.controlplane import free_port
-from halffull.devcluster.local import DEMO_COMMANDS, LocalCluster
-from halffull.testing import prom
+from halffull_dev.cluster.controlplane import free_port
+from halffull_dev.cluster.local import DEMO_COMMANDS, LocalCluster
+from halffull_dev.testing import prom
 
 NS = "default"
 NAME = "tuning"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build kube-apiserver and kube-controller-manager v1.20.2 offline from Debian's source package
-# (the only way to get a real control plane here: no registry ships the binaries).
+# Build the control plane (kube-apiserver, kube-controller-manager, kube-scheduler) and the node
+# (kubelet, kube-proxy) v1.20.2 offline from Debian's source package (the only way to get real
+# Kubernetes binaries here: no registry ships them).
 # Results are cached under $HALFFULL_CACHE (default ~/.cache/halffull) and reused when present.
 set -euo pipefail
 
@@ -8,9 +9,11 @@ CACHE="${HALFFULL_CACHE:-$HOME/.cache/halffull}"
 BIN="$CACHE/kube/bin"
 # Bump RECIPE when the way the binaries are built changes: cached binaries of another recipe are
 # rebuilt.
-RECIPE="v1.20.2-2"
-if [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" ]] \
-   && [[ "$(cat "$BIN/RECIPE" 2>/dev/null)" == "$RECIPE" ]]; then
+RECIPE="v1.20.2-3"
+CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+cached=1
+for cmd in "${CMDS[@]}"; do [[ -x "$BIN/$cmd" ]] || cached=0; done
+if ((cached)) && [[ "$(cat "$BIN/RECIPE" 2>/dev/null)" == "$RECIPE" ]]; then
   echo "build-kube: cached binaries in $BIN"
   exit 0
 fi
@@ -61,11 +64,11 @@ for base in staging/src/k8s.io/component-base/version/base.go \
 done
 # The generated OpenAPI definitions are not shipped in the source package.
 make gen_openapi >/dev/null
-for cmd in kube-apiserver kube-controller-manager; do
+for cmd in "${CMDS[@]}"; do
   go build -ldflags "-s -w" -o "$BIN/$cmd.tmp" "./cmd/$cmd"
   mv "$BIN/$cmd.tmp" "$BIN/$cmd"
 done
 echo "$RECIPE" > "$BIN/RECIPE"
 # Keep the binaries; drop the 1+ GB tree and build cache.
 rm -rf "$WORK" "$CACHE/kube/gocache"
-echo "build-kube: built $BIN/kube-apiserver and $BIN/kube-controller-manager"
+echo "build-kube: built ${CMDS[*]} in $BIN"

@@ -32,10 +32,13 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   python3 -m venv "$VENV"
 fi
 stamp="$VENV/.halffull-installed"
-if [[ ! -f "$stamp" || "$ROOT/pyproject.toml" -nt "$stamp" ]]; then
+if [[ ! -f "$stamp" || "$ROOT/pyproject.toml" -nt "$stamp" || "$ROOT/dev/pyproject.toml" -nt "$stamp" ]]; then
   "$VENV/bin/pip" install -q --upgrade pip
   # The same install command the images run (hack/install-package.sh).
   PYTHON="$VENV/bin/python" PIP_QUIET=1 bash "$ROOT/hack/install-package.sh" --editable dev,bench
+  # The development tools (local cluster, test engines): a distribution of their own, never in
+  # an image.
+  "$VENV/bin/pip" install -q --no-input --no-deps --editable "$ROOT/dev"
   touch "$stamp"
 fi
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from halffull.testing import prom
+from halffull_dev.testing import prom
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD = ROOT / "crds" / "llmservices.serving.halffull.dev.yaml"
@@ -90,8 +90,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.kubectl("wait", "--for=condition=Established", "crd/llmservices.serving.halffull.dev")
         yield c
         return
-    from halffull.devcluster.local import LocalCluster
-    from halffull.devcluster.runtime import fake_engine_command, router_command
+    from halffull_dev.cluster.local import LocalCluster
+    from halffull_dev.cluster.runtime import fake_engine_command, router_command
 
     # Pods of these images run as local processes (see E2E_IMAGES); all others only pretend.
     commands = {"e2e/fake-engine": fake_engine_command, "e2e/router": router_command}
@@ -116,7 +116,7 @@ def namespace(cluster: Cluster) -> Iterator[str]:
 
 
 def free_port() -> int:
-    from halffull.devcluster.controlplane import free_port as fp
+    from halffull_dev.cluster.controlplane import free_port as fp
 
     return fp()
 

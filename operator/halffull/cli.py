@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 # name -> (module, help). The module defines `add_arguments(parser)` and `run(args) -> int`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("halffull.controller.main", "run the LLMService operator against KUBECONFIG"),
-    "dev": ("halffull.devcluster.main", "local control plane: up, down, env, demo"),
+    "dev": ("halffull_dev.cluster.main", "local control plane: up, down, env, demo"),
     "router": ("halffull.router.main", "the SAL routing sidecar in front of the vLLM replicas"),
     "sim": ("halffull.sim.main", "simulate vLLM replicas under LARRY/SAL on a trace (no GPU)"),
     "bench": ("halffull.sim.bench", "simulator sweeps: markdown tables + plots; alpha/beta tuning"),
@@ -26,7 +26,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if chosen == [name]:  # import only the module the user asked for
-            module = importlib.import_module(module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name is None or not exc.name.startswith("halffull_dev"):
+                    raise
+                parser.exit(
+                    2,
+                    f"halffull {name}: needs the development tools (dev/ in a "
+                    "checkout: `pip install -e ./dev`, done by hack/setup.sh)\n",
+                )
             module.add_arguments(p)
             runners[name] = module.run
     args = parser.parse_args(argv)

@@ -101,8 +101,8 @@ def chart_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
         return
     from kubernetes import config
 
-    from halffull.devcluster.controlplane import ControlPlane
-    from halffull.devcluster.kubelet import KubeletStandIn
+    from halffull_dev.cluster.controlplane import ControlPlane
+    from halffull_dev.cluster.kubelet import KubeletStandIn
 
     plane = ControlPlane(workdir / "control-plane")
     plane.start(crds=[])

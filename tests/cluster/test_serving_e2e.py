@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from halffull.testing import prom
+from halffull_dev.testing import prom
 from tests.cluster.test_operator import manifest
 from tests.conftest import E2E_IMAGES, Cluster, OperatorProcess, wait_for
 
@@ -117,7 +117,9 @@ def test_requests_flow_and_weights_follow_engine_metrics(
     # an engine dies: its pod stops being Ready and leaves the table; the service stays Ready
     victim = rows[0]
     victim_ip = victim["address"].removeprefix("http://").split(":")[0]
-    subprocess.run(["pkill", "-f", f"halffull.testing.fake_engine --host {victim_ip} "], check=True)
+    subprocess.run(
+        ["pkill", "-f", f"halffull_dev.testing.fake_engine --host {victim_ip} "], check=True
+    )
 
     def one_left() -> bool:
         obj = cluster.get("llms", "e2e", namespace) or {}

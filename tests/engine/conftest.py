@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from halffull.testing.vllm_engine import InprocEngine, inproc_engine
+from halffull_dev.testing.vllm_engine import InprocEngine, inproc_engine
 
 
 @pytest.fixture(scope="session")

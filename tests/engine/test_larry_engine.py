@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from halffull.testing.vllm_engine import PLUGIN, InprocEngine
+from halffull_dev.testing.vllm_engine import PLUGIN, InprocEngine
 
 pytestmark = pytest.mark.engine
 
@@ -109,7 +109,7 @@ def test_sal_gauges_follow_the_engine(engine: InprocEngine) -> None:
 
     from vllm import SamplingParams
 
-    from halffull.testing.vllm_engine import prompt_ids
+    from halffull_dev.testing.vllm_engine import prompt_ids
 
     engine.set_policy("larry", 1.0)
     registry = engine.scheduler._larry_metrics.registry

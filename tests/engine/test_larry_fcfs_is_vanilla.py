@@ -1,6 +1,6 @@
 """Policy fcfs with the plugin loaded takes exactly vanilla vLLM's scheduling decisions, step by
 step, on a workload that fills a small KV cache and causes preemptions. Each engine runs in a
-fresh process (`python -m halffull.testing.vllm_engine`)."""
+fresh process (`python -m halffull_dev.testing.vllm_engine`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from halffull.testing.vllm_engine import PLUGIN
+from halffull_dev.testing.vllm_engine import PLUGIN
 
 pytestmark = pytest.mark.engine
 
@@ -34,7 +34,7 @@ def run_engine(workdir: Path, scheduler_cls: str | None, config: str) -> dict[st
         "engine_kwargs": {"max_num_seqs": 8, "enable_prefix_caching": False},
     }
     done = subprocess.run(
-        [sys.executable, "-m", "halffull.testing.vllm_engine", json.dumps(spec)],
+        [sys.executable, "-m", "halffull_dev.testing.vllm_engine", json.dumps(spec)],
         capture_output=True,
         text=True,
         timeout=600,

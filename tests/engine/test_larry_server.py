@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from halffull.testing.vllm_engine import PLUGIN, prompt_ids
-from halffull.testing.vllm_server import VllmServer, free_port, running_vllm_server
+from halffull_dev.testing.vllm_engine import PLUGIN, prompt_ids
+from halffull_dev.testing.vllm_server import VllmServer, free_port, running_vllm_server
 
 pytestmark = pytest.mark.engine
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from halffull.devcluster.controlplane import free_port
+from halffull_dev.cluster.controlplane import free_port
 
 
 class Prometheus:

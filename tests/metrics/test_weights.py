@@ -14,10 +14,10 @@ from aiohttp import web
 
 from halffull.controller.metrics_source import DirectScraper, PrometheusSource, Target
 from halffull.controller.weights import Watch, WeightsLoop
-from halffull.devcluster.controlplane import free_port
 from halffull.policy.weights import DEFAULT_TYPICAL_PROMPT_TOKENS, endpoint_weight
-from halffull.testing.engine_model import EngineShape, StepCosts
-from halffull.testing.fake_engine import FakeEngine
+from halffull_dev.cluster.controlplane import free_port
+from halffull_dev.testing.engine_model import EngineShape, StepCosts
+from halffull_dev.testing.fake_engine import FakeEngine
 from tests.metrics.conftest import Prometheus
 
 NS = "llm"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from halffull.testing.engine_model import EngineModel, EngineShape, StepCosts
+from halffull_dev.testing.engine_model import EngineModel, EngineShape, StepCosts
 
 
 def run_until_idle(m: EngineModel, now: float = 0.0, limit: int = 10_000) -> float:

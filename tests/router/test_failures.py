@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 from router_helpers import base, make_settings, running_router, wait_for
 
-from halffull.testing.engine_model import StepCosts
-from halffull.testing.fake_engine import FakeEngine
+from halffull_dev.testing.engine_model import StepCosts
+from halffull_dev.testing.fake_engine import FakeEngine
 
 
 def test_refused_connection_retries_next_best_and_marks_down() -> None:

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from router_helpers import make_settings
 
 from halffull.router.app import Router
-from halffull.testing.engine_model import EngineShape
-from halffull.testing.fake_engine import FakeEngine
+from halffull_dev.testing.engine_model import EngineShape
+from halffull_dev.testing.fake_engine import FakeEngine
 
 MAX_BODY = 64 * 1024
 MAX_MODEL_LEN = 512

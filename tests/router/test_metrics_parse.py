@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 
 from halffull.router.metrics_parse import MetricsParseError, parse_engine_metrics
-from halffull.testing.engine_model import EngineShape
-from halffull.testing.fake_engine import FakeEngine
+from halffull_dev.testing.engine_model import EngineShape
+from halffull_dev.testing.fake_engine import FakeEngine
 
 # The shape of vLLM 0.32's exposition for the families the router reads (two engines in one
 # server, extra families and histogram lines that must be skipped).

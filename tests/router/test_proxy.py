@@ -15,8 +15,8 @@ from router_helpers import admin, base, make_settings, read_sse, running_router,
 from halffull.api.runtime_config import RouterDiscovery
 from halffull.policy.routing import POLICIES
 from halffull.router.metrics_parse import parse_engine_metrics
-from halffull.testing.engine_model import EngineShape, StepCosts
-from halffull.testing.fake_engine import FakeEngine
+from halffull_dev.testing.engine_model import EngineShape, StepCosts
+from halffull_dev.testing.fake_engine import FakeEngine
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,7 @@ KV_BYTES = 16 * 1024 * 1024  # 8192 tokens at 2 KiB per token (tiny Llama, float
 
 @pytest.fixture(scope="module")
 def vllm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from halffull.testing.vllm_server import vllm_server
+    from halffull_dev.testing.vllm_server import vllm_server
 
     workdir: Path = tmp_path_factory.mktemp("router-vllm")
     with vllm_server(kv_cache_memory_bytes=KV_BYTES, max_model_len=1024, workdir=workdir) as url:
@@ -88,7 +88,7 @@ def test_real_metrics_carry_the_names_the_fake_engine_uses(vllm_url: str) -> Non
     same labels on the gauges the router reads."""
     import urllib.request
 
-    from halffull.testing.fake_engine import FakeEngine
+    from halffull_dev.testing.fake_engine import FakeEngine
 
     with urllib.request.urlopen(vllm_url + "/metrics", timeout=30) as resp:
         real = resp.read().decode()

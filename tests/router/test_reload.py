@@ -9,8 +9,8 @@ import aiohttp
 from router_helpers import base, running_router, wait_for, write_configmap
 
 from halffull.router.config import FlagOverrides, load_config_file, merge, resolve_config_path
-from halffull.testing.engine_model import StepCosts
-from halffull.testing.fake_engine import FakeEngine
+from halffull_dev.testing.engine_model import StepCosts
+from halffull_dev.testing.fake_engine import FakeEngine
 
 
 def config(urls: list[str], policy: str = "sal") -> dict[str, object]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from halffull.testing.vllm_engine import PLUGIN
+from halffull_dev.testing.vllm_engine import PLUGIN
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = {

@@ -1,8 +1,7 @@
 """`halffull operator`: run the LLMService operator.
 
-Against the cluster in KUBECONFIG (or in-cluster credentials). With no cluster configured at all,
-it starts the local control plane (see `halffull.devcluster`), applies the packaged example and
-runs against that, so a first run shows the whole loop on a laptop.
+Against the cluster in KUBECONFIG (or in-cluster credentials). For a local cluster on a laptop,
+`halffull dev demo` (the development tools, installed from a checkout) starts one and runs this.
 """
 
 from __future__ import annotations
@@ -11,8 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
-import subprocess
-import tempfile
+import sys
 from pathlib import Path
 
 import kopf
@@ -71,17 +69,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=8081,
         help="liveness endpoint port, /healthz (0 disables)",
     )
-    p.add_argument(
-        "--local",
-        action="store_true",
-        help="start the local control plane even if a cluster is configured",
-    )
-    p.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="work directory of the local control plane (default: a temp dir)",
-    )
     p.add_argument("--verbose", "-v", action="store_true")  # fmt: skip
 
 
@@ -131,28 +118,6 @@ def run_operator(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_local(args: argparse.Namespace) -> int:
-    from halffull.devcluster.local import DEMO_COMMANDS, LocalCluster, packaged
-
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="halffull-local-"))
-    log.info("no cluster configured: starting the local control plane in %s", workdir)
-    with LocalCluster(workdir, commands=DEMO_COMMANDS) as cluster:
-        os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-        subprocess.run(
-            ["kubectl", "--kubeconfig", str(cluster.kubeconfig), "apply", "-n", "default",
-             "-f", str(packaged("example.yaml"))],
-            check=True,
-        )  # fmt: skip
-        log.info(
-            "local cluster up; try:\n  export KUBECONFIG=%s\n  kubectl get llms,deploy,svc,cm,pods",
-            cluster.kubeconfig,
-        )
-        try:
-            return run_operator(args)
-        except KeyboardInterrupt:
-            return 0
-
-
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -160,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
-    if args.local or not cluster_configured():
-        return run_local(args)
+    if not cluster_configured():
+        print(
+            "halffull operator: no cluster configured (KUBECONFIG, ~/.kube/config or in-cluster "
+            "credentials); for a local one, run `halffull dev demo` from a checkout",
+            file=sys.stderr,
+        )
+        return 2
     return run_operator(args)

@@ -22,7 +22,7 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from halffull.devcluster.runtime import ProcessRuntime
+from halffull_dev.cluster.runtime import ProcessRuntime
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ def fake_engine_command(args: Sequence[str], mounts: Mapping[str, str], ip: str)
     """A vLLM engine container as the fast fake engine (same API and /metrics names)."""
     model = _flag(args, "--served-model-name") or _flag(args, "--model") or "model"
     port = _flag(args, "--port") or "8000"
-    cmd = [sys.executable, "-m", "halffull.testing.fake_engine", "--host", ip, "--port", port,
+    cmd = [sys.executable, "-m", "halffull_dev.testing.fake_engine", "--host", ip, "--port", port,
            "--model", model]  # fmt: skip
     for flag in ("--max-num-batched-tokens", "--max-num-seqs", "--max-model-len"):
         value = _flag(args, flag)

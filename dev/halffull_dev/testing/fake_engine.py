@@ -13,7 +13,7 @@ makes /metrics answer 503 (an engine whose stats cannot be read). Text prompts c
 one token per 4 UTF-8 bytes (rounded up); token-id prompts count exactly.
 
 In tests: `async with FakeEngine(...) as engine: engine.url`. As a process:
-`python -m halffull.testing.fake_engine --port 8101 --prefill-token-ms 0.05 ...`.
+`python -m halffull_dev.testing.fake_engine --port 8101 --prefill-token-ms 0.05 ...`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from halffull.testing.engine_model import EngineModel, EngineShape, StepCosts, TokenEvent
+from halffull_dev.testing.engine_model import EngineModel, EngineShape, StepCosts, TokenEvent
 
 _ids = itertools.count(1)
 _SHAPE = EngineShape()
@@ -538,7 +538,7 @@ async def _serve_forever(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m halffull.testing.fake_engine", description=__doc__.split("\n\n")[0]
+        prog="python -m halffull_dev.testing.fake_engine", description=__doc__.split("\n\n")[0]
     )
     add_arguments(parser)
     asyncio.run(_serve_forever(parser.parse_args(argv)))

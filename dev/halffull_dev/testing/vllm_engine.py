@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from halffull.testing.vllm_server import write_tiny_llama
+from halffull_dev.testing.vllm_server import write_tiny_llama
 
 PLUGIN = "halffull.engine.scheduler.LarryScheduler"
 
@@ -172,7 +172,7 @@ def preemptions(inproc: InprocEngine) -> int:
 
 
 def _main() -> None:
-    """`python -m halffull.testing.vllm_engine SPEC_JSON`: build an engine in a fresh process,
+    """`python -m halffull_dev.testing.vllm_engine SPEC_JSON`: build an engine in a fresh process,
     run `step_trace` and print `{"steps": ..., "preemptions": ...}` as JSON. SPEC keys: workdir,
     prompts, outputs, scheduler_cls (null: vanilla vLLM), scheduler_config, and optional
     kv_cache_memory_bytes, max_model_len, engine_kwargs."""

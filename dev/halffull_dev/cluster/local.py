@@ -8,9 +8,9 @@ from pathlib import Path
 
 from kubernetes import config
 
-from halffull.devcluster.controlplane import ControlPlane
-from halffull.devcluster.kubelet import KubeletStandIn
-from halffull.devcluster.runtime import (
+from halffull_dev.cluster.controlplane import ControlPlane
+from halffull_dev.cluster.kubelet import KubeletStandIn
+from halffull_dev.cluster.runtime import (
     CommandBuilder,
     ProcessRuntime,
     fake_engine_command,
