@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ class ConfigWatcher:
         self._config = FALLBACK
         self.reloads = 0
         self.errors = 0
+        self._lock = threading.Lock()
 
     @classmethod
     def from_env(cls) -> ConfigWatcher:
@@ -108,7 +110,8 @@ class ConfigWatcher:
 
         Safe to call from several threads: a check is done by one of them at a time."""
         if self._watch is not None and self._watch.due():
-            self.poll()
+            with self._lock:  # with interval 0 several threads may be due at once
+                self.poll()
         return self._config
 
     def poll(self) -> Change:

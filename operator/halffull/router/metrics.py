@@ -4,6 +4,7 @@ gauges read from the dispatcher's table at scrape time (so they cost nothing per
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -97,50 +98,36 @@ class RouterMetrics:
 
     def __init__(self, source: Observed, clock: Callable[[], float]) -> None:
         reg = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "halffull_router_requests",
-            "Requests answered, by route and status",
-            ["route", "code"],
-            registry=reg,
+        counter = partial(Counter, registry=reg)
+        histogram = partial(Histogram, registry=reg, buckets=LATENCY_BUCKETS)
+        self.requests = counter(
+            "halffull_router_requests", "Requests answered, by route and status", ["route", "code"]
         )
-        self.latency = Histogram(
+        self.latency = histogram(
             "halffull_router_request_duration_seconds",
             "Time from request to the end of the response, by route",
             ["route"],
-            registry=reg,
-            buckets=LATENCY_BUCKETS,
         )
-        self.ttft = Histogram(
+        self.ttft = histogram(
             "halffull_router_time_to_first_chunk_seconds",
             "Streamed requests: time from request to the first body chunk from the engine",
-            registry=reg,
-            buckets=LATENCY_BUCKETS,
         )
-        self.choices = Counter(
-            "halffull_router_choices",
-            "Requests dispatched, by endpoint",
-            ["endpoint"],
-            registry=reg,
+        self.choices = counter(
+            "halffull_router_choices", "Requests dispatched, by endpoint", ["endpoint"]
         )
-        self.upstream_errors = Counter(
+        self.upstream_errors = counter(
             "halffull_router_upstream_errors",
             "Upstream failures, by endpoint and kind",
             ["endpoint", "reason"],
-            registry=reg,
         )
-        self.retries = Counter(
-            "halffull_router_retries", "Requests retried on the next-best endpoint", registry=reg
+        self.retries = counter(
+            "halffull_router_retries", "Requests retried on the next-best endpoint"
         )
-        self.disconnects = Counter(
-            "halffull_router_client_disconnects",
-            "Requests whose client went away before the end",
-            registry=reg,
+        self.disconnects = counter(
+            "halffull_router_client_disconnects", "Requests whose client went away before the end"
         )
-        self.reloads = Counter(
-            "halffull_router_config_reloads",
-            "Configuration reloads, by result",
-            ["result"],
-            registry=reg,
+        self.reloads = counter(
+            "halffull_router_config_reloads", "Configuration reloads, by result", ["result"]
         )
         reg.register(_EndpointCollector(source, clock))
         self._request_children: dict[tuple[str, int], Counter] = {}

@@ -64,6 +64,35 @@ class SimResult:
     makespan_s: float = 0.0
     wall_s: float = 0.0
 
+    @classmethod
+    def of_requests(
+        cls,
+        requests: Sequence[SimRequest],
+        *,
+        steps: list[int],
+        busy_s: list[float],
+        makespan_s: float,
+        wall_s: float,
+        max_used_blocks: list[int] | None = None,
+        max_step_tokens: list[int] | None = None,
+    ) -> SimResult:
+        """The per-request arrays read from finished `SimRequest`s, with the run's counters."""
+        return cls(
+            arrival=np.array([r.arrival for r in requests]),
+            prompt=np.array([r.prompt for r in requests]),
+            output=np.array([r.output for r in requests]),
+            ttft=np.array([r.first_token_at - r.arrival for r in requests]),
+            tgt=np.array([r.finished_at - r.arrival for r in requests]),
+            preemptions=np.array([r.preemptions for r in requests]),
+            replica=np.array([r.replica for r in requests]),
+            steps=steps,
+            busy_s=busy_s,
+            max_used_blocks=max_used_blocks or [],
+            max_step_tokens=max_step_tokens or [],
+            makespan_s=makespan_s,
+            wall_s=wall_s,
+        )
+
     @property
     def completed(self) -> int:
         return int(np.isfinite(self.tgt).sum())
@@ -164,14 +193,8 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
                 cut = rep.add(req, now)
                 if cut is not None:
                     schedule(k, cut)
-    return SimResult(
-        arrival=np.array([r.arrival for r in requests]),
-        prompt=np.array([r.prompt for r in requests]),
-        output=np.array([r.output for r in requests]),
-        ttft=np.array([r.first_token_at - r.arrival for r in requests]),
-        tgt=np.array([r.finished_at - r.arrival for r in requests]),
-        preemptions=np.array([r.preemptions for r in requests]),
-        replica=np.array([r.replica for r in requests]),
+    return SimResult.of_requests(
+        requests,
         steps=[r.steps for r in reps],
         busy_s=[r.busy_s for r in reps],
         max_used_blocks=[r.max_used_blocks for r in reps],
