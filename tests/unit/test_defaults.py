@@ -73,7 +73,11 @@ def test_tuning_sweeps_include_the_shipped_values() -> None:
     ("doc", "pattern", "value"),
     [
         ("docs/router.md", r"\| `--beta` \| file, else `([0-9.]+)`", D.BETA),
-        ("docs/router.md", r"\| `--poll-interval-ms` \| file, else `([0-9.]+)`", D.POLL_INTERVAL_MS),
+        (
+            "docs/router.md",
+            r"\| `--poll-interval-ms` \| file, else `([0-9.]+)`",
+            D.POLL_INTERVAL_MS,
+        ),
         ("docs/router.md", r"\| `--max-attempts` \| file, else `([0-9.]+)`", D.MAX_ATTEMPTS),
     ],
 )

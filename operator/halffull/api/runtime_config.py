@@ -80,12 +80,8 @@ class RouterConfig(_Strict):
     )
     max_attempts: int = Field(default=D.MAX_ATTEMPTS, alias="maxAttempts", ge=1, le=16)
     timeouts: RouterTimeouts = Field(default_factory=RouterTimeouts)
-    shed_queued_batches: int = Field(
-        default=D.SHED_QUEUED_BATCHES, alias="shedQueuedBatches", ge=0
-    )
-    engine_metrics_port: int | None = Field(
-        default=None, alias="engineMetricsPort", ge=1, le=65535
-    )
+    shed_queued_batches: int = Field(default=D.SHED_QUEUED_BATCHES, alias="shedQueuedBatches", ge=0)
+    engine_metrics_port: int | None = Field(default=None, alias="engineMetricsPort", ge=1, le=65535)
     """Where the engines' LARRY plugin serves its exact gauges (same host as each endpoint)."""
     max_num_batched_tokens: int | None = Field(default=None, alias="maxNumBatchedTokens", ge=1)
     max_model_len: int | None = Field(default=None, alias="maxModelLen", ge=1)

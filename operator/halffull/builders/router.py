@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from halffull.api import defaults as D
 from halffull.api.runtime_config import (
     ROUTER_CONFIG_FILE,
     RouterConfig,
@@ -19,6 +20,7 @@ from halffull.api.runtime_config import (
 from halffull.api.spec import LLMService
 from halffull.builders import engine as engine_builders
 from halffull.builders import meta
+from halffull.builders.disruption import graceful
 from halffull.builders.security import container_security_context, pod_security_context
 
 COMPONENT = "router"
@@ -39,6 +41,10 @@ def router_config(
         policy=spec.router.policy,
         beta=spec.router.beta,
         poll_interval_ms=spec.router.poll_interval_ms,
+        max_attempts=spec.router.max_attempts,
+        timeouts=spec.router.timeouts,
+        shed_queued_batches=spec.router.shed_queued_batches,
+        engine_metrics_port=meta.ENGINE_PLUGIN_METRICS_PORT,
         max_num_batched_tokens=spec.engine.max_num_batched_tokens,
         max_model_len=spec.engine.max_model_len,
         endpoints=tuple(sorted(endpoints, key=lambda e: e.name)),
@@ -103,7 +109,7 @@ def router_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
             }
         )
     probe_port = {"port": "admin"}
-    container = {
+    container: dict[str, Any] = {
         "name": "router",
         "image": router.image or default_image,
         "command": ["halffull"],
@@ -129,6 +135,7 @@ def router_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
         "containers": [container],
         "volumes": volumes,
     }
+    graceful(pod_spec, container, D.SHUTDOWN_DELAY_S + D.DRAIN_GRACE_S)
     return meta.deployment(svc, meta.router_name(svc), COMPONENT, router.replicas, pod_spec)
 
 

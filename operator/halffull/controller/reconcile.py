@@ -33,7 +33,7 @@ RECONCILE_SECONDS = Histogram(
     "Duration of one reconcile",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-CHILD_KINDS = ("ConfigMap", "Service", "Deployment")
+CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy")
 
 
 @dataclass

@@ -4,9 +4,9 @@ The reconcile tells the loop which pods are Ready (`watch`); the loop samples th
 `spec.metrics.intervalSeconds`, turns readings into weights (`halffull.policy.weights`) and
 publishes the new table and asks for a reconcile when the set of pods or of problems changed (at
 once) or when a weight moved by the relative threshold (at most once per `min_publish_interval_s`,
-so weights cannot flap through the ConfigMap). The reconcile then writes the router's ConfigMap and `status.endpoints`
-from the published table: the loop itself never writes to the API, and a tick where nothing
-moved costs no write at all.
+so weights cannot flap through the ConfigMap). The reconcile then writes the router's ConfigMap
+and `status.endpoints` from the published table: the loop itself never writes to the API, and a
+tick where nothing moved costs no write at all.
 """
 
 from __future__ import annotations
