@@ -197,7 +197,7 @@ def test_a_disruption_budget_per_component_lets_drains_evict_one_pod_at_a_time()
 
 
 def test_pods_get_time_to_finish_streams_when_deleted() -> None:
-    from halffull.api import defaults as D
+    from halffull import defaults as D
 
     for dep in by_kind(desired_children(service({"model": "m"}), DEFAULTS), "Deployment").values():
         pod = dep["spec"]["template"]["spec"]

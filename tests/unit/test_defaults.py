@@ -1,4 +1,4 @@
-"""Every static copy of a default agrees with `halffull.api.defaults`, the one source."""
+"""Every static copy of a default agrees with `halffull.defaults`, the one source."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from halffull.api import defaults as D
+from halffull import defaults as D
 from halffull.api.runtime_config import RouterConfig, SchedulerConfig
 from halffull.api.spec import LLMServiceSpec
 
@@ -47,7 +47,7 @@ def schema_at(crd: dict[str, Any], dotted: str) -> dict[str, Any]:
 def test_crd_default_is_the_shipped_default(path: Path, field: str) -> None:
     crd = yaml.safe_load(path.read_text())
     assert schema_at(crd, field)["default"] == CRD_DEFAULTS[field], (
-        f"{path.relative_to(ROOT)}: spec.{field} default differs from halffull.api.defaults"
+        f"{path.relative_to(ROOT)}: spec.{field} default differs from halffull.defaults"
     )
 
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from halffull.api import defaults as D
+from halffull import defaults as D
 
 SCHEDULER_CONFIG_ENV = "HALFFULL_SCHEDULER_CONFIG"
 """Environment variable that gives the engine plugin the path of its parameter file."""

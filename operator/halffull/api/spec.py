@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from halffull.api import defaults as D
+from halffull import defaults as D
 from halffull.api.runtime_config import RouterPolicy, RouterTimeouts, SchedulerPolicy
 
 GROUP = "serving.halffull.dev"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from halffull.api import defaults as D
+from halffull import defaults as D
 from halffull.api.spec import LLMService
 from halffull.builders import meta
 

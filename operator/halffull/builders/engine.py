@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from halffull.api import defaults as D
+from halffull import defaults as D
 from halffull.api.runtime_config import (
     ENGINE_METRICS_PORT_ENV,
     SCHEDULER_CONFIG_ENV,

@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from halffull.api import defaults as D
+from halffull import defaults as D
 from halffull.api.runtime_config import (
     ROUTER_CONFIG_FILE,
     RouterConfig,

@@ -20,7 +20,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from halffull.api import defaults as D
+from halffull import defaults as D
 from halffull.controller.metrics_source import (
     DirectScraper,
     PrometheusError,

@@ -25,7 +25,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from halffull.api import defaults as D
+from halffull import defaults as D
 from halffull.policy.routing import EngineStats
 from halffull.policy.sal import sal_load
 

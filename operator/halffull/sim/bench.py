@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from halffull.api import defaults as D
+from halffull import defaults as D
 from halffull.policy.routing import POLICIES as ROUTERS
 from halffull.sim.cluster import ClusterConfig, SimResult, simulate
 from halffull.sim.engine import AdmissionPolicy

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from halffull.api import defaults as D
+from halffull import defaults as D
 from halffull.policy.routing import POLICIES as ROUTERS
 from halffull.sim.cluster import ClusterConfig, SimResult, simulate
 from halffull.sim.engine import ADMISSION_POLICIES
