@@ -34,9 +34,9 @@ def with_router(
         for f in fakes:
             await f.start()
         try:
-            async with running_router(make_settings([f.url for f in fakes]), **kw) as router:
-                async with client(router) as c:
-                    await test(router, c)
+            settings = make_settings([f.url for f in fakes])
+            async with running_router(settings, **kw) as router, client(router) as c:
+                await test(router, c)
         finally:
             for f in fakes:
                 await f.stop()
