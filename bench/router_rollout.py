@@ -44,7 +44,7 @@ async def scenario(
                 "10",
                 "--decode-seq-ms",
                 "0.05",
-            )  # fmt: skip
+            )
             for i in range(engines_n)
         ]
         procs += engines
