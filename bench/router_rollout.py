@@ -53,6 +53,7 @@ async def scenario(
         lb = Balancer()
         lb.add(old)
         await lb.start()
+        await lb.wait_ready(old)
         try:
             load = asyncio.create_task(open_loop(lb.url, rate, seconds))
             await asyncio.sleep(seconds * 0.25)
@@ -65,7 +66,7 @@ async def scenario(
                 )
                 procs.append(new)
                 lb.add(new)
-                await asyncio.sleep(0.2)  # the balancer sees it ready
+                await lb.wait_ready(new)
                 old.signal(signal.SIGTERM)
                 print(f"t={seconds * at:.0f}s: rolled {old.name} -> {new.name}", flush=True)
                 retiring = old

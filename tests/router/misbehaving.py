@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "dev"))
 
@@ -26,7 +27,7 @@ from halffull_dev.testing.fake_engine import FakeEngine
 
 def misbehaving(name: str = "engine", **kw: object) -> FakeEngine:
     fake = FakeEngine(**kw)  # type: ignore[arg-type]
-    seen: list[dict[str, str]] = []
+    seen: list[CIMultiDict[str]] = []
     fake.seen_headers = seen  # type: ignore[attr-defined]
 
     @web.middleware
@@ -34,7 +35,7 @@ def misbehaving(name: str = "engine", **kw: object) -> FakeEngine:
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         if request.method == "POST":
-            seen.append(dict(request.headers))
+            seen.append(CIMultiDict(request.headers))
             body = await request.read()
             if b"POISON" in body:
                 os._exit(3)

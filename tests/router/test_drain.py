@@ -89,7 +89,8 @@ def test_rollout_and_engine_kill_under_load_lose_nothing_that_had_not_started(
     with cleanup(procs):
         engines = [start_engine(f"engine-{i}", tmp_path, *ENGINE_ARGS) for i in range(3)]
         procs += engines
-        args = ("--shutdown-delay", "0.5", "--drain-grace", "10")
+        # the delay covers the balancer noticing /ready fail (50 ms checks; a loaded machine)
+        args = ("--shutdown-delay", "1.5", "--drain-grace", "10")
         old = start_router("router-0", engines, tmp_path, *args)
         procs.append(old)
 
@@ -97,6 +98,7 @@ def test_rollout_and_engine_kill_under_load_lose_nothing_that_had_not_started(
             lb = Balancer()
             lb.add(old)
             await lb.start()
+            await lb.wait_ready(old)
             try:
                 load = asyncio.create_task(open_loop(lb.url, 40, 8, max_tokens=20))
                 await asyncio.sleep(2)
@@ -105,12 +107,12 @@ def test_rollout_and_engine_kill_under_load_lose_nothing_that_had_not_started(
                 new = await asyncio.to_thread(start_router, "router-1", engines, tmp_path, *args)
                 procs.append(new)
                 lb.add(new)
-                await asyncio.sleep(0.2)
+                await lb.wait_ready(new)
                 old.signal(signal.SIGTERM)
                 report = await load
             finally:
                 await lb.stop()
-            assert report.failed_not_started() == []
+            assert report.failed_not_started() == [], f"balancer refused {lb.why}"
             assert report.cut_streams() == []
             assert report.counts()["ok"] > 0.9 * len(report.outcomes)
 

@@ -84,7 +84,7 @@ def test_a_poison_request_takes_down_at_most_one_replica(
     async def main() -> None:
         urls = [u for u, _ in poisonable_engines]
         async with (
-            running_router(make_settings(urls), max_attempts=3) as router,
+            running_router(make_settings(urls)) as router,
             aiohttp.ClientSession() as s,
         ):
             async with s.post(base(router) + "/v1/completions",
@@ -197,7 +197,8 @@ def test_overload_is_shed_with_429_and_retry_after() -> None:
 
                 results = await asyncio.gather(*(one() for _ in range(40)))
                 codes = [c for c, _ in results]
-                assert codes.count(200) >= 8 and codes.count(429) > 0
+                # each replica takes requests until it holds more than 2 x 256 queued tokens: 3
+                assert codes.count(200) >= 6 and codes.count(429) > 0
                 assert all(ra and int(ra) >= 1 for c, ra in results if c == 429)
                 text = await metrics_text(router)
                 assert f"halffull_router_shed_requests_total {float(codes.count(429))}" in text

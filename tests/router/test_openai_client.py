@@ -135,3 +135,57 @@ def test_body_too_large_is_a_status_error() -> None:
         assert err.value.status_code == 413 and "too large" in err.value.message
 
     with_router(test, engines=1, max_body_bytes=4096)
+
+
+TOOLS: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+def test_chat_accepts_what_vllm_accepts() -> None:
+    """Content parts, developer and system roles, max_completion_tokens, tools and
+    response_format, and a whole tool-calling conversation: an assistant turn with tool_calls and
+    no content, then the tool's result."""
+
+    async def test(router: Router, c: openai.AsyncOpenAI) -> None:
+        parts: Any = [
+            {"role": "developer", "content": "answer in JSON"},
+            {"role": "system", "content": [{"type": "text", "text": "be brief"}]},
+            {"role": "user", "content": [{"type": "text", "text": "weather in Paris?"}]},
+        ]
+        first = await c.chat.completions.create(
+            model=MODEL, messages=parts, tools=TOOLS, max_completion_tokens=4,
+            response_format={"type": "json_object"},
+        )  # fmt: skip
+        assert first.choices[0].message.role == "assistant"
+        assert first.usage is not None and first.usage.prompt_tokens > 0
+        conversation: Any = [
+            *parts,
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 21}'},
+        ]  # fmt: skip
+        second = await c.chat.completions.create(
+            model=MODEL, messages=conversation, tools=TOOLS, tool_choice="auto", max_tokens=3
+        )
+        assert second.usage is not None
+        # the tool call and its result are part of the prompt
+        assert second.usage.prompt_tokens > first.usage.prompt_tokens
+        stream = await c.chat.completions.create(
+            model=MODEL, messages=conversation, tools=TOOLS, max_tokens=3, stream=True
+        )
+        assert [ch async for ch in stream][-1].choices[0].finish_reason == "length"
+
+    with_router(test)

@@ -210,6 +210,12 @@ def test_pods_get_time_to_finish_streams_when_deleted() -> None:
 
 def test_engine_key_comes_from_the_secret_and_never_appears_in_the_spec() -> None:
     svc = service({"model": "m", "engine": {"apiKeySecret": {"name": "engine-key"}}})
+    router = by_kind(desired_children(svc, DEFAULTS), "Deployment")["llama-8b-router"]
+    pod = router["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    path = args[args.index("--engine-api-key-file") + 1]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "engine-key"]
+    assert volume["secret"]["secretName"] == "engine-key" and path.endswith("/token")
     dep = by_kind(desired_children(svc, DEFAULTS), "Deployment")["llama-8b-engine"]
     env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["VLLM_API_KEY"]["valueFrom"] == {

@@ -129,6 +129,8 @@ class Balancer:
         self.ready: list[Proc] = []
         self.port = 0
         self.refused = 0
+        """Client connections closed unanswered: no ready router, or its port refused."""
+        self.why: list[str] = []
         self._next = 0
         self._server: asyncio.Server | None = None
         self._checker: asyncio.Task[None] | None = None
@@ -139,6 +141,15 @@ class Balancer:
 
     def add(self, proc: Proc) -> None:
         self.backends[proc.name] = proc
+
+    async def wait_ready(self, proc: Proc, limit_s: float = 90.0) -> None:
+        """Until the balancer sends new connections to `proc` (a Deployment replaces an old pod
+        only once the new one is Ready, i.e. in the Service)."""
+        deadline = asyncio.get_running_loop().time() + limit_s
+        while proc not in self.ready:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"{proc.name} never became ready in the balancer")
+            await asyncio.sleep(self.check_s / 2)
 
     def remove(self, proc: Proc) -> None:
         self.backends.pop(proc.name, None)
@@ -157,31 +168,34 @@ class Balancer:
             self._server.close()
 
     async def _check_loop(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=1)
+        timeout = aiohttp.ClientTimeout(total=5)
         async with aiohttp.ClientSession(timeout=timeout) as s:
+
+            async def probe(proc: Proc) -> Proc | None:
+                try:
+                    async with s.get(f"http://127.0.0.1:{proc.admin_port}/ready") as r:
+                        return proc if r.status == 200 else None
+                except (aiohttp.ClientError, TimeoutError):
+                    return None
+
             while True:
-                ready = []
-                for proc in list(self.backends.values()):
-                    try:
-                        async with s.get(f"http://127.0.0.1:{proc.admin_port}/ready") as r:
-                            if r.status == 200:
-                                ready.append(proc)
-                    except (aiohttp.ClientError, TimeoutError):
-                        pass
-                self.ready = ready
+                found = await asyncio.gather(*(probe(p) for p in list(self.backends.values())))
+                self.ready = [p for p in found if p is not None]
                 await asyncio.sleep(self.check_s)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.ready:
             self.refused += 1
+            self.why.append("no ready router")
             writer.close()
             return
         proc = self.ready[self._next % len(self.ready)]
         self._next += 1
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", proc.port)
-        except OSError:
+        except OSError as exc:
             self.refused += 1
+            self.why.append(f"{proc.name}: {exc}")
             writer.close()
             return
 

@@ -42,6 +42,10 @@ class RouterEndpoint(_Strict):
     name: str = Field(min_length=1)
     url: str = Field(pattern=r"^https?://")
     weight: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
+    """The operator's view of the replica's load (1 idle, towards 0 loaded): the router's
+    fallback for a replica whose polls are stale. Never a drain, whatever its value."""
+    draining: bool = False
+    """The pod is terminating: requests only when no other endpoint can take them."""
 
 
 class RouterDiscovery(_Strict):

@@ -26,6 +26,7 @@ from halffull.builders.security import container_security_context, pod_security_
 COMPONENT = "router"
 CONFIG_MOUNT = "/etc/halffull/router"
 AUTH_MOUNT = "/etc/halffull/auth"
+ENGINE_KEY_MOUNT = "/etc/halffull/engine-key"
 DEFAULT_RESOURCES = {
     "requests": {"cpu": "250m", "memory": "128Mi"},
     "limits": {"memory": "512Mi"},
@@ -105,6 +106,19 @@ def router_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
                 "secret": {
                     "secretName": secret.name,
                     "items": [{"key": secret.key, "path": secret.key}],
+                },
+            }
+        )
+    engine_key = svc.spec.engine.api_key_secret
+    if engine_key is not None:  # the key the engines require; the router sends it
+        args += ["--engine-api-key-file", f"{ENGINE_KEY_MOUNT}/{engine_key.key}"]
+        mounts.append({"name": "engine-key", "mountPath": ENGINE_KEY_MOUNT, "readOnly": True})
+        volumes.append(
+            {
+                "name": "engine-key",
+                "secret": {
+                    "secretName": engine_key.name,
+                    "items": [{"key": engine_key.key, "path": engine_key.key}],
                 },
             }
         )
