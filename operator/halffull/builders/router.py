@@ -96,32 +96,18 @@ def router_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
         {"name": "config", "configMap": {"name": meta.router_name(svc)}},
         {"name": "tmp", "emptyDir": {}},
     ]
-    if router.api_key_secret is not None:
-        secret = router.api_key_secret
-        args += ["--api-key-file", f"{AUTH_MOUNT}/{secret.key}"]
-        mounts.append({"name": "api-key", "mountPath": AUTH_MOUNT, "readOnly": True})
-        volumes.append(
-            {
-                "name": "api-key",
-                "secret": {
-                    "secretName": secret.name,
-                    "items": [{"key": secret.key, "path": secret.key}],
-                },
-            }
-        )
-    engine_key = svc.spec.engine.api_key_secret
-    if engine_key is not None:  # the key the engines require; the router sends it
-        args += ["--engine-api-key-file", f"{ENGINE_KEY_MOUNT}/{engine_key.key}"]
-        mounts.append({"name": "engine-key", "mountPath": ENGINE_KEY_MOUNT, "readOnly": True})
-        volumes.append(
-            {
-                "name": "engine-key",
-                "secret": {
-                    "secretName": engine_key.name,
-                    "items": [{"key": engine_key.key, "path": engine_key.key}],
-                },
-            }
-        )
+    keys = [
+        ("--api-key-file", "api-key", AUTH_MOUNT, router.api_key_secret),
+        # the key the engines require; the router sends it
+        ("--engine-api-key-file", "engine-key", ENGINE_KEY_MOUNT, svc.spec.engine.api_key_secret),
+    ]
+    for flag, volume, mount, secret in keys:
+        if secret is None:
+            continue
+        args += [flag, f"{mount}/{secret.key}"]
+        mounts.append({"name": volume, "mountPath": mount, "readOnly": True})
+        items = [{"key": secret.key, "path": secret.key}]
+        volumes.append({"name": volume, "secret": {"secretName": secret.name, "items": items}})
     probe_port = {"port": "admin"}
     container: dict[str, Any] = {
         "name": "router",

@@ -104,37 +104,25 @@ def merge(config: RouterConfig | None, flags: FlagOverrides, source: str) -> Set
         except ValidationError as exc:
             raise ValueError(f"timeout flags: {exc}") from exc
 
-    def pick(flag: float | None, from_file: float | None, default: float) -> float:
+    def pick(name: str, default: float) -> float:
+        """The flag when given, else the file's value, else the default."""
+        flag = getattr(flags, name)
         if flag is not None:
-            return flag
-        return from_file if from_file is not None else default
+            return float(flag)
+        return float(getattr(config, name)) if config is not None else default
 
     return Settings(
         model=flags.model or (config.model if config else None),
         policy=policy,
-        beta=pick(flags.beta, config.beta if config else None, D.BETA),
-        poll_interval_ms=int(
-            pick(
-                flags.poll_interval_ms,
-                config.poll_interval_ms if config else None,
-                D.POLL_INTERVAL_MS,
-            )
-        ),
+        beta=pick("beta", D.BETA),
+        poll_interval_ms=int(pick("poll_interval_ms", D.POLL_INTERVAL_MS)),
         max_num_batched_tokens=config.max_num_batched_tokens if config else None,
         max_model_len=config.max_model_len if config else None,
         endpoints=tuple(endpoints),
         discovery=config.discovery if config else None,
         source=source,
-        max_attempts=int(
-            pick(flags.max_attempts, config.max_attempts if config else None, D.MAX_ATTEMPTS)
-        ),
+        max_attempts=int(pick("max_attempts", D.MAX_ATTEMPTS)),
         timeouts=timeouts,
-        shed_queued_batches=int(
-            pick(
-                flags.shed_queued_batches,
-                config.shed_queued_batches if config else None,
-                D.SHED_QUEUED_BATCHES,
-            )
-        ),
+        shed_queued_batches=int(pick("shed_queued_batches", D.SHED_QUEUED_BATCHES)),
         engine_metrics_port=config.engine_metrics_port if config else None,
     )
