@@ -78,6 +78,14 @@ tests/chart/test_rbac.py runs the operator with exactly these rights against a r
 - apiGroups: [""]
   resources: ["services", "configmaps"]
   verbs: ["list", "watch", "create", "patch", "delete"]
+# One PodDisruptionBudget per component, and the engines' NetworkPolicy (listed even when
+# switched off, so that one left from before is removed).
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 # Engine pods: watched for readiness, read for the routers' endpoint tables. Never written.
 - apiGroups: [""]
   resources: ["pods"]
@@ -86,4 +94,13 @@ tests/chart/test_rbac.py runs the operator with exactly these rights against a r
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- end -}}
+
+{{/* NetworkPolicyPeers allowed to scrape engine pods, as JSON: the operator pod itself (it reads
+engine /metrics when no Prometheus is configured) and workloadNetworkPolicy.scrapersFrom. */}}
+{{- define "halffull.metricsScrapers" -}}
+{{- $operator := dict
+      "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace))
+      "podSelector" (dict "matchLabels" (include "halffull.selectorLabels" . | fromYaml)) -}}
+{{- prepend .Values.workloadNetworkPolicy.scrapersFrom $operator | toJson -}}
 {{- end -}}

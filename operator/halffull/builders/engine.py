@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from halffull import defaults as D
 from halffull.api.runtime_config import (
     ENGINE_METRICS_PORT_ENV,
     SCHEDULER_CONFIG_ENV,
@@ -17,6 +18,7 @@ from halffull.api.runtime_config import (
 )
 from halffull.api.spec import LLMService
 from halffull.builders import meta
+from halffull.builders.disruption import graceful
 from halffull.builders.security import container_security_context, pod_security_context
 
 COMPONENT = "engine"
@@ -24,6 +26,7 @@ LARRY_SCHEDULER_CLS = "halffull.engine.scheduler.LarryScheduler"
 SCHEDULER_MOUNT = "/etc/halffull/scheduler"
 CACHE_MOUNT = "/var/cache/halffull"
 GPU_RESOURCE = "nvidia.com/gpu"
+ENGINE_API_KEY_ENV = "VLLM_API_KEY"
 
 # Model download and load can take long on a cold node; the startup probe allows an hour.
 STARTUP_PROBE_PERIOD_S = 10
@@ -81,7 +84,7 @@ def _resources(svc: LLMService) -> dict[str, Any]:
 
 
 def _env(svc: LLMService) -> list[dict[str, Any]]:
-    ours = [
+    ours: list[dict[str, Any]] = [
         {"name": SCHEDULER_CONFIG_ENV, "value": f"{SCHEDULER_MOUNT}/{SCHEDULER_CONFIG_FILE}"},
         {"name": ENGINE_METRICS_PORT_ENV, "value": str(meta.ENGINE_PLUGIN_METRICS_PORT)},
         {"name": "HOME", "value": CACHE_MOUNT},
@@ -89,6 +92,10 @@ def _env(svc: LLMService) -> list[dict[str, Any]]:
         {"name": "VLLM_CACHE_ROOT", "value": f"{CACHE_MOUNT}/vllm"},
         {"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
     ]
+    key = svc.spec.engine.api_key_secret
+    if key is not None:  # vLLM then requires `Authorization: Bearer <key>` on /v1
+        ref = {"secretKeyRef": {"name": key.name, "key": key.key}}
+        ours.append({"name": ENGINE_API_KEY_ENV, "valueFrom": ref})
     user = [dict(e) for e in svc.spec.engine.env]
     user_names = {e["name"] for e in user}
     return [e for e in ours if e["name"] not in user_names] + user
@@ -145,6 +152,7 @@ def engine_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
             {"name": "shm", "emptyDir": {"medium": "Memory"}},
         ],
     }
+    graceful(pod_spec, container, D.DRAIN_GRACE_S)
     if engine.node_selector:
         pod_spec["nodeSelector"] = dict(sorted(engine.node_selector.items()))
     if engine.tolerations:

@@ -33,7 +33,7 @@ RECONCILE_SECONDS = Histogram(
     "Duration of one reconcile",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-CHILD_KINDS = ("ConfigMap", "Service", "Deployment")
+CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy")
 
 
 @dataclass
@@ -55,7 +55,10 @@ def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> b
 
 
 def ready_endpoints(pods: list[dict[str, Any]]) -> list[RouterEndpoint]:
-    """Engine pods that are Ready and addressable, as the router's endpoint table."""
+    """Engine pods that are Ready and addressable, as the router's endpoint table. A terminating
+    pod that still serves (its preStop sleep) stays, marked draining: it gets requests only when
+    no other replica can take them, which keeps a single-replica service answering while its
+    only engine is replaced."""
     out = []
     for pod in pods:
         st = pod.get("status") or {}
@@ -63,9 +66,10 @@ def ready_endpoints(pods: list[dict[str, Any]]) -> list[RouterEndpoint]:
             c.get("type") == "Ready" and c.get("status") == "True"
             for c in st.get("conditions") or []
         )
-        if ready and st.get("podIP") and not pod["metadata"].get("deletionTimestamp"):
+        if ready and st.get("podIP"):
             url = f"http://{st['podIP']}:{meta.ENGINE_PORT}"
-            out.append(RouterEndpoint(name=pod["metadata"]["name"], url=url))
+            draining = bool(pod["metadata"].get("deletionTimestamp"))
+            out.append(RouterEndpoint(name=pod["metadata"]["name"], url=url, draining=draining))
     return out
 
 
@@ -84,6 +88,11 @@ def live_weights(router_cm: Mapping[str, Any] | None) -> dict[str, float]:
 def weighted(endpoints: list[RouterEndpoint], weights: Mapping[str, float]) -> list[RouterEndpoint]:
     """The endpoint table with weights (1.0 for pods without one)."""
     return [e.model_copy(update={"weight": weights.get(e.name, 1.0)}) for e in endpoints]
+
+
+def serving(endpoints: list[RouterEndpoint]) -> list[RouterEndpoint]:
+    """The endpoints the metrics loop samples (draining pods are on their way out)."""
+    return [e for e in endpoints if not e.draining]
 
 
 class Reconciler:
@@ -139,7 +148,7 @@ class Reconciler:
 
         outcome.problems = validation.problems(svc)
         endpoints = ready_endpoints(pods)
-        table = self._watch_metrics(svc, endpoints)
+        table = self._watch_metrics(svc, serving(endpoints))
         if not outcome.problems:
             # An invalid spec leaves the running children as they are: nothing that serves is lost.
             weights = (
