@@ -78,10 +78,12 @@ tests/chart/test_rbac.py runs the operator with exactly these rights against a r
 - apiGroups: [""]
   resources: ["services", "configmaps"]
   verbs: ["list", "watch", "create", "patch", "delete"]
-# Engine pods: watched for readiness, read for the routers' endpoint tables. Never written.
+# The LLMServices' pods: watched for readiness and image pulls, read for the routers' endpoint
+# tables. `patch` only sets the config-hash annotation after a ConfigMap changed, so the
+# kubelet projects the new tuning at once instead of at its next periodic sync (docs/operator.md).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch", "patch"]
 # Events on LLMServices (the operator's and kopf's).
 - apiGroups: [""]
   resources: ["events"]
