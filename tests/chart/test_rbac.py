@@ -17,6 +17,7 @@ import pytest
 from tests.chart.apiproxy import Access, ApiRecorder, granted
 from tests.chart.conftest import (
     CHART,
+    REGISTRY_VALUES,
     ChartOperator,
     Helm,
     find,
@@ -56,7 +57,7 @@ class Release:
 def install(helm: Helm, cluster: Cluster, name: str, *values: str) -> Release:
     """The chart installed with the operator pod scaled to 0: the operator runs here instead."""
     namespace = new_namespace(cluster, "hf-sys")
-    args = ["--namespace", namespace, "--set", "replicaCount=0", *values]
+    args = ["--namespace", namespace, "--set", "replicaCount=0", *REGISTRY_VALUES, *values]
     helm.run("install", name, str(CHART), "--wait", "--timeout", "90s", *args,
              kubeconfig=cluster.kubeconfig)  # fmt: skip
     docs = helm.template(*args[2:], namespace=namespace)
