@@ -260,6 +260,21 @@ def test_rbac_modes(helm: Helm) -> None:
     assert not {d["kind"] for d in off} & {"ClusterRole", "ClusterRoleBinding", "Role"}
 
 
+def test_tuning_fast_path_is_the_only_pod_write_and_can_be_dropped(helm: Helm) -> None:
+    def pod_verbs(docs: list[dict[str, Any]]) -> list[str]:
+        (rule,) = [r for r in one(docs, "ClusterRole")["rules"] if r["resources"] == ["pods"]]
+        return list(rule["verbs"])
+
+    def args(docs: list[dict[str, Any]]) -> list[str]:
+        return list(one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    on = helm.template()
+    assert pod_verbs(on) == ["list", "watch", "patch"]
+    assert "--no-tuning-fast-path" not in args(on)
+    off = helm.template("--set", "operator.tuningFastPath=false")
+    assert pod_verbs(off) == ["list", "watch"] and "--no-tuning-fast-path" in args(off)
+
+
 def test_existing_service_account(helm: Helm) -> None:
     docs = helm.template("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops")
     assert not find(docs, "ServiceAccount")

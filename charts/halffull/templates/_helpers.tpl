@@ -100,11 +100,12 @@ tests/chart/test_rbac.py runs the operator with exactly these rights against a r
   resources: ["services", "configmaps"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 # The LLMServices' pods: watched for readiness and image pulls, read for the routers' endpoint
-# tables. `patch` only sets the config-hash annotation after a ConfigMap changed, so the
-# kubelet projects the new tuning at once instead of at its next periodic sync (docs/operator.md).
+# tables. `patch` (operator.tuningFastPath) only sets the config-hash annotation after a
+# ConfigMap changed, so the kubelet projects the new tuning at once instead of at its next
+# periodic sync (docs/operator.md).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch"{{ if .Values.operator.tuningFastPath }}, "patch"{{ end }}]
 # Events on LLMServices (the operator's and kopf's).
 - apiGroups: [""]
   resources: ["events"]

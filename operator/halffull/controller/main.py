@@ -69,6 +69,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=8081,
         help="liveness endpoint port, /healthz (0 disables)",
     )
+    p.add_argument(
+        "--tuning-fast-path",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after a ConfigMap change, patch an annotation on the pods that read it so the "
+        "kubelet projects it at once (needs `patch` on pods); off: up to the kubelet's sync "
+        "period (about a minute)",
+    )
     p.add_argument("--verbose", "-v", action="store_true")  # fmt: skip
 
 
@@ -91,7 +99,8 @@ def load_client() -> client.ApiClient:
 def run_operator(args: argparse.Namespace) -> int:
     api = load_client()
     defaults = Defaults(args.engine_image, args.router_image, args.cluster_domain)
-    operator = Operator(Reconciler(Kube(api), defaults), args.resync_seconds, args.prometheus_url)
+    reconciler = Reconciler(Kube(api), defaults, touch_pods=args.tuning_fast_path)
+    operator = Operator(reconciler, args.resync_seconds, args.prometheus_url)
     registry = kopf.OperatorRegistry()
     operator.register(registry)
     if args.namespace:

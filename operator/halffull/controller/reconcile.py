@@ -88,10 +88,17 @@ def weighted(endpoints: list[RouterEndpoint], weights: Mapping[str, float]) -> l
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, defaults: Defaults, weights: WeightsLoop | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        defaults: Defaults,
+        weights: WeightsLoop | None = None,
+        touch_pods: bool = True,
+    ) -> None:
         self.kube = kube
         self.defaults = defaults
         self.weights = weights
+        self.touch_pods = touch_pods  # the live-tuning fast path (builders.live_config)
 
     def _watch_metrics(self, svc: LLMService, endpoints: list[RouterEndpoint]) -> Published | None:
         if self.weights is None:
@@ -160,11 +167,11 @@ class Reconciler:
                 self.kube.delete(key[0], namespace, key[1])
                 del live[key]
                 outcome.deleted.append("/".join(key))
-            # After the ConfigMaps: a touched pod's kubelet then projects the new content.
-            digests = live_config.digests(svc, endpoints, self.defaults.cluster_domain)
-            for pod_name, digest in live_config.pods_to_touch(pods, digests):
-                self.kube.patch_pod(namespace, pod_name, live_config.touch_patch(digest))
-                outcome.touched.append(pod_name)
+            if self.touch_pods:  # after the ConfigMaps, so the kubelet projects the new content
+                digests = live_config.digests(svc, endpoints, self.defaults.cluster_domain)
+                for pod_name, digest in live_config.pods_to_touch(pods, digests):
+                    self.kube.patch_pod(namespace, pod_name, live_config.touch_patch(digest))
+                    outcome.touched.append(pod_name)
 
         outcome.status_written = self._write_status(
             body, svc, live, outcome.problems, table, status_api.image_pull_problem(pods)
