@@ -10,7 +10,8 @@
 #   REGISTRY          required: host[:port][/path] the nodes can pull from (logged in already:
 #                     `buildah login`, `podman login` or `docker login`)
 #   TAG               default: the chart's appVersion, which the chart uses when no tag is set
-#   IMAGES            default: "operator router vllm-larry"
+#   IMAGES            default: "operator router vllm-larry"; NAME=DIR pushes images/DIR's
+#                     Dockerfile as NAME (one Dockerfile may serve two names)
 #   IMAGES_DIR        where <name>/Dockerfile lives; default: images/ (the context stays the root)
 #   BUILD_ARGS        extra build arguments, e.g. "--build-arg VLLM_IMAGE=my.mirror/vllm-openai:v0.32.0"
 #   TOOL              buildah, podman or docker; default: the first of these that works here
@@ -46,8 +47,9 @@ tls=()
 if [[ "${TLS_VERIFY:-true}" == false && "$TOOL" != docker ]]; then tls=(--tls-verify=false); fi
 
 read -r -a build_args <<<"${BUILD_ARGS:-}"
-for name in $IMAGES; do
-  dockerfile="$IMAGES_DIR/$name/Dockerfile"
+for item in $IMAGES; do
+  name="${item%%=*}"
+  dockerfile="$IMAGES_DIR/${item#*=}/Dockerfile"
   [[ -f "$dockerfile" ]] || die "no Dockerfile for image '$name' at $dockerfile"
   ref="$REGISTRY/$name:$TAG"
   echo "push-images: building $ref with $TOOL"

@@ -59,12 +59,13 @@ def test_make_images_pushes_where_the_chart_looks(registry: str, tmp_path: Path)
     images = tmp_path / "images"
     (images / "hello").mkdir(parents=True)
     (images / "hello" / "Dockerfile").write_text("FROM scratch\nCOPY pyproject.toml /x\n")
-    proc = run(tmp_path, REGISTRY=f"{registry}/halffull", IMAGES="hello",
+    proc = run(tmp_path, REGISTRY=f"{registry}/halffull", IMAGES="hello again=hello",
                IMAGES_DIR=str(images), TLS_VERIFY="false", TOOL="buildah")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert f"--set image.registry={registry}/halffull" in proc.stdout
-    with urllib.request.urlopen(f"http://{registry}/v2/halffull/hello/tags/list") as resp:
-        assert json.load(resp)["tags"] == ["0.1.0"]  # the chart's appVersion, its default tag
+    for name in ("hello", "again"):  # "again=hello": the same Dockerfile under a second name
+        with urllib.request.urlopen(f"http://{registry}/v2/halffull/{name}/tags/list") as resp:
+            assert json.load(resp)["tags"] == ["0.1.0"]  # the chart's appVersion, its default
 
 
 def test_bad_input_names_what_is_wrong(tmp_path: Path) -> None:
