@@ -86,10 +86,10 @@ def test_example_llmservices_match_the_chart_crd() -> None:
     (version,) = [v for v in crd["spec"]["versions"] if v["served"]]
     schema = version["schema"]["openAPIV3Schema"]
     for example in sorted((ROOT / "examples").glob("llmservice-*.yaml")):
-        body = yaml.safe_load(example.read_text())
-        jsonschema.validate(body, schema)
-        with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate({**body, "spec": {**body["spec"], "replicas": -1}}, schema)
+        for body in yaml.safe_load_all(example.read_text()):
+            jsonschema.validate(body, schema)
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate({**body, "spec": {**body["spec"], "replicas": -1}}, schema)
 
 
 def test_monitors_select_the_operator(helm: Helm) -> None:
