@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from halffull import defaults as D
 from halffull.api.runtime_config import RouterPolicy, RouterTimeouts, SchedulerPolicy
+from halffull.api.source import ModelSource, default_source
 
 GROUP = "serving.halffull.dev"
 VERSION = "v1alpha1"
@@ -85,6 +86,7 @@ class MetricsSpec(_Model):
 
 class LLMServiceSpec(_Model):
     model: str
+    source: ModelSource = Field(default_factory=default_source)
     served_model_name: str | None = Field(default=None, alias="servedModelName")
     replicas: int = 1
     engine: EngineSpec = Field(default_factory=EngineSpec)

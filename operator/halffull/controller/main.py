@@ -85,6 +85,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=8081,
         help="liveness endpoint port, /healthz (0 disables)",
     )
+    p.add_argument(
+        "--tuning-fast-path",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after a ConfigMap change, patch an annotation on the pods that read it so the "
+        "kubelet projects it at once (needs `patch` on pods); off: up to the kubelet's sync "
+        "period (about a minute)",
+    )
     p.add_argument("--verbose", "-v", action="store_true")  # fmt: skip
 
 
@@ -127,7 +135,8 @@ def run_operator(args: argparse.Namespace) -> int:
         scrapers=args.metrics_scrapers,
     )
     kube = Kube(api, pdb_api_version=pdb_version)
-    operator = Operator(Reconciler(kube, defaults), args.resync_seconds, args.prometheus_url)
+    reconciler = Reconciler(kube, defaults, touch_pods=args.tuning_fast_path)
+    operator = Operator(reconciler, args.resync_seconds, args.prometheus_url)
     registry = kopf.OperatorRegistry()
     operator.register(registry)
     if args.namespace:

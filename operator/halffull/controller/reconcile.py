@@ -17,7 +17,7 @@ from halffull.api import validation
 from halffull.api.runtime_config import ROUTER_CONFIG_FILE, RouterEndpoint
 from halffull.api.spec import LLMService
 from halffull.builders import engine as engine_builders
-from halffull.builders import meta
+from halffull.builders import live_config, meta
 from halffull.builders.children import Defaults, desired_children
 from halffull.builders.drift import covers
 from halffull.controller.kube import Kube, now_rfc3339
@@ -40,6 +40,7 @@ CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "Net
 class Outcome:
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    touched: list[str] = field(default_factory=list)
     status_written: bool = False
     problems: list[str] = field(default_factory=list)
 
@@ -96,10 +97,17 @@ def serving(endpoints: list[RouterEndpoint]) -> list[RouterEndpoint]:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, defaults: Defaults, weights: WeightsLoop | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        defaults: Defaults,
+        weights: WeightsLoop | None = None,
+        touch_pods: bool = True,
+    ) -> None:
         self.kube = kube
         self.defaults = defaults
         self.weights = weights
+        self.touch_pods = touch_pods  # the live-tuning fast path (builders.live_config)
 
     def _watch_metrics(self, svc: LLMService, endpoints: list[RouterEndpoint]) -> Published | None:
         if self.weights is None:
@@ -144,10 +152,11 @@ class Reconciler:
             for obj in self.kube.list_children(kind, namespace, selector):
                 if _owned_by(obj, svc.meta.uid):
                     live[(kind, obj["metadata"]["name"])] = obj
-        pods = self.kube.list_pods(namespace, meta.selector_string(svc, engine_builders.COMPONENT))
+        pods = self.kube.list_pods(namespace, selector)  # engines' and routers'
+        engine_pods = [p for p in pods if _component(p) == engine_builders.COMPONENT]
 
         outcome.problems = validation.problems(svc)
-        endpoints = ready_endpoints(pods)
+        endpoints = ready_endpoints(engine_pods)
         table = self._watch_metrics(svc, serving(endpoints))
         if not outcome.problems:
             # An invalid spec leaves the running children as they are: nothing that serves is lost.
@@ -167,11 +176,18 @@ class Reconciler:
                 self.kube.delete(key[0], namespace, key[1])
                 del live[key]
                 outcome.deleted.append("/".join(key))
+            if self.touch_pods:  # after the ConfigMaps, so the kubelet projects the new content
+                digests = live_config.digests(svc, endpoints, self.defaults.cluster_domain)
+                for pod_name, digest in live_config.pods_to_touch(pods, digests):
+                    if self.kube.patch_pod(namespace, pod_name, live_config.touch_patch(digest)):
+                        outcome.touched.append(pod_name)
 
-        outcome.status_written = self._write_status(body, svc, live, outcome.problems, table)
-        if outcome.applied or outcome.deleted:
-            log.info("%s/%s: applied %s deleted %s", namespace, name, outcome.applied,
-                     outcome.deleted)  # fmt: skip
+        outcome.status_written = self._write_status(
+            body, svc, live, outcome.problems, table, status_api.image_pull_problem(pods)
+        )
+        if outcome.applied or outcome.deleted or outcome.touched:
+            log.info("%s/%s: applied %s deleted %s touched %s", namespace, name, outcome.applied,
+                     outcome.deleted, outcome.touched)  # fmt: skip
         return outcome
 
     def _write_status(
@@ -181,6 +197,7 @@ class Reconciler:
         live: Mapping[tuple[str, str], dict[str, Any]],
         problems: list[str],
         table: Published | None,
+        image_problem: str | None = None,
     ) -> bool:
         engine_dep = live.get(("Deployment", meta.engine_name(svc)))
         router_dep = live.get(("Deployment", meta.router_name(svc)))
@@ -199,6 +216,7 @@ class Reconciler:
             },
             metrics_sampled=(bool(table.rows) if table is not None else None),
             metrics_problem=table.problem if table else None,
+            image_problem=image_problem,
         )
         current = body.get("status") or {}
         url = (
@@ -237,6 +255,10 @@ class Reconciler:
             self.kube.post_event(body, "TuningApplied", f"scheduler now {new.get('scheduler')}")
         if old.get("router") and old.get("router") != new.get("router"):
             self.kube.post_event(body, "TuningApplied", f"router now {new.get('router')}")
+
+
+def _component(pod: Mapping[str, Any]) -> str:
+    return str((pod["metadata"].get("labels") or {}).get("app.kubernetes.io/component", ""))
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
