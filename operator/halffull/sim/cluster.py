@@ -38,6 +38,8 @@ class ClusterConfig:
     replicas: int = 1
     admission: AdmissionPolicy = "fcfs"
     alpha: float = 1.0
+    max_wait: float = 0.0
+    """LARRY's tail bound in seconds (0: none), `maxWaitSeconds` in the CRD."""
     router: str = "round-robin"
     beta: float = 1.0
     poll_s: float = 0.1
@@ -90,7 +92,13 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
     shape, model = config.profile.shape, config.profile.model
     reps = [
         Replica(
-            shape, model, policy=config.admission, alpha=config.alpha, index=i, fast=config.fast
+            shape,
+            model,
+            policy=config.admission,
+            alpha=config.alpha,
+            max_wait=config.max_wait,
+            index=i,
+            fast=config.fast,
         )
         for i in range(config.replicas)
     ]
