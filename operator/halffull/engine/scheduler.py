@@ -3,9 +3,10 @@
 The plugin changes one thing in vLLM's scheduler: before each `schedule()` it puts the head of
 the waiting queue in LARRY's order (the first requests up to the free sequence slots: vLLM admits
 no more in one step). The waiting queue is vLLM's own queue class with LARRY's index mixed in
-(`halffull.policy.larry_queue`), so each request's keys are computed once, when it enters. Everything else (running requests first, token budget, chunked prefill,
-stopping at the first waiting request that does not fit, preemption putting the victim back at
-the head of the queue) is vLLM's own code. Under policy "fcfs" the queue is not touched at all, so
+(`halffull.policy.larry_queue`), so each request's keys are computed once, when it enters.
+Everything else (running requests first, token budget, chunked prefill, stopping at the first
+waiting request that does not fit, preemption putting the victim back at the head of the queue)
+is vLLM's own code. Under policy "fcfs" the queue is not touched at all, so
 the engine behaves exactly like vanilla vLLM; the plugin stays loaded so that a policy change is
 a file change, not a pod restart.
 

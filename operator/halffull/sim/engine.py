@@ -15,8 +15,8 @@ What is modelled, after vLLM 0.32's v1 scheduler (see docs/simulator.md for what
   admission stops at the first request that does not fit (head-of-line blocking, as in vLLM).
 - The queue order comes from the admission policy: `fcfs` (vLLM's deque, untouched), `larry` and
   `larry-literal` (the production `halffull.policy.larry_queue` index and head selection, exactly
-  as the engine plugin uses them before every step), or `sjf-oracle` (shortest output first, knowing output lengths:
-  a reference bound, not a product feature).
+  as the engine plugin uses them before every step), or `sjf-oracle` (shortest output first,
+  knowing output lengths: a reference bound, not a product feature).
 - A request produces its first token in the step that completes its prompt, then one token per
   step; it finishes after its `output` tokens.
 
