@@ -61,6 +61,6 @@ def test_patch_command_applies_a_valid_scheduler_config() -> None:
     assert cmd.startswith("kubectl patch llmservice chat -n llm --type merge -p '")
     body = json.loads(cmd.split("-p '", 1)[1].rstrip("'"))
     assert SchedulerConfig.model_validate(body["spec"]["scheduler"]) == SchedulerConfig(
-        policy="larry", alpha=0.03, maxWaitSeconds=7.5
+        policy="larry", alpha=0.03, max_wait_seconds=7.5
     )
     assert '"policy":"fcfs"' in patch_command("chat", None)

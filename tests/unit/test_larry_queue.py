@@ -28,7 +28,7 @@ def keys(item: Item) -> Keys:
 
 
 def queue_of(views: list[WaitingRequest]) -> IndexedDeque[Item]:
-    q: IndexedDeque[Item] = IndexedDeque(index=WaitingIndex(keys, capacity=4))
+    q: IndexedDeque[Item] = IndexedDeque(larry=WaitingIndex(keys, capacity=4))
     for v in views:
         q.append(Item(v))
     return q
@@ -56,7 +56,7 @@ def test_select_is_the_head_of_the_reference_order(
     items = list(q)
     ref = order(views, policy=policy, now=NOW, capacity=CAPACITY, alpha=alpha, max_wait=max_wait)
     # the reference keeps preempted requests in queue order; appended items share it
-    got = q.index.select(
+    got = q.larry.select(
         policy=policy, now=NOW, num_blocks=CAPACITY.num_blocks, alpha=alpha, max_wait=max_wait, k=k
     )
     assert got == [items[i] for i in ref[:k]]
@@ -71,9 +71,9 @@ def test_overdue_requests_go_first_in_arrival_order_after_preempted_ones() -> No
     ]
     q = queue_of(views)
     items = list(q)
-    got = q.index.select(policy="larry", now=NOW, num_blocks=256, alpha=0.0, max_wait=10.0, k=4)
+    got = q.larry.select(policy="larry", now=NOW, num_blocks=256, alpha=0.0, max_wait=10.0, k=4)
     assert got == [items[3], items[2], items[0], items[1]]
-    unbounded = q.index.select(policy="larry", now=NOW, num_blocks=256, alpha=0.0, max_wait=0, k=4)
+    unbounded = q.larry.select(policy="larry", now=NOW, num_blocks=256, alpha=0.0, max_wait=0, k=4)
     assert unbounded == [items[3], items[1], items[2], items[0]]
 
 
@@ -88,12 +88,12 @@ def test_index_follows_every_mutation_of_the_deque() -> None:
     q.extend([Item(WaitingRequest(kv_tokens=1, arrival_time=50.0))])
     q[1] = Item(WaitingRequest(kv_tokens=2, arrival_time=60.0))
     q += [Item(WaitingRequest(kv_tokens=3, arrival_time=70.0))]
-    assert set(q.index.fcfs()) == set(q) and len(q.index) == len(q)
-    assert q.index.min_blocks() == 1
-    rebuilt = IndexedDeque(q.index.fcfs(), index=q.index)  # a new order over the same requests
-    assert len(rebuilt.index) == len(rebuilt)
+    assert set(q.larry.fcfs()) == set(q) and len(q.larry) == len(q)
+    assert q.larry.min_blocks() == 1
+    rebuilt = IndexedDeque(q.larry.fcfs(), index=q.larry)  # a new order over the same requests
+    assert len(rebuilt.larry) == len(rebuilt)
     q.clear()
-    assert len(q.index) == 0 and q.index.min_blocks() == 0 and q.index.fcfs() == []
+    assert len(q.larry) == 0 and q.larry.min_blocks() == 0 and q.larry.fcfs() == []
 
 
 def test_refresh_rereads_changed_keys_within_the_bound() -> None:

@@ -57,7 +57,7 @@ def vllm_args(svc: LLMService) -> list[str]:
 
 def scheduler_config(svc: LLMService) -> SchedulerConfig:
     s = svc.spec.scheduler
-    return SchedulerConfig(policy=s.policy, alpha=s.alpha, maxWaitSeconds=s.max_wait_seconds)
+    return SchedulerConfig(policy=s.policy, alpha=s.alpha, max_wait_seconds=s.max_wait_seconds)
 
 
 def scheduler_configmap(svc: LLMService) -> dict[str, Any]:

@@ -79,13 +79,18 @@ class LarryScheduler(Scheduler):
         assert num_blocks, "vLLM sizes the KV cache before it builds the scheduler"
         self._larry_capacity = KVCapacity(block_size=self.block_size, num_blocks=num_blocks)
         self._larry_prefix = bool(self.cache_config.enable_prefix_caching)
+        self._larry_groups = list(range(len(self.kv_cache_config.kv_cache_groups)))
+        self.larry_reorders = 0
+        """Steps at which the plugin changed the head of the queue (for tests and benchmarks)."""
+        self.larry_prefix_hits = 0
+        """Key computations that found some of a request's blocks in the prefix cache."""
         self._larry_watcher = ConfigWatcher.from_env()
         self._larry_metrics = EngineMetrics()
         self._larry_metrics.serve_from_env()
         if isinstance(self.waiting, deque):
             queue_cls = type("LarryRequestQueue", (IndexedDeque, type(self.waiting)), {})
             index: WaitingIndex[Request] = WaitingIndex(self._larry_keys)
-            self.waiting = queue_cls(index=index)
+            self.waiting = queue_cls(larry=index)
         else:
             logger.warning(
                 "halffull scheduler: vLLM scheduling policy %r keeps its own queue order; "
@@ -126,12 +131,14 @@ class LarryScheduler(Scheduler):
         longest run of its full-block hashes that the block pool finds, as vLLM's own lookup."""
         if not self._larry_prefix or not request.block_hashes:
             return 0
-        pool = self.kv_cache_manager.block_pool
+        pool, groups = self.kv_cache_manager.block_pool, self._larry_groups
         hit = 0
         for block_hash in request.block_hashes:
-            if pool.get_cached_block(block_hash, [0]) is None:
+            if pool.get_cached_block(block_hash, groups) is None:
                 break
             hit += 1
+        if hit:
+            self.larry_prefix_hits += 1
         return hit * self._larry_capacity.block_size
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
@@ -143,19 +150,23 @@ class LarryScheduler(Scheduler):
         waiting = self.waiting
         if not isinstance(waiting, IndexedDeque):
             return
-        index = waiting.index
+        index = waiting.larry
         if config.policy == "fcfs":
             if self._larry_reordered:  # hand vLLM back its own order once
-                self.waiting = type(waiting)(index.fcfs(), index=index)
+                self.waiting = type(waiting)(index.fcfs(), larry=index)
                 self._larry_reordered = False
             return
-        free_slots = self.max_num_running_reqs - len(self.running)
+        free_slots = self.max_num_active_reqs - len(self.running)
         if len(waiting) < 2 or free_slots <= 0:
             return  # nothing to order, or no request can be admitted in this step
         if self._larry_prefix:
             index.refresh(REFRESH_PER_STEP)
-        if index.min_blocks() > self.kv_cache_manager.block_pool.get_num_free_blocks():
-            return  # not even the smallest waiting request fits: the order cannot matter
+        # vLLM admits a request only if blocks for its whole uncached sequence are free (its
+        # first chunk's, without scheduler_reserve_full_isl): if not even the smallest fits, the
+        # order cannot matter in this step
+        need = index.min_blocks() if self.scheduler_reserve_full_isl else 1
+        if need > self.kv_cache_manager.block_pool.get_num_free_blocks():
+            return
         head = index.select(
             policy=config.policy,
             now=self.larry_clock(),
@@ -167,8 +178,9 @@ class LarryScheduler(Scheduler):
         if all(a is b for a, b in zip(head, waiting, strict=False)):
             return
         # A new queue object, swapped in whole: the plugin's thread may be reading the old one.
-        self.waiting = type(waiting)(head + index.others(head), index=index)
+        self.waiting = type(waiting)(head + index.others(head), larry=index)
         self._larry_reordered = True
+        self.larry_reorders += 1
 
     def _larry_background(self) -> None:
         while True:

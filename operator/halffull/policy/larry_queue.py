@@ -216,27 +216,27 @@ class WaitingIndex(Generic[T]):
 
 
 class IndexedDeque(deque[T]):
-    """A deque whose mutating methods keep `index` equal to its contents.
+    """A deque whose mutating methods keep `larry` (its index) equal to its contents.
 
     Building one from an iterable does not register the items (they are expected to be in the
     index already: the plugin rebuilds the queue in a new order over the same requests)."""
 
-    index: WaitingIndex[T]
+    larry: WaitingIndex[T]
 
-    def __init__(self, items: Iterable[T] = (), *, index: WaitingIndex[T]) -> None:
+    def __init__(self, items: Iterable[T] = (), *, larry: WaitingIndex[T]) -> None:
         super().__init__(items)
-        self.index = index
+        self.larry = larry
 
     def __reduce__(self) -> Any:  # copies carry the index along
-        return (type(self), (list(self),), {"index": self.index})
+        return (type(self), (list(self),), {"larry": self.larry})
 
     def append(self, x: T) -> None:
         super().append(x)
-        self.index.add(x)
+        self.larry.add(x)
 
     def appendleft(self, x: T) -> None:
         super().appendleft(x)
-        self.index.add(x, front=True)
+        self.larry.add(x, front=True)
 
     def extend(self, xs: Iterable[T]) -> None:
         for x in xs:
@@ -248,36 +248,36 @@ class IndexedDeque(deque[T]):
 
     def insert(self, i: int, x: T) -> None:
         super().insert(i, x)
-        self.index.add(x, front=i == 0)
+        self.larry.add(x, front=i == 0)
 
     def pop(self) -> T:  # type: ignore[override]
         x = super().pop()
-        self.index.discard(x)
+        self.larry.discard(x)
         return x
 
     def popleft(self) -> T:
         x = super().popleft()
-        self.index.discard(x)
+        self.larry.discard(x)
         return x
 
     def remove(self, x: T) -> None:
         super().remove(x)
-        self.index.discard(x)
+        self.larry.discard(x)
 
     def clear(self) -> None:
         super().clear()
-        self.index.clear()
+        self.larry.clear()
 
     def __delitem__(self, i: SupportsIndex | slice) -> None:  # type: ignore[override]
         x = self[i]  # type: ignore[index]
         super().__delitem__(i)  # type: ignore[arg-type]
-        self.index.discard(x)
+        self.larry.discard(x)
 
     def __setitem__(self, i: SupportsIndex, x: T) -> None:  # type: ignore[override]
         old = self[i]
         super().__setitem__(i, x)
-        self.index.discard(old)
-        self.index.add(x)
+        self.larry.discard(old)
+        self.larry.add(x)
 
     def __iadd__(self, xs: Iterable[T]) -> IndexedDeque[T]:  # type: ignore[override]
         self.extend(xs)

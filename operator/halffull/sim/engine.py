@@ -118,7 +118,7 @@ class Replica:
         self._alpha = alpha
         self._max_wait = max_wait
         self.waiting: deque[SimRequest] = (
-            IndexedDeque(index=WaitingIndex(self._larry_keys)) if self._larry else deque()
+            IndexedDeque(larry=WaitingIndex(self._larry_keys)) if self._larry else deque()
         )
         self.running: list[SimRequest] = []
         self.used_blocks = 0
@@ -298,7 +298,7 @@ class Replica:
     def _reorder(self, now: float) -> None:
         waiting = self.waiting
         if isinstance(waiting, IndexedDeque) and self._larry is not None:
-            index = waiting.index
+            index = waiting.larry
             head = index.select(
                 policy=self._larry,
                 now=now,
@@ -308,7 +308,7 @@ class Replica:
                 k=self.shape.max_num_seqs - len(self.running),
             )
             if not all(a is b for a, b in zip(head, waiting, strict=False)):
-                self.waiting = IndexedDeque(head + index.others(head), index=index)
+                self.waiting = IndexedDeque(head + index.others(head), larry=index)
         elif self._order is not None:
             items = list(waiting)
             self.waiting = deque(items[j] for j in self._order(items, now))
