@@ -90,7 +90,7 @@ def test_index_follows_every_mutation_of_the_deque() -> None:
     q += [Item(WaitingRequest(kv_tokens=3, arrival_time=70.0))]
     assert set(q.larry.fcfs()) == set(q) and len(q.larry) == len(q)
     assert q.larry.min_blocks() == 1
-    rebuilt = IndexedDeque(q.larry.fcfs(), index=q.larry)  # a new order over the same requests
+    rebuilt = IndexedDeque(q.larry.fcfs(), larry=q.larry)  # a new order over the same requests
     assert len(rebuilt.larry) == len(rebuilt)
     q.clear()
     assert len(q.larry) == 0 and q.larry.min_blocks() == 0 and q.larry.fcfs() == []
