@@ -44,8 +44,10 @@ class InprocEngine:
         tmp.write_text(text)
         tmp.replace(self.config_path)
 
-    def set_policy(self, policy: str, alpha: float) -> None:
-        self.write_config(json.dumps({"policy": policy, "alpha": alpha}))
+    def set_policy(self, policy: str, alpha: float, max_wait: float = 0.0) -> None:
+        """Write these parameters; `max_wait` 0 (no tail bound) unless given."""
+        config = {"policy": policy, "alpha": alpha, "maxWaitSeconds": max_wait}
+        self.write_config(json.dumps(config))
 
     def burst(self, sizes: Sequence[int], *, spacing: float = 0.01) -> list[int]:
         """Submit requests with these prompt lengths, arriving `spacing` s apart in list order,
