@@ -9,9 +9,10 @@ the answer is never worse than leaving the service as it is, as far as the simul
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from halffull.api.runtime_config import SchedulerConfig
 from halffull.sim.cluster import ClusterConfig, simulate
@@ -132,3 +133,61 @@ def frontier_table(label: str, points: Sequence[Point], budget: float = 0.10) ->
         ],
         rows,
     )
+
+
+def add_arguments(t: argparse.ArgumentParser) -> None:
+    """The LARRY options of `halffull bench tune`."""
+    t.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
+    t.add_argument(
+        "--max-waits",
+        type=float,
+        nargs="+",
+        default=list(MAX_WAITS),
+        help="maxWaitSeconds values to sweep (0: no tail bound)",
+    )
+    t.add_argument(
+        "--tail-budget",
+        type=float,
+        default=0.10,
+        help="how much worse than FCFS p99 TTFT and p99 TGT may get (0.10: 10%%)",
+    )
+    t.add_argument("--name", default="my-llm", help="the LLMService to patch")
+    t.add_argument("--namespace", default="", help="its namespace (default: kubectl's)")
+
+
+def tune_scheduler(
+    jobs: Sequence[Job], profile: Profile, scales: Sequence[float], args: argparse.Namespace
+) -> tuple[str, str]:
+    """The LARRY part of `halffull bench tune`: one engine given `jobs` (its share of the
+    traffic) at each rate scale. Returns the frontier tables and, apart, the recommendation with
+    the `kubectl patch` that applies it (the command prints it last)."""
+    pairs = grid(args.alphas, args.max_waits)
+    out: list[str] = []
+    loads: list[list[Point]] = []
+    for scale in scales:
+        scaled = [replace(j, arrival=j.arrival / scale) for j in jobs]
+        points = sweep(scaled, profile, pairs)
+        loads.append(points)
+        f = points[0].fcfs
+        out.append(
+            f"\n### x{scale:g} ({f.offered_rps:.1f} req/s to this engine; FCFS TTFT p50 "
+            f"{f.ttft_p50:.2f} s, p99 {f.ttft_p99:.2f} s, TGT p99 {f.tgt_p99:.2f} s)\n"
+        )
+        out.append(frontier_table(f"x{scale:g}", points, args.tail_budget))
+    choice = recommend(loads, args.tail_budget)
+    rec = [f"\n## Recommendation (tail budget {args.tail_budget:.0%} over FCFS)\n"]
+    if choice is None:
+        rec.append(
+            "No setting kept p99 TTFT and p99 TGT within the budget at every load: keep FCFS "
+            "(or raise --tail-budget)."
+        )
+    else:
+        gains = [p.gain for points in loads for p in points if (p.alpha, p.max_wait) == choice]
+        bound = f"{choice[1]:g} s" if choice[1] > 0 else "none"
+        rec.append(
+            f"alpha {choice[0]:g}, maxWaitSeconds {bound}: median TTFT "
+            + ", ".join(f"{g:.2f}x" for g in gains)
+            + " lower than FCFS at the loads above, tails within the budget."
+        )
+    rec.append("\n    " + patch_command(args.name, choice, args.namespace))
+    return "\n".join(out), "\n".join(rec)
