@@ -268,9 +268,9 @@ class IndexedDeque(deque[T]):
         super().clear()
         self.larry.clear()
 
-    def __delitem__(self, i: SupportsIndex | slice) -> None:  # type: ignore[override]
-        x = self[i]  # type: ignore[index]
-        super().__delitem__(i)  # type: ignore[arg-type]
+    def __delitem__(self, i: SupportsIndex) -> None:  # type: ignore[override]
+        x = self[i]
+        super().__delitem__(i)
         self.larry.discard(x)
 
     def __setitem__(self, i: SupportsIndex, x: T) -> None:  # type: ignore[override]
@@ -279,6 +279,6 @@ class IndexedDeque(deque[T]):
         self.larry.discard(old)
         self.larry.add(x)
 
-    def __iadd__(self, xs: Iterable[T]) -> IndexedDeque[T]:  # type: ignore[override]
+    def __iadd__(self, xs: Iterable[T]) -> IndexedDeque[T]:
         self.extend(xs)
         return self
