@@ -35,13 +35,9 @@ from vllm.v1.request import Request, RequestStatus
 from halffull.engine.config_watcher import ConfigWatcher
 from halffull.engine.metrics import EngineMetrics
 from halffull.policy.larry import KVCapacity
-from halffull.policy.larry_queue import IndexedDeque, Keys, WaitingIndex
+from halffull.policy.larry_queue import REFRESH_PER_STEP, IndexedDeque, Keys, WaitingIndex
 
 logger = logging.getLogger("halffull.engine")
-
-REFRESH_PER_STEP = 32
-"""Waiting requests whose uncached blocks are looked up again per step (prefix caching on): a
-request's count is at most `ceil(waiting / 32)` steps old."""
 
 STATS_INTERVAL_S = 0.05
 """Seconds between updates of the gauges by the plugin's thread (the router polls about every

@@ -35,6 +35,11 @@ Keys = tuple[float, int, bool]
 
 IntArray = npt.NDArray[np.int64]
 
+REFRESH_PER_STEP = 32
+"""Queued requests whose keys are recomputed per step where they change while waiting (the
+uncached blocks, with prefix caching): each is then at most `ceil(waiting / 32)` steps old.
+`bench/larry_staleness.py` measures what that costs the admission order."""
+
 
 class WaitingIndex(Generic[T]):
     """Per-request keys of the requests in a waiting queue, in slot-indexed arrays."""

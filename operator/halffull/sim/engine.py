@@ -36,6 +36,7 @@ from typing import Literal
 import numpy as np
 
 from halffull.policy.larry import KVCapacity
+from halffull.policy import larry_queue
 from halffull.policy.larry_queue import IndexedDeque, Keys, WaitingIndex
 from halffull.sim.profiles import EngineShape, FloatArray, StepModel, attended_pairs
 
@@ -114,6 +115,8 @@ class Replica:
         self.fast = fast
         self.capacity = KVCapacity(block_size=shape.block_size, num_blocks=shape.num_blocks)
         self._order = make_order(policy)
+        self.prefix_caching = False
+        """True when `cached_prefix_blocks` models a prefix cache (see there)."""
         self._larry = policy if policy in ("larry", "larry-literal") else None
         self._alpha = alpha
         self._max_wait = max_wait
@@ -282,23 +285,26 @@ class Replica:
         self.end_at = now + duration
         return self.end_at
 
-    def cached_blocks(self, req: SimRequest) -> int:
+    def cached_prefix_blocks(self, req: SimRequest) -> int:
         """Blocks of `req`'s prompt that this replica's prefix cache holds now.
 
         The hook LARRY's `mem(r)` reads (prompt blocks less these), as the engine plugin reads
         vLLM's block pool. This model has no prefix cache yet, so it is 0; a prefix-cache model
-        overrides it."""
+        returns its hit and sets `prefix_caching`, so that queued requests' counts are refreshed
+        as the plugin refreshes them."""
         return 0
 
     def _larry_keys(self, req: SimRequest) -> Keys:
         bs = self.shape.block_size
-        blocks = -(-(req.prompt + req.generated) // bs) - self.cached_blocks(req)
+        blocks = -(-(req.prompt + req.generated) // bs) - self.cached_prefix_blocks(req)
         return req.arrival, max(blocks, 0), req.preemptions > 0
 
     def _reorder(self, now: float) -> None:
         waiting = self.waiting
         if isinstance(waiting, IndexedDeque) and self._larry is not None:
             index = waiting.larry
+            if self.prefix_caching:
+                index.refresh(larry_queue.REFRESH_PER_STEP)
             head = index.select(
                 policy=self._larry,
                 now=now,
