@@ -35,8 +35,8 @@ from typing import Literal
 
 import numpy as np
 
-from halffull.policy.larry import KVCapacity
 from halffull.policy import larry_queue
+from halffull.policy.larry import KVCapacity
 from halffull.policy.larry_queue import IndexedDeque, Keys, WaitingIndex
 from halffull.sim.profiles import EngineShape, FloatArray, StepModel, attended_pairs
 
