@@ -60,7 +60,7 @@ def test_first_file_is_taken_and_logged(mount: Path, caplog: pytest.LogCaptureFi
     watcher = ConfigWatcher(mount / SCHEDULER_CONFIG_FILE, interval=1.0, clock=FakeClock())
     with caplog.at_level(logging.INFO, logger="halffull.engine"):
         assert watcher.current() == SchedulerConfig(policy="larry", alpha=0.25)
-    assert "policy=larry alpha=0.25 maxWaitSeconds=10 in force" in caplog.text
+    assert "policy=larry alpha=0.25 maxWaitSeconds=3 in force" in caplog.text
 
 
 def test_symlink_swap_is_seen_after_the_interval_only(mount: Path) -> None:

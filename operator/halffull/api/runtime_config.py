@@ -33,9 +33,9 @@ class SchedulerConfig(_Strict):
     """Parameters of the LARRY engine scheduler (file `scheduler.json`)."""
 
     policy: SchedulerPolicy = "larry"
-    alpha: float = Field(default=0.1, ge=0.0, allow_inf_nan=False)
+    alpha: float = Field(default=0.01, ge=0.0, allow_inf_nan=False)
     max_wait_seconds: float = Field(
-        default=10.0, alias="maxWaitSeconds", ge=0.0, allow_inf_nan=False
+        default=3.0, alias="maxWaitSeconds", ge=0.0, allow_inf_nan=False
     )
     """Tail bound: a request waiting longer goes ahead of every one that is not (0: none)."""
 

@@ -50,8 +50,8 @@ class EngineSpec(_Model):
 
 class SchedulerSpec(_Model):
     policy: SchedulerPolicy = "larry"
-    alpha: float = 0.1
-    max_wait_seconds: float = Field(default=10.0, alias="maxWaitSeconds")
+    alpha: float = 0.01
+    max_wait_seconds: float = Field(default=3.0, alias="maxWaitSeconds")
 
 
 class ApiKeySecret(_Model):
