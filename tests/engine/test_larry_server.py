@@ -157,9 +157,8 @@ def test_live_switch_without_restart(served: Served) -> None:
     )
     assert metric(served.plugin(), "halffull_scheduler_alpha") == 2.0
     assert metric(served.plugin(), "halffull_scheduler_max_wait_seconds") == 3.0
-    assert (
-        "policy=larry-literal alpha=2 maxWaitSeconds=3 in force (was policy=larry alpha=0.5"
-        in (served.server.log_text())
+    assert "policy=larry-literal alpha=2 maxWaitSeconds=3 in force (was policy=larry alpha=0.5" in (
+        served.server.log_text()
     )
     assert served.complete(0, 50)["usage"] is not None
     assert served.server.process.pid == pid and served.server.process.poll() is None
