@@ -108,12 +108,77 @@ def measure(core: Any, classes: dict[str, type], n: int, rounds: int) -> dict[st
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def policy_only(lengths: list[int], rounds: int, k: int = 8) -> None:
+    """Without vLLM: the policy work of one step, before (a view per request and a sorted order
+    of the whole queue, as 00f5d19's plugin did) and now (head selection over the index, the
+    queue rebuilt, one admission and one arrival through the indexed deque), interleaved."""
+    from halffull.policy.larry_queue import IndexedDeque, WaitingIndex
+
+    old = load_before_policy()
+    rng = random.Random(3)
+    print(f"| waiting requests | before (us) | now, k={k} (us) |")
+    print("|---|---|---|")
+    for n in lengths:
+        reqs = [(rng.randint(32, 2000), 1000.0 + 30 * rng.random()) for _ in range(n)]
+        items = [_Item(t, a) for t, a in reqs]
+        q: IndexedDeque[Any] = IndexedDeque(
+            larry=WaitingIndex(lambda r: (r.arrival, -(-r.tokens // 16), False))
+        )
+        q.extend(items)
+        cap = old.KVCapacity(block_size=16, num_blocks=4096)
+        before: list[float] = []
+        after: list[float] = []
+        for i in range(max(rounds * 100 // max(n, 100), 20)):
+            now = 1031.0 + i * 0.01
+            t0 = time.perf_counter()
+            views = [old.WaitingRequest(kv_tokens=r.tokens, arrival_time=r.arrival) for r in items]
+            perm = old.order(views, policy="larry", now=now, capacity=cap, alpha=0.1)
+            items = [items[j] for j in perm]
+            t1 = time.perf_counter()
+            head = q.larry.select(
+                policy="larry", now=now, num_blocks=4096, alpha=0.1, max_wait=3.0, k=k
+            )
+            q = IndexedDeque(head + q.larry.others(head), larry=q.larry)
+            q.append(q.popleft())  # one admission, one arrival
+            t2 = time.perf_counter()
+            before.append(t1 - t0)
+            after.append(t2 - t1)
+        b, a = statistics.median(before), statistics.median(after)
+        print(f"| {n} | {b * 1e6:.0f} | {a * 1e6:.0f} |", flush=True)
+
+
+class _Item:
+    """A queued request with identity (hashable, as vLLM's Request is)."""
+
+    def __init__(self, tokens: int, arrival: float) -> None:
+        self.tokens, self.arrival = tokens, arrival
+
+
+def load_before_policy() -> Any:
+    src = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{BEFORE}:operator/halffull/policy/larry.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    mod = types.ModuleType("halffull_before_policy")
+    sys.modules[mod.__name__] = mod
+    exec(compile(src, "before", "exec"), mod.__dict__)
+    return mod
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--lengths", type=int, nargs="+", default=[10, 100, 1000, 10000])
     ap.add_argument("--rounds", type=int, default=300)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--policy-only", action="store_true", help="only the policy's work per step, no vLLM"
+    )
     args = ap.parse_args(argv)
+    if args.policy_only:
+        policy_only(args.lengths, args.rounds)
+        return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.path.insert(0, str(REPO / "dev"))
     from vllm.v1.core.sched.scheduler import Scheduler
