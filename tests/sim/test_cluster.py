@@ -1,4 +1,4 @@
-"""The cluster loop runs the production policy and router-accounting code, deterministically."""
+"""The cluster loop runs the production dispatcher (policy, accounting), deterministically."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from halffull.policy import routing
+from halffull.policy.endpoints import Endpoint
 from halffull.policy.larry_queue import WaitingIndex
-from halffull.router.endpoints import Endpoint
+from halffull.policy.registry import ROUTING_POLICIES
 from halffull.sim.cluster import ClusterConfig, simulate
 from halffull.sim.profiles import EngineShape, Profile, StepModel
 from halffull.sim.workload import Job, LengthFit, synthetic
@@ -90,7 +91,7 @@ def test_router_calls_the_policy_class_and_endpoint_accounting(
 
 def test_every_routing_policy_runs_and_completes() -> None:
     work = jobs(count=150)
-    for name in routing.POLICIES:
+    for name in ROUTING_POLICIES:
         res = simulate(work, ClusterConfig(PROFILE, replicas=3, router=name, seed=1))
         assert res.completed == len(work), name
         assert set(res.replica.tolist()) == {0, 1, 2}, name
