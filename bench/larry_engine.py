@@ -20,7 +20,8 @@ token).
 
     .venv/bin/python bench/larry_engine.py --trace conv --rates 3 8 12 --repeats 2
     .venv/bin/python bench/larry_engine.py --trace code --rates 5 16 24 --repeats 2
-    .venv/bin/python bench/larry_engine.py --overhead
+    .venv/bin/python bench/larry_engine.py --trace conv --rates 12 --repeats 3 \
+        --policies fcfs larry:0.1 larry:0.1:5 larry:1:5     # alpha:maxWaitSeconds
 """
 
 from __future__ import annotations
@@ -87,10 +88,14 @@ class TraceRequest:
 class Policy:
     name: str
     alpha: float
+    max_wait: float = 0.0
 
     @property
     def label(self) -> str:
-        return "fcfs" if self.name == "fcfs" else f"{self.name} a={self.alpha:g}"
+        if self.name == "fcfs":
+            return "fcfs"
+        bound = f" w={self.max_wait:g}" if self.max_wait > 0 else ""
+        return f"{self.name} a={self.alpha:g}{bound}"
 
 
 @dataclass
@@ -244,7 +249,7 @@ def run(args: argparse.Namespace) -> list[RunResult]:
             trace = load_trace(TRACES[trace_name], args.start, 100_000)
             for w in range(args.warmup):
                 # Untimed: the first passes over new batch shapes are slower (allocator, kernels).
-                inproc.set_policy("fcfs", 1.0)
+                inproc.set_policy("fcfs", 1.0, 0.0)
                 replay(
                     inproc,
                     slice_for_rate(trace, max(args.rates), args.duration),
@@ -259,7 +264,7 @@ def run(args: argparse.Namespace) -> list[RunResult]:
                 for repeat, policy in (
                     (rep, pol) for rep in range(args.repeats) for pol in policies
                 ):
-                    inproc.set_policy(policy.name, policy.alpha)
+                    inproc.set_policy(policy.name, policy.alpha, policy.max_wait)
                     before = preemption_count(engine)
                     tag = f"{trace_name}-{rate:g}-{repeat}-{policy.label}".replace(" ", "")
                     ttft, tgt, out_tokens, span = replay(
@@ -292,31 +297,13 @@ def run(args: argparse.Namespace) -> list[RunResult]:
     return results
 
 
-def reorder_overhead(queue_lengths: Sequence[int], repeats: int = 200) -> str:
-    """Cost of what the plugin adds to one scheduling step: building the policy's view of the
-    waiting queue and sorting it (the pure function the plugin calls), per queue length."""
-    import random
-
-    from halffull.policy.larry import KVCapacity, WaitingRequest, order
-
-    rng = random.Random(7)
-    capacity = KVCapacity(block_size=16, num_blocks=4096)
-    lines = ["| waiting requests | LARRY reorder per step (us) |", "|---|---|"]
-    for n in queue_lengths:
-        raw = [(rng.randint(1, 8000), 1000.0 + rng.random() * 30, False) for _ in range(n)]
-        t = time.perf_counter()
-        for _ in range(repeats):
-            views = [WaitingRequest(kv_tokens=a, arrival_time=b, preempted=c) for a, b, c in raw]
-            order(views, policy="larry", now=1031.0, capacity=capacity, alpha=0.1)
-        lines.append(f"| {n} | {(time.perf_counter() - t) / repeats * 1e6:.0f} |")
-    return "\n".join(lines)
-
-
 def parse_policy(text: str) -> Policy:
-    name, _, alpha = text.partition(":")
+    """`name[:alpha[:maxWaitSeconds]]`, e.g. `larry:0.1:5` (no bound when omitted)."""
+    name, _, rest = text.partition(":")
+    alpha, _, max_wait = rest.partition(":")
     if name not in ("fcfs", "larry", "larry-literal"):
         raise argparse.ArgumentTypeError(f"unknown policy {name!r}")
-    return Policy(name, float(alpha) if alpha else 1.0)
+    return Policy(name, float(alpha) if alpha else 1.0, float(max_wait) if max_wait else 0.0)
 
 
 def table(results: list[RunResult]) -> str:
@@ -356,16 +343,18 @@ def summary(results: list[RunResult]) -> str:
             continue
         gain = percentile(b.ttft, 50) / max(percentile(r.ttft, 50), 1e-9)
         tail = percentile(r.tgt, 99) / percentile(b.tgt, 99)
-        rows.setdefault((r.trace, r.rate, r.policy.label), []).append((gain, tail))
+        ttft_tail = percentile(r.ttft, 99) / percentile(b.ttft, 99)
+        rows.setdefault((r.trace, r.rate, r.policy.label), []).append((gain, ttft_tail, tail))
     lines = [
         "| trace | rate (req/s) | policy | p50 TTFT gain vs FCFS, per repeat "
-        "| p99 TGT vs FCFS, per repeat |",
-        "|---|---|---|---|---|",
+        "| p99 TTFT vs FCFS, per repeat | p99 TGT vs FCFS, per repeat |",
+        "|---|---|---|---|---|---|",
     ]
     for (trace, rate, label), values in rows.items():
-        gains = " / ".join(f"{g:.2f}x" for g, _ in values)
-        tails = " / ".join(f"{t:.2f}" for _, t in values)
-        lines.append(f"| {trace} | {rate:g} | {label} | {gains} | {tails} |")
+        gains = " / ".join(f"{g:.2f}x" for g, _, _ in values)
+        ttft_tails = " / ".join(f"{t:.2f}" for _, t, _ in values)
+        tails = " / ".join(f"{t:.2f}" for _, _, t in values)
+        lines.append(f"| {trace} | {rate:g} | {label} | {gains} | {ttft_tails} | {tails} |")
     return "\n".join(lines)
 
 
@@ -379,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--policies",
         nargs="+",
         default=["fcfs", "larry:0.1", "larry:1", "larry-literal:1"],
-        help="policy[:alpha] ...",
+        help="policy[:alpha[:maxWaitSeconds]] ...",
     )
     parser.add_argument("--length-scale", type=float, default=1.0)
     parser.add_argument("--kv-tokens", type=int, default=16384)
@@ -407,16 +396,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--repeats", type=int, default=1, help="passes over the policies at each rate"
     )
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes per trace")
-    parser.add_argument(
-        "--overhead", action="store_true", help="only time the reorder step (no engine)"
-    )
     parser.add_argument("--json", type=Path, help="also write the raw latencies here")
     args = parser.parse_args(argv)
     for p in args.policies:
         parse_policy(p)
-    if args.overhead:
-        print(reorder_overhead([1, 16, 64, 256, 1024]))
-        return 0
     # One compute thread: on a small shared CPU, OpenMP's second thread spins at barriers and makes
     # step times erratic (measured 2-8x slower, varying run to run). Set before torch loads.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -439,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "repeat": r.repeat,
                         "policy": r.policy.name,
                         "alpha": r.policy.alpha,
+                        "max_wait": r.policy.max_wait,
                         "ttft": r.ttft,
                         "tgt": r.tgt,
                         "preemptions": r.preemptions,

@@ -13,8 +13,11 @@ from typing import Final
 # -- engine scheduler (LARRY) ----------------------------------------------------------------
 
 SCHEDULER_POLICY: Final = "larry"
-ALPHA: Final = 0.1
-"""LARRY's weight of waiting time, per second (docs/larry.md: why 0.1)."""
+ALPHA: Final = 0.01
+"""LARRY's weight of waiting time, per second (docs/larry.md: why 0.01 with the bound below)."""
+MAX_WAIT_SECONDS: Final = 3.0
+"""LARRY's tail bound: a request waiting longer goes ahead of every one that is not, in arrival
+order (0: no bound). docs/larry.md has the frontier it was picked from."""
 
 # -- router (SAL) ----------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ INVALID: list[tuple[dict[str, Any] | None, str]] = [
     ({**BASE, "replicas": "two"}, "spec.replicas"),
     ({**BASE, "scheduler": {"policy": "sjf"}}, "spec.scheduler.policy"),
     ({**BASE, "scheduler": {"alpha": -0.5}}, "spec.scheduler.alpha"),
+    ({**BASE, "scheduler": {"maxWaitSeconds": -1}}, "spec.scheduler.maxWaitSeconds"),
+    ({**BASE, "scheduler": {"maxWaitSeconds": "soon"}}, "spec.scheduler.maxWaitSeconds"),
     ({**BASE, "router": {"policy": "fastest"}}, "spec.router.policy"),
     ({**BASE, "router": {"beta": -1}}, "spec.router.beta"),
     ({**BASE, "router": {"pollIntervalMs": 5}}, "spec.router.pollIntervalMs"),

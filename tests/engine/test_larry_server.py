@@ -108,7 +108,7 @@ def test_engine_core_builds_our_class(served: Served) -> None:
     # vLLM's own warning, printed by the engine core when it resolves --scheduler-cls.
     assert re.search(r"EngineCore.*Using custom scheduler class " + re.escape(PLUGIN), log)
     assert "LarryScheduler loaded (base Scheduler)" in log
-    assert "policy=larry alpha=0.5 in force" in log
+    assert "policy=larry alpha=0.5 maxWaitSeconds=3 in force" in log
 
 
 def test_token_id_completions_and_metrics(served: Served) -> None:
@@ -146,7 +146,8 @@ def test_live_switch_without_restart(served: Served) -> None:
         "the engine to take larry-literal",
     )
     assert metric(served.plugin(), "halffull_scheduler_alpha") == 2.0
-    assert "policy=larry-literal alpha=2 in force (was policy=larry alpha=0.5)" in (
+    assert metric(served.plugin(), "halffull_scheduler_max_wait_seconds") == 3.0
+    assert "policy=larry-literal alpha=2 maxWaitSeconds=3 in force (was policy=larry alpha=0.5" in (
         served.server.log_text()
     )
     assert served.complete(0, 50)["usage"] is not None

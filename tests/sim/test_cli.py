@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from halffull.api.runtime_config import SchedulerConfig
 from halffull.cli import main
 from halffull.sim.workload import TRACE_FILES, TRACES_DIR, LengthFit, synthetic
 
@@ -34,9 +35,17 @@ def test_sim_prints_one_row_per_policy(tmp_path: Path, capsys: pytest.CaptureFix
 def test_bench_tune_on_a_user_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace = write_trace(tmp_path / "mine.csv", count=200)
     argv = ["bench", "tune", "--trace", str(trace), "--replicas", "2", "--rate-scales", "1"]
-    assert main([*argv, "--alphas", "0.1", "--betas", "1"]) == 0
+    argv += ["--alphas", "0.03", "--max-waits", "0", "5", "--betas", "1", "--name", "chat"]
+    assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "| larry a=0.1 |" in text and "| sal b=1 |" in text and "| round-robin |" in text
+    assert "| x1 | 0.03 | none |" in text and "| x1 | 0.03 | 5 |" in text
+    shipped = SchedulerConfig()  # always swept
+    assert f"| x1 | {shipped.alpha:g} | {shipped.max_wait_seconds:g} |" in text
+    assert "| sal b=1 |" in text and "| round-robin |" in text
+    # the output ends with the recommendation and the command that applies it
+    last = text.strip().splitlines()[-1].strip()
+    assert last.startswith("kubectl patch llmservice chat --type merge -p '")
+    assert "## Recommendation (tail budget 10% over FCFS)" in text
 
 
 def test_bench_fidelity_reads_a_measurement(

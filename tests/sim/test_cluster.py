@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
-import halffull.policy.larry
-import halffull.sim.engine
 from halffull.policy import routing
 from halffull.policy.endpoints import Endpoint
+from halffull.policy.larry_queue import WaitingIndex
 from halffull.policy.registry import ROUTING_POLICIES
 from halffull.sim.cluster import ClusterConfig, simulate
 from halffull.sim.profiles import EngineShape, Profile, StepModel
@@ -39,21 +37,33 @@ def jobs(count: int = 300, rate: float = 40.0, seed: int = 5) -> list[Job]:
     return synthetic(LAW, count=count, rate=rate, seed=seed)
 
 
-def test_engine_uses_the_policy_module_order_function(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert halffull.sim.engine.order is halffull.policy.larry.order
+def test_engine_uses_the_policy_module_head_selection(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = halffull.policy.larry.order
+    real = WaitingIndex.select
 
-    def spy(requests: Sequence[Any], **kw: Any) -> list[int]:
-        calls.append(len(requests))
-        return real(requests, **kw)
+    def spy(self: WaitingIndex[Any], **kw: Any) -> list[Any]:
+        calls.append(len(self))
+        return real(self, **kw)
 
-    monkeypatch.setattr(halffull.sim.engine, "order", spy)
+    monkeypatch.setattr(WaitingIndex, "select", spy)
     simulate(jobs(), ClusterConfig(PROFILE, admission="larry", alpha=0.1))
     assert calls and max(calls) >= 2
     calls.clear()
     simulate(jobs(), ClusterConfig(PROFILE, admission="fcfs"))
     assert calls == []  # FCFS leaves vLLM's queue alone, like the plugin
+
+
+def test_tail_bound_caps_the_wait_larry_adds() -> None:
+    # overloaded: FCFS's median TTFT is about 6.5 s here, its worst about 13.6 s
+    work = jobs(count=400, rate=40.0)
+    fcfs = simulate(work, ClusterConfig(PROFILE, admission="fcfs"))
+    unbounded = simulate(work, ClusterConfig(PROFILE, admission="larry", alpha=0.0))
+    bounded = simulate(work, ClusterConfig(PROFILE, admission="larry", alpha=0.0, max_wait=10.0))
+
+    worst = {name: r.ttft.max() for name, r in (("f", fcfs), ("u", unbounded), ("b", bounded))}
+    assert worst["u"] > worst["f"]  # plain LARRY at alpha 0 starves large prompts
+    assert worst["b"] < worst["u"] and worst["b"] < 1.1 * worst["f"]
+    assert 2 * np.median(bounded.ttft) < np.median(fcfs.ttft)
 
 
 def test_router_calls_the_policy_class_and_endpoint_accounting(

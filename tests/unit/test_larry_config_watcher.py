@@ -49,7 +49,7 @@ def test_first_file_is_taken_and_logged(mount: Path, caplog: pytest.LogCaptureFi
     watcher = ConfigWatcher(mount / SCHEDULER_CONFIG_FILE, interval=1.0, clock=FakeClock())
     with caplog.at_level(logging.INFO, logger="halffull.engine"):
         assert watcher.current() == SchedulerConfig(policy="larry", alpha=0.25)
-    assert "policy=larry alpha=0.25 in force" in caplog.text
+    assert "policy=larry alpha=0.25 maxWaitSeconds=3 in force" in caplog.text
 
 
 def test_symlink_swap_is_seen_after_the_interval_only(mount: Path) -> None:
@@ -91,6 +91,8 @@ def test_same_stat_is_not_reread(mount: Path) -> None:
         '{"policy": "larry", "alpha": -1}',
         '{"policy": "larry", "alpha": "NaN"}',
         '{"policy": "larry", "alpha": 1, "unknown": true}',
+        '{"policy": "larry", "alpha": 1, "maxWaitSeconds": -5}',
+        '{"policy": "larry", "alpha": 1, "maxWaitSeconds": "soon"}',
         "\udcff",
     ],
 )

@@ -44,8 +44,10 @@ class InprocEngine:
         tmp.write_text(text)
         tmp.replace(self.config_path)
 
-    def set_policy(self, policy: str, alpha: float) -> None:
-        self.write_config(json.dumps({"policy": policy, "alpha": alpha}))
+    def set_policy(self, policy: str, alpha: float, max_wait: float = 0.0) -> None:
+        """Write these parameters; `max_wait` 0 (no tail bound) unless given."""
+        config = {"policy": policy, "alpha": alpha, "maxWaitSeconds": max_wait}
+        self.write_config(json.dumps(config))
 
     def burst(self, sizes: Sequence[int], *, spacing: float = 0.01) -> list[int]:
         """Submit requests with these prompt lengths, arriving `spacing` s apart in list order,
@@ -133,29 +135,43 @@ def inproc_engine(
 
 
 def step_trace(
-    inproc: InprocEngine, prompts: Sequence[int], outputs: Sequence[int]
+    inproc: InprocEngine,
+    prompts: Sequence[int],
+    outputs: Sequence[int],
+    *,
+    shared_prefix: int = 0,
+    tokens: dict[int, list[int]] | None = None,
 ) -> list[list[int]]:
     """Submit all requests (prompt and output lengths, arriving 10 ms apart) before the first
     step, run the engine to completion and return, per step, the indices of the requests that
-    produced a token in it: a fingerprint of every scheduling decision the engine took."""
+    produced a token in it: a fingerprint of every scheduling decision the engine took.
+
+    With `shared_prefix`, every even-numbered prompt starts with the same that many tokens (for
+    prefix caching). With `tokens`, decoding is greedy and each request's output token ids are
+    collected there."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     start = time.time() - 1.0
     for i, (p, o) in enumerate(zip(prompts, outputs, strict=True)):
+        ids = prompt_ids(i, p)
+        if shared_prefix and i % 2 == 0 and p > shared_prefix:
+            ids = prompt_ids(10_000, shared_prefix) + ids[shared_prefix:]
+        params = SamplingParams(max_tokens=o, ignore_eos=True, output_kind=RequestOutputKind.DELTA)
+        if tokens is not None:
+            params.temperature = 0.0
         inproc.engine.add_request(
-            f"trace-{i}",
-            {"prompt_token_ids": prompt_ids(i, p)},
-            SamplingParams(max_tokens=o, ignore_eos=True, output_kind=RequestOutputKind.DELTA),
-            arrival_time=start + 0.01 * i,
+            f"trace-{i}", {"prompt_token_ids": ids}, params, arrival_time=start + 0.01 * i
         )
     steps: list[list[int]] = []
     while inproc.engine.has_unfinished_requests():
-        produced = [
-            int(out.request_id.split("-")[1])
-            for out in inproc.engine.step()
-            if out.outputs and out.outputs[0].token_ids
-        ]
+        produced = []
+        for out in inproc.engine.step():
+            if out.outputs and out.outputs[0].token_ids:
+                index = int(out.request_id.split("-")[1])
+                produced.append(index)
+                if tokens is not None:
+                    tokens.setdefault(index, []).extend(out.outputs[0].token_ids)
         steps.append(sorted(produced))
     return steps
 
@@ -175,7 +191,8 @@ def _main() -> None:
     """`python -m halffull_dev.testing.vllm_engine SPEC_JSON`: build an engine in a fresh process,
     run `step_trace` and print `{"steps": ..., "preemptions": ...}` as JSON. SPEC keys: workdir,
     prompts, outputs, scheduler_cls (null: vanilla vLLM), scheduler_config, and optional
-    kv_cache_memory_bytes, max_model_len, engine_kwargs."""
+    kv_cache_memory_bytes, max_model_len, engine_kwargs, shared_prefix, tokens (greedy decoding,
+    output token ids in the result)."""
     import sys
 
     spec = json.loads(sys.argv[1])
@@ -187,11 +204,23 @@ def _main() -> None:
         engine_kwargs=spec.get("engine_kwargs"),
         scheduler_cls=spec.get("scheduler_cls"),
     ) as inproc:
-        steps = step_trace(inproc, spec["prompts"], spec["outputs"])
+        tokens: dict[int, list[int]] | None = {} if spec.get("tokens") else None
+        steps = step_trace(
+            inproc,
+            spec["prompts"],
+            spec["outputs"],
+            shared_prefix=spec.get("shared_prefix", 0),
+            tokens=tokens,
+        )
+        scheduler = inproc.scheduler
         result = {
-            "scheduler": type(inproc.scheduler).__name__,
+            "scheduler": type(scheduler).__name__,
             "steps": steps,
             "preemptions": preemptions(inproc),
+            "tokens": tokens,
+            "kv_usage": scheduler.kv_cache_manager.usage,
+            "reorders": getattr(scheduler, "larry_reorders", None),
+            "prefix_hits": getattr(scheduler, "larry_prefix_hits", None),
         }
     print("HALFFULL-RESULT " + json.dumps(result), flush=True)
 

@@ -34,6 +34,14 @@ class SchedulerConfig(_Strict):
 
     policy: SchedulerPolicy = D.SCHEDULER_POLICY
     alpha: float = Field(default=D.ALPHA, ge=0.0, allow_inf_nan=False)
+    max_wait_seconds: float = Field(
+        default=D.MAX_WAIT_SECONDS, alias="maxWaitSeconds", ge=0.0, allow_inf_nan=False
+    )
+    """Tail bound: a request waiting longer goes ahead of every one that is not (0: none)."""
+
+    def describe(self) -> str:
+        """How the engine's log names these parameters."""
+        return f"policy={self.policy} alpha={self.alpha:g} maxWaitSeconds={self.max_wait_seconds:g}"
 
 
 class RouterEndpoint(_Strict):

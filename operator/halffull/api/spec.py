@@ -55,6 +55,7 @@ class EngineSpec(_Model):
 class SchedulerSpec(_Model):
     policy: SchedulerPolicy = D.SCHEDULER_POLICY
     alpha: float = D.ALPHA
+    max_wait_seconds: float = Field(default=D.MAX_WAIT_SECONDS, alias="maxWaitSeconds")
 
 
 class ApiKeySecret(_Model):

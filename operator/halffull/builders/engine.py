@@ -63,7 +63,8 @@ def vllm_args(svc: LLMService) -> list[str]:
 
 
 def scheduler_config(svc: LLMService) -> SchedulerConfig:
-    return SchedulerConfig(policy=svc.spec.scheduler.policy, alpha=svc.spec.scheduler.alpha)
+    s = svc.spec.scheduler
+    return SchedulerConfig(policy=s.policy, alpha=s.alpha, max_wait_seconds=s.max_wait_seconds)
 
 
 def scheduler_configmap(svc: LLMService) -> dict[str, Any]:

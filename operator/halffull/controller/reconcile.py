@@ -272,8 +272,9 @@ def _applied_parameters(
     """The tuning written to the ConfigMaps; unchanged while the spec is invalid."""
     if problems:
         return {k: current[k] for k in ("scheduler", "router") if k in current}
+    s = svc.spec.scheduler
     out: dict[str, Any] = {
-        "scheduler": {"policy": svc.spec.scheduler.policy, "alpha": svc.spec.scheduler.alpha}
+        "scheduler": {"policy": s.policy, "alpha": s.alpha, "maxWaitSeconds": s.max_wait_seconds}
     }
     if svc.spec.router.enabled:
         out["router"] = {"policy": svc.spec.router.policy, "beta": svc.spec.router.beta}

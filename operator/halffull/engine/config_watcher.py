@@ -133,11 +133,9 @@ class ConfigWatcher:
         previous, self._config = self._config, config
         self.reloads += 1
         logger.info(
-            "halffull scheduler: policy=%s alpha=%g in force (was policy=%s alpha=%g), from %s",
-            config.policy,
-            config.alpha,
-            previous.policy,
-            previous.alpha,
+            "halffull scheduler: %s in force (was %s), from %s",
+            config.describe(),
+            previous.describe(),
             self.path,
         )
         return Change(config, changed=True)
@@ -145,10 +143,9 @@ class ConfigWatcher:
     def _fail(self, reason: str) -> Change:
         self.errors += 1
         logger.error(
-            "halffull scheduler: parameter file %s rejected (%s); keeping policy=%s alpha=%g",
+            "halffull scheduler: parameter file %s rejected (%s); keeping %s",
             self.path,
             reason,
-            self._config.policy,
-            self._config.alpha,
+            self._config.describe(),
         )
         return Change(self._config, changed=False, error=reason)

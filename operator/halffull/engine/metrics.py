@@ -51,6 +51,12 @@ class EngineMetrics:
             registry=self.registry,
             multiprocess_mode=mode,
         )
+        self.max_wait = Gauge(
+            "halffull_scheduler_max_wait_seconds",
+            "LARRY's tail bound in force, seconds (0: none).",
+            registry=self.registry,
+            multiprocess_mode=mode,
+        )
         self.reloads = Counter(
             "halffull_scheduler_config_reloads",
             "Parameter file versions taken into force.",
@@ -90,6 +96,7 @@ class EngineMetrics:
         for name in SCHEDULER_POLICIES:
             self.policy.labels(policy=name).set(1.0 if name == config.policy else 0.0)
         self.alpha.set(config.alpha)
+        self.max_wait.set(config.max_wait_seconds)
 
     def serve_from_env(self) -> int | None:
         """Start the HTTP endpoint if `HALFFULL_ENGINE_METRICS_PORT` is set; returns the port.

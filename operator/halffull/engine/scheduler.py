@@ -1,9 +1,12 @@
 """LARRY inside vLLM: `--scheduler-cls halffull.engine.scheduler.LarryScheduler`.
 
-The plugin changes one thing in vLLM's scheduler: before each `schedule()` it puts the waiting
-queue in LARRY's order. Everything else (running requests first, token budget, chunked prefill,
-stopping at the first waiting request that does not fit, preemption putting the victim back at
-the head of the queue) is vLLM's own code. Under policy "fcfs" the queue is not touched at all, so
+The plugin changes one thing in vLLM's scheduler: before each `schedule()` it puts the head of
+the waiting queue in LARRY's order (the first requests up to the free sequence slots: vLLM admits
+no more in one step). The waiting queue is vLLM's own queue class with LARRY's index mixed in
+(`halffull.policy.larry_queue`), so each request's keys are computed once, when it enters.
+Everything else (running requests first, token budget, chunked prefill, stopping at the first
+waiting request that does not fit, preemption putting the victim back at the head of the queue)
+is vLLM's own code. Under policy "fcfs" the queue is not touched at all, so
 the engine behaves exactly like vanilla vLLM; the plugin stays loaded so that a policy change is
 a file change, not a pod restart.
 
@@ -31,7 +34,8 @@ from vllm.v1.request import Request, RequestStatus
 
 from halffull.engine.config_watcher import ConfigWatcher
 from halffull.engine.metrics import EngineMetrics
-from halffull.policy.larry import KVCapacity, WaitingRequest, order
+from halffull.policy.larry import KVCapacity
+from halffull.policy.larry_queue import REFRESH_PER_STEP, IndexedDeque, Keys, WaitingIndex
 
 logger = logging.getLogger("halffull.engine")
 
@@ -70,15 +74,26 @@ class LarryScheduler(Scheduler):
         num_blocks = self.cache_config.num_gpu_blocks
         assert num_blocks, "vLLM sizes the KV cache before it builds the scheduler"
         self._larry_capacity = KVCapacity(block_size=self.block_size, num_blocks=num_blocks)
+        self._larry_prefix = bool(self.cache_config.enable_prefix_caching)
+        self._larry_groups = list(range(len(self.kv_cache_config.kv_cache_groups)))
+        self.larry_reorders = 0
+        """Steps at which the plugin changed the head of the queue (for tests and benchmarks)."""
+        self.larry_prefix_hits = 0
+        """Key computations that found some of a request's blocks in the prefix cache."""
         self._larry_watcher = ConfigWatcher.from_env()
         self._larry_metrics = EngineMetrics()
         self._larry_metrics.serve_from_env()
-        if not isinstance(self.waiting, deque):
+        if isinstance(self.waiting, deque):
+            queue_cls = type("LarryRequestQueue", (IndexedDeque, type(self.waiting)), {})
+            index: WaitingIndex[Request] = WaitingIndex(self._larry_keys)
+            self.waiting = queue_cls(larry=index)
+        else:
             logger.warning(
                 "halffull scheduler: vLLM scheduling policy %r keeps its own queue order; "
                 "LARRY stays off (use the default --scheduling-policy fcfs)",
                 self.scheduler_config.policy,
             )
+        self._larry_reordered = False
         self._larry_reloads_seen = 0
         self._larry_errors_seen = 0
         self.larry_clock: Callable[[], float] = time.time
@@ -92,14 +107,35 @@ class LarryScheduler(Scheduler):
         )
         self._larry_metrics.max_num_batched_tokens.set(self.scheduler_config.max_num_batched_tokens)
         logger.info(
-            "halffull scheduler: %s loaded (base %s), KV %d blocks x %d tokens, policy=%s alpha=%g",
+            "halffull scheduler: %s loaded (base %s), KV %d blocks x %d tokens, %s",
             type(self).__name__,
             "AsyncScheduler" if isinstance(self, AsyncScheduler) else "Scheduler",
             self._larry_capacity.num_blocks,
             self._larry_capacity.block_size,
-            config.policy,
-            config.alpha,
+            config.describe(),
         )
+
+    def _larry_keys(self, request: Request) -> Keys:
+        """Arrival, KV blocks still needed (prompt and output to recompute, less what the prefix
+        cache holds) and whether vLLM preempted it: computed when the request enters the queue."""
+        tokens = request.num_tokens - self._larry_cached_tokens(request)
+        blocks = -(-max(tokens, 0) // self._larry_capacity.block_size)
+        return request.arrival_time, blocks, request.status == RequestStatus.PREEMPTED
+
+    def _larry_cached_tokens(self, request: Request) -> int:
+        """Tokens of `request`'s prompt whose KV blocks vLLM's prefix cache holds now: the
+        longest run of its full-block hashes that the block pool finds, as vLLM's own lookup."""
+        if not self._larry_prefix or not request.block_hashes:
+            return 0
+        pool, groups = self.kv_cache_manager.block_pool, self._larry_groups
+        hit = 0
+        for block_hash in request.block_hashes:
+            if pool.get_cached_block(block_hash, groups) is None:
+                break
+            hit += 1
+        if hit:
+            self.larry_prefix_hits += 1
+        return hit * self._larry_capacity.block_size
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         self._larry_reorder()
@@ -108,27 +144,39 @@ class LarryScheduler(Scheduler):
     def _larry_reorder(self) -> None:
         config = self._larry_watcher.current()
         waiting = self.waiting
-        if config.policy == "fcfs" or len(waiting) < 2 or not isinstance(waiting, deque):
+        if not isinstance(waiting, IndexedDeque):
             return
-        requests: list[Request] = list(waiting)
-        views = [
-            WaitingRequest(
-                kv_tokens=r.num_tokens,
-                arrival_time=r.arrival_time,
-                preempted=r.status == RequestStatus.PREEMPTED,
-            )
-            for r in requests
-        ]
-        admission = order(
-            views,
+        index = waiting.larry
+        if config.policy == "fcfs":
+            if self._larry_reordered:  # hand vLLM back its own order once
+                self.waiting = type(waiting)(index.fcfs(), larry=index)
+                self._larry_reordered = False
+            return
+        free_slots = self.max_num_active_reqs - len(self.running)
+        if len(waiting) < 2 or free_slots <= 0:
+            return  # nothing to order, or no request can be admitted in this step
+        if self._larry_prefix:
+            index.refresh(REFRESH_PER_STEP)
+        # vLLM admits a request only if blocks for its whole uncached sequence are free (its
+        # first chunk's, without scheduler_reserve_full_isl): if not even the smallest fits, the
+        # order cannot matter in this step
+        need = index.min_blocks() if self.scheduler_reserve_full_isl else 1
+        if need > self.kv_cache_manager.block_pool.get_num_free_blocks():
+            return
+        head = index.select(
             policy=config.policy,
             now=self.larry_clock(),
-            capacity=self._larry_capacity,
+            num_blocks=self._larry_capacity.num_blocks,
             alpha=config.alpha,
+            max_wait=config.max_wait_seconds,
+            k=free_slots,
         )
-        if any(i != pos for pos, i in enumerate(admission)):
-            # A new queue object, swapped in whole: the plugin's thread may be reading the old one.
-            self.waiting = type(waiting)(requests[i] for i in admission)
+        if all(a is b for a, b in zip(head, waiting, strict=False)):
+            return
+        # A new queue object, swapped in whole: the plugin's thread may be reading the old one.
+        self.waiting = type(waiting)(head + index.others(head), larry=index)
+        self._larry_reordered = True
+        self.larry_reorders += 1
 
     def _larry_background(self) -> None:
         while True:

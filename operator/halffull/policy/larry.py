@@ -16,6 +16,11 @@ so that the benchmark can show which one yields the reported gains.
 Preempted requests are not scored: the engine already paid for part of their work and vLLM puts
 them back at the head of its queue, so they keep that place, in the order they were given.
 
+A tail bound `max_wait` (seconds; 0 means none) caps what the median costs the tail: a request
+that has waited longer than it is overdue, and overdue requests go next after the preempted ones,
+in arrival order, ahead of everything LARRY scores. Without it a large prompt can wait behind a
+stream of small ones until its waiting time catches up with `queue_len * mem / alpha`.
+
 Ties in score are broken by arrival time and then by position in the input, so the order is a
 pure function of the inputs.
 """
@@ -58,6 +63,16 @@ class WaitingRequest:
     preempted: bool = False
 
 
+def check_parameters(policy: str, alpha: float, max_wait: float) -> None:
+    """Raise ValueError naming the parameter when one is out of range."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown LARRY policy {policy!r}")
+    if not (alpha >= 0.0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be finite and >= 0, got {alpha!r}")
+    if not (max_wait >= 0.0 and math.isfinite(max_wait)):
+        raise ValueError(f"max_wait must be finite and >= 0 (0: no bound), got {max_wait!r}")
+
+
 def kv_fraction(kv_tokens: int, capacity: KVCapacity) -> float:
     """KV blocks needed for `kv_tokens` tokens, as a fraction of the engine's blocks."""
     blocks = -(-max(kv_tokens, 0) // capacity.block_size)
@@ -86,19 +101,26 @@ def order(
     now: float,
     capacity: KVCapacity,
     alpha: float,
+    max_wait: float = 0.0,
 ) -> list[int]:
     """The admission order of `requests` as a permutation of their indices.
 
-    Preempted requests come first, in their given order. The others follow by decreasing score
+    Preempted requests come first, in their given order. Then, when `max_wait` > 0, the requests
+    that waited longer than `max_wait` seconds, by arrival. The others follow by decreasing score
     (by arrival under "fcfs"), ties going to the earlier arrival and then the earlier index.
     `queue_len` in the score is `len(requests)`: the caller passes the whole waiting queue.
+
+    This is the reference definition; the engine and the simulator select only the head of this
+    order over arrays (`halffull.policy.larry_queue`), and tests check that both agree.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown LARRY policy {policy!r}")
-    if not (alpha >= 0.0 and math.isfinite(alpha)):
-        raise ValueError(f"alpha must be finite and >= 0, got {alpha!r}")
+    check_parameters(policy, alpha, max_wait)
     head = [i for i, r in enumerate(requests) if r.preempted]
     rest = [i for i, r in enumerate(requests) if not r.preempted]
+    if max_wait > 0.0:
+        overdue = [i for i in rest if now - requests[i].arrival_time > max_wait]
+        overdue.sort(key=lambda i: (requests[i].arrival_time, i))
+        head += overdue
+        rest = [i for i in rest if now - requests[i].arrival_time <= max_wait]
     if policy == "fcfs":
         rest.sort(key=lambda i: (requests[i].arrival_time, i))
         return head + rest

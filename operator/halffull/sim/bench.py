@@ -36,6 +36,8 @@ from halffull.sim.profiles import (
 )
 from halffull.sim.report import Summary, summarize, table
 from halffull.sim.slices import SliceConfig, simulate_slices
+from halffull.sim.tune import add_arguments as tune_arguments
+from halffull.sim.tune import tune_scheduler
 from halffull.sim.workload import Job, fit, load_csv, prepare, resolve_trace, synthetic
 
 TRACE_NOTE = "Trace: Azure LLM inference trace 2023 (CC-BY 4.0)."
@@ -650,24 +652,13 @@ def tune(args: argparse.Namespace) -> int:
     scales = args.rate_scales
     print(f"# Tuning on {args.trace}: {len(jobs0)} requests, {profile.description}\n")
     print(
-        f"## alpha (one replica with every {args.replicas}th request; lower TTFT p50 is better, "
-        "watch p99)\n"
+        f"## LARRY: alpha x maxWaitSeconds (one replica with every {args.replicas}th request; "
+        "p50 gain = FCFS's median TTFT / this setting's)"
     )
-    rows: list[list[object]] = []
-    share = jobs0[:: args.replicas]
-    for scale in scales:
-        jobs = [replace(j, arrival=j.arrival / scale) for j in share]
-        for label, pol, alpha in [("fcfs", "fcfs", 1.0)] + [
-            (f"larry a={a:g}", "larry", a) for a in args.alphas
-        ]:
-            cfg = ClusterConfig(profile, admission=pol, alpha=alpha)
-            s = summarize(jobs, simulate(jobs, cfg))
-            rows.append(
-                [f"x{scale:g}", s.offered_rps, label, s.ttft_p50, s.ttft_p99, s.tgt_p50, s.tgt_p99]
-            )
-    print(table(["scale", "req/s", "policy", "TTFT p50", "TTFT p99", "TGT p50", "TGT p99"], rows))
+    tables, recommendation = tune_scheduler(jobs0[:: args.replicas], profile, scales, args)
+    print(tables)
     print(f"\n## beta ({args.replicas} replicas, FCFS engines; lower TGT is better)\n")
-    rows = []
+    rows: list[list[object]] = []
     for scale in scales:
         jobs = [replace(j, arrival=j.arrival / scale) for j in jobs0]
         for label, router, beta in [
@@ -687,6 +678,7 @@ def tune(args: argparse.Namespace) -> int:
                 ]
             )
     print(table(["scale", "req/s", "router", "TTFT p50", "TGT mean", "TGT p99"], rows))
+    print(recommendation)
     return 0
 
 
@@ -795,7 +787,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--profile", default="h100-llama3-8b")
     t.add_argument("--replicas", type=int, default=4)
     t.add_argument("--rate-scales", type=float, nargs="+", default=[1.0, 2.0])
-    t.add_argument("--alphas", type=float, nargs="+", default=TUNE_ALPHAS)
+    tune_arguments(t)
     t.add_argument("--betas", type=float, nargs="+", default=TUNE_BETAS)
     f = sub.add_parser("fidelity", help="simulator vs a bench/sim_fidelity.py measurement")
     f.add_argument("--real", type=Path, required=True)

@@ -39,6 +39,8 @@ class ClusterConfig:
     replicas: int = 1
     admission: AdmissionPolicy = "fcfs"
     alpha: float = D.ALPHA
+    max_wait: float = D.MAX_WAIT_SECONDS
+    """LARRY's tail bound in seconds (0: none), `maxWaitSeconds` in the CRD."""
     router: str = "round-robin"
     beta: float = D.BETA
     poll_s: float = D.POLL_INTERVAL_MS / 1000
@@ -120,7 +122,13 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
     shape, model = config.profile.shape, config.profile.model
     reps = [
         Replica(
-            shape, model, policy=config.admission, alpha=config.alpha, index=i, fast=config.fast
+            shape,
+            model,
+            policy=config.admission,
+            alpha=config.alpha,
+            max_wait=config.max_wait,
+            index=i,
+            fast=config.fast,
         )
         for i in range(config.replicas)
     ]

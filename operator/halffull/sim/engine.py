@@ -14,9 +14,9 @@ What is modelled, after vLLM 0.32's v1 scheduler (see docs/simulator.md for what
   (vLLM 0.32's `scheduler_reserve_full_isl`), though only its first chunk is allocated;
   admission stops at the first request that does not fit (head-of-line blocking, as in vLLM).
 - The queue order comes from the admission policy: `fcfs` (vLLM's deque, untouched), `larry` and
-  `larry-literal` (the production `halffull.policy.larry.order`, exactly as the engine plugin
-  calls it before every step), or `sjf-oracle` (shortest output first, knowing output lengths:
-  a reference bound, not a product feature).
+  `larry-literal` (the production `halffull.policy.larry_queue` index and head selection, exactly
+  as the engine plugin uses them before every step), or `sjf-oracle` (shortest output first,
+  knowing output lengths: a reference bound, not a product feature).
 - A request produces its first token in the step that completes its prompt, then one token per
   step; it finishes after its `output` tokens.
 
@@ -35,7 +35,9 @@ from typing import Literal
 
 import numpy as np
 
-from halffull.policy.larry import KVCapacity, WaitingRequest, order
+from halffull.policy import larry_queue
+from halffull.policy.larry import KVCapacity
+from halffull.policy.larry_queue import IndexedDeque, Keys, WaitingIndex
 from halffull.sim.profiles import EngineShape, FloatArray, StepModel, attended_pairs
 
 AdmissionPolicy = Literal["fcfs", "larry", "larry-literal", "sjf-oracle"]
@@ -68,24 +70,11 @@ class SimRequest:
 OrderFn = Callable[[list[SimRequest], float], list[int]]
 
 
-def make_order(policy: AdmissionPolicy, alpha: float, capacity: KVCapacity) -> OrderFn | None:
-    """The queue-ordering function for an admission policy (None: keep vLLM's FCFS deque)."""
-    if policy == "fcfs":
+def make_order(policy: AdmissionPolicy) -> OrderFn | None:
+    """The full-queue ordering function of `sjf-oracle` (None for the others: `fcfs` keeps
+    vLLM's deque; the LARRY policies order the head through the queue's index)."""
+    if policy in ("fcfs", "larry", "larry-literal"):
         return None
-    if policy in ("larry", "larry-literal"):
-
-        def larry_order(waiting: list[SimRequest], now: float) -> list[int]:
-            views = [
-                WaitingRequest(
-                    kv_tokens=r.prompt + r.generated,
-                    arrival_time=r.arrival,
-                    preempted=r.preemptions > 0,
-                )
-                for r in waiting
-            ]
-            return order(views, policy=policy, now=now, capacity=capacity, alpha=alpha)
-
-        return larry_order
     if policy == "sjf-oracle":
 
         def sjf(waiting: list[SimRequest], now: float) -> list[int]:
@@ -116,6 +105,7 @@ class Replica:
         *,
         policy: AdmissionPolicy = "fcfs",
         alpha: float = 1.0,
+        max_wait: float = 0.0,
         index: int = 0,
         fast: bool = True,
     ) -> None:
@@ -124,8 +114,15 @@ class Replica:
         self.index = index
         self.fast = fast
         self.capacity = KVCapacity(block_size=shape.block_size, num_blocks=shape.num_blocks)
-        self._order = make_order(policy, alpha, self.capacity)
-        self.waiting: deque[SimRequest] = deque()
+        self._order = make_order(policy)
+        self.prefix_caching = False
+        """True when `cached_prefix_blocks` models a prefix cache (see there)."""
+        self._larry = policy if policy in ("larry", "larry-literal") else None
+        self._alpha = alpha
+        self._max_wait = max_wait
+        self.waiting: deque[SimRequest] = (
+            IndexedDeque(larry=WaitingIndex(self._larry_keys)) if self._larry else deque()
+        )
         self.running: list[SimRequest] = []
         self.used_blocks = 0
         self.num_preemptions = 0
@@ -239,9 +236,8 @@ class Replica:
             i += 1
         admitted = False
         if not preempted and self.waiting and budget > 0 and len(running) < shape.max_num_seqs:
-            if self._order is not None and len(self.waiting) >= 2 and self._may_admit(budget):
-                waiting = list(self.waiting)
-                self.waiting = deque(waiting[j] for j in self._order(waiting, now))
+            if len(self.waiting) >= 2 and self._may_admit(budget):
+                self._reorder(now)
             bs = shape.block_size
             while self.waiting and budget > 0 and len(running) < shape.max_num_seqs:
                 req = self.waiting[0]
@@ -288,6 +284,40 @@ class Replica:
         self._k = 1
         self.end_at = now + duration
         return self.end_at
+
+    def cached_prefix_blocks(self, req: SimRequest) -> int:
+        """Blocks of `req`'s prompt that this replica's prefix cache holds now.
+
+        The hook LARRY's `mem(r)` reads (prompt blocks less these), as the engine plugin reads
+        vLLM's block pool. This model has no prefix cache yet, so it is 0; a prefix-cache model
+        returns its hit and sets `prefix_caching`, so that queued requests' counts are refreshed
+        as the plugin refreshes them."""
+        return 0
+
+    def _larry_keys(self, req: SimRequest) -> Keys:
+        bs = self.shape.block_size
+        blocks = -(-(req.prompt + req.generated) // bs) - self.cached_prefix_blocks(req)
+        return req.arrival, max(blocks, 0), req.preemptions > 0
+
+    def _reorder(self, now: float) -> None:
+        waiting = self.waiting
+        if isinstance(waiting, IndexedDeque) and self._larry is not None:
+            index = waiting.larry
+            if self.prefix_caching:
+                index.refresh(larry_queue.REFRESH_PER_STEP)
+            head = index.select(
+                policy=self._larry,
+                now=now,
+                num_blocks=self.shape.num_blocks,
+                alpha=self._alpha,
+                max_wait=self._max_wait,
+                k=self.shape.max_num_seqs - len(self.running),
+            )
+            if not all(a is b for a, b in zip(head, waiting, strict=False)):
+                self.waiting = IndexedDeque(head + index.others(head), larry=index)
+        elif self._order is not None:
+            items = list(waiting)
+            self.waiting = deque(items[j] for j in self._order(items, now))
 
     def _may_admit(self, budget: int) -> bool:
         """False when no waiting request could be admitted whatever the order: then ordering
