@@ -30,7 +30,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from halffull.policy.routing import POLICIES, EngineStats, RouteRequest, make_policy
+from halffull.policy.registry import ROUTING_POLICIES as POLICIES
+from halffull.policy.registry import make_policy
+from halffull.policy.routing import EngineStats, RouteRequest
 from halffull.policy.sal import DEFAULT_MAX_TOKENS_PER_BATCH
 from halffull.router.endpoints import Endpoint, Ticket
 from halffull_dev.testing.engine_model import EngineModel, EngineShape, StepCosts

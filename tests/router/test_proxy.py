@@ -13,7 +13,7 @@ import pytest
 from router_helpers import admin, base, make_settings, read_sse, running_router, wait_for
 
 from halffull.api.runtime_config import RouterDiscovery
-from halffull.policy.routing import POLICIES
+from halffull.policy.registry import ROUTING_POLICIES as POLICIES
 from halffull.router.metrics_parse import parse_engine_metrics
 from halffull_dev.testing.engine_model import EngineShape, StepCosts
 from halffull_dev.testing.fake_engine import FakeEngine

@@ -6,8 +6,9 @@ from collections import Counter
 
 import pytest
 
+from halffull.policy.registry import ROUTING_POLICIES as POLICIES
+from halffull.policy.registry import make_policy
 from halffull.policy.routing import (
-    POLICIES,
     LeastKvPolicy,
     LeastRequestsPolicy,
     PowerOfTwoPolicy,
@@ -16,7 +17,6 @@ from halffull.policy.routing import (
     ReplicaState,
     RoundRobinPolicy,
     RouteRequest,
-    make_policy,
 )
 
 REQ = RouteRequest(prompt_tokens=100)

@@ -21,7 +21,17 @@ ROUTER_CONFIG_FILE = "router.json"
 
 SchedulerPolicy = Literal["larry", "fcfs", "larry-literal"]
 RouterPolicy = Literal[
-    "sal", "round-robin", "random", "least-requests", "power-of-two", "least-kv", "queue-kv"
+    "sal",
+    "sal-classic",
+    "round-robin",
+    "random",
+    "least-requests",
+    "power-of-two",
+    "least-kv",
+    "queue-kv",
+    "llmd-scorer",
+    "dynamo-cost",
+    "cache-affinity",
 ]
 
 

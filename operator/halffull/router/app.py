@@ -32,7 +32,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from halffull.api.runtime_config import RouterEndpoint
-from halffull.policy.routing import ReplicaState, RouteRequest, RoutingPolicy, make_policy
+from halffull.policy.registry import make_policy
+from halffull.policy.routing import ReplicaState, RouteRequest, RoutingPolicy
 from halffull.policy.sal import DEFAULT_MAX_TOKENS_PER_BATCH
 from halffull.router.config import (
     ConfigWatcher,

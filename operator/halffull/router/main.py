@@ -9,7 +9,7 @@ import logging
 import signal
 from pathlib import Path
 
-from halffull.policy.routing import POLICIES
+from halffull.policy.registry import ROUTING_POLICIES as POLICIES
 from halffull.router.app import Router
 from halffull.router.config import FlagOverrides, load_config_file, merge, resolve_config_path
 from halffull.router.requests import load_tokenizer

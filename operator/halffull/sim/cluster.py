@@ -18,13 +18,17 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import numpy as np
 
-from halffull.policy.routing import EngineStats, RouteRequest, RoutingPolicy, make_policy
+from halffull.policy.prefix_index import DEFAULT_BLOCK_TOKENS, PrefixIndex
+from halffull.policy.registry import make_policy
+from halffull.policy.routing import EngineStats, RouteRequest, RoutingPolicy
 from halffull.router.endpoints import Endpoint, Ticket
 from halffull.sim.engine import AdmissionPolicy, Replica, SimRequest
+from halffull.sim.kvcache import block_keys
 from halffull.sim.profiles import Profile
 from halffull.sim.workload import Job
 
@@ -44,6 +48,12 @@ class ClusterConfig:
     seed: int = 0
     fast: bool = True
     """Plan runs of identical decode steps at once (same results, much faster)."""
+    prefix_source: Literal["router", "engine"] = "router"
+    """Where a prefix-aware policy learns what each replica caches: "router", the router's
+    approximate index of its own routing history (what production runs); "engine", the
+    replicas' true caches (what vLLM's KV-cache events would tell a precise index)."""
+    prefix_block_tokens: int = DEFAULT_BLOCK_TOKENS
+    """The router index's block (a multiple of the engine's block size)."""
 
 
 @dataclass(slots=True)
@@ -57,6 +67,8 @@ class SimResult:
     tgt: np.ndarray
     preemptions: np.ndarray
     replica: np.ndarray
+    cached: np.ndarray
+    """Prompt tokens found in the replica's prefix cache at first admission."""
     steps: list[int] = field(default_factory=list)
     busy_s: list[float] = field(default_factory=list)
     max_used_blocks: list[int] = field(default_factory=list)
@@ -67,6 +79,11 @@ class SimResult:
     @property
     def completed(self) -> int:
         return int(np.isfinite(self.tgt).sum())
+
+    def hit_rate(self) -> float:
+        """Share of all prompt tokens served from the replicas' prefix caches."""
+        total = float(self.prompt.sum())
+        return float(self.cached.sum()) / total if total > 0 else 0.0
 
     def throughput_tokens_s(self) -> float:
         return float(self.output.sum() / self.makespan_s) if self.makespan_s > 0 else 0.0
@@ -101,6 +118,15 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
     stale_after = STALE_POLLS * config.poll_s
     n = len(jobs)
     requests = [SimRequest(i, j.arrival, j.prompt, j.output) for i, j in enumerate(jobs)]
+    index: PrefixIndex | None = None
+    bs = shape.block_size
+    ratio = config.prefix_block_tokens // bs
+    if policy is not None and policy.uses_prefix:
+        if config.prefix_block_tokens % bs:
+            raise ValueError("prefix_block_tokens must be a multiple of the engine's block size")
+        index = PrefixIndex(config.prefix_block_tokens)
+        for ep in endpoints:
+            index.set_capacity(ep.name, max(2, shape.num_blocks // ratio))
     tickets: list[Ticket | None] = [None] * n
     heap: list[tuple[float, int, int]] = []  # (end time, version, replica)
     versions = [0] * config.replicas
@@ -144,8 +170,11 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
         else:
             now = t_arr
             req = requests[a]
+            job = jobs[a]
             a += 1
             k = 0
+            if job.prefix:
+                req.keys = block_keys(job.prefix, job.hash_block, bs, job.prompt)
             if policy is not None:
                 # the router's running mean of prompt sizes (Router._observe_prompt)
                 mean_prompt = (
@@ -155,8 +184,23 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
                     ep.state(now, stale_after, shape.max_num_batched_tokens, mean_prompt)
                     for ep in endpoints
                 ]
+                cached = [0] * len(reps)
+                hashes: list[int] = []
+                if index is not None and req.keys:
+                    if config.prefix_source == "engine":
+                        limit = (req.prompt - 1) // bs
+                        cached = [rep.pool.lookup(req.keys, limit) * bs for rep in reps]
+                    else:
+                        hashes = req.keys[ratio - 1 :: ratio]
+                        matched = index.match(hashes, [ep.name for ep in endpoints])
+                        cached = [m * config.prefix_block_tokens for m in matched]
+                    states = [
+                        replace(st, cached_tokens=c) for st, c in zip(states, cached, strict=True)
+                    ]
                 k = policy.rank(RouteRequest(req.prompt, req.output), states)[0]
-                tickets[req.rid] = endpoints[k].dispatch(req.prompt, stream=True)
+                tickets[req.rid] = endpoints[k].dispatch(req.prompt - cached[k], stream=True)
+                if hashes:
+                    index.record(endpoints[k].name, hashes)  # type: ignore[union-attr]
             rep = reps[k]
             if rep.end_at is None:
                 rep.add(req, now)
@@ -173,6 +217,7 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
         tgt=np.array([r.finished_at - r.arrival for r in requests]),
         preemptions=np.array([r.preemptions for r in requests]),
         replica=np.array([r.replica for r in requests]),
+        cached=np.array([r.cached_tokens for r in requests]),
         steps=[r.steps for r in reps],
         busy_s=[r.busy_s for r in reps],
         max_used_blocks=[r.max_used_blocks for r in reps],

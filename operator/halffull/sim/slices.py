@@ -157,6 +157,7 @@ def simulate_slices(jobs: Sequence[Job], config: SliceConfig) -> SimResult:
         tgt=np.array([r.finished_at - r.arrival for r in requests]),
         preemptions=np.array([r.preemptions for r in requests]),
         replica=np.array([r.replica for r in requests]),
+        cached=np.zeros(len(requests), dtype=np.int64),
         steps=steps,
         busy_s=busy,
         makespan_s=makespan,
