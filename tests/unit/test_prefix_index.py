@@ -35,3 +35,37 @@ def test_capacity_bounds_each_replica_and_keeps_recent_blocks() -> None:
     assert index.match(list(range(0, 10)), ["r"]) == [0]  # the oldest is gone
     index.record("r", list(range(950, 960)))  # matched again: refreshed into the new generation
     assert index.memory_bytes() > 0
+
+
+def test_requests_carry_block_hashes_when_asked() -> None:
+    import json
+
+    from halffull.router.requests import parse_request
+
+    def parse(kind: str, body: dict[str, object], **kw: object) -> tuple[int, ...]:
+        return parse_request(kind, json.dumps(body).encode(), **kw).block_hashes  # type: ignore[arg-type]
+
+    ids = list(range(600))
+    assert parse("completions", {"model": "m", "prompt": ids}) == ()  # not asked
+    assert parse("completions", {"model": "m", "prompt": ids}, prefix_block_tokens=256) == tuple(
+        token_block_hashes(ids, 256)
+    )
+    # a tokenizer turns text into the same token-id hashes as the ids themselves
+    text = " ".join(map(str, ids))
+    encoded = parse(
+        "completions",
+        {"model": "m", "prompt": text},
+        prefix_block_tokens=256,
+        encode=lambda t: [int(x) for x in t.split()],
+    )
+    assert encoded == tuple(token_block_hashes(ids, 256))
+    # without one: 1,024-character chunks
+    assert (
+        len(parse("completions", {"model": "m", "prompt": "a" * 2100}, prefix_block_tokens=256))
+        == 2
+    )
+    turn1 = [{"role": "system", "content": "s" * 3000}, {"role": "user", "content": "hi"}]
+    turn2 = [*turn1, {"role": "assistant", "content": "x" * 2000}]
+    h1 = parse("chat", {"model": "m", "messages": turn1}, prefix_block_tokens=256)
+    h2 = parse("chat", {"model": "m", "messages": turn2}, prefix_block_tokens=256)
+    assert len(h1) == 2 and h2[:2] == h1  # the next turn extends the conversation's prefix

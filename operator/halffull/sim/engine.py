@@ -43,7 +43,7 @@ from typing import Literal
 import numpy as np
 
 from halffull.policy.larry import KVCapacity, WaitingRequest, order
-from halffull.sim.kvcache import ANONYMOUS, BlockPool
+from halffull.sim.kvcache import BlockPool
 from halffull.sim.profiles import EngineShape, FloatArray, StepModel, attended_pairs
 
 AdmissionPolicy = Literal["fcfs", "larry", "larry-literal", "sjf-oracle"]
@@ -261,8 +261,8 @@ class Replica:
             # blocks this step fills are cached now, as vLLM's cache_blocks does at scheduling
             held = req.held
             full = min(len(keys), (req.computed + tokens) // bs)
-            for j in range(len(held), full):
-                held.append(keys[j] if self.pool.register(keys[j]) else ANONYMOUS)
+            if full > len(held):
+                self.pool.register_all(keys[len(held) : full], held)
         return True
 
     def _release(self, req: SimRequest) -> None:

@@ -145,6 +145,17 @@ class BlockPool:
         self.version += 1
         return True
 
+    def register_all(self, keys: Sequence[int], held: list[int]) -> None:
+        """`register` each key in order, appending what the request then holds to `held`."""
+        refs = self._refs
+        for key in keys:
+            if key in refs:
+                held.append(ANONYMOUS)
+            else:
+                refs[key] = 1
+                held.append(key)
+        self.version += 1
+
     def release(self, held: Sequence[int], tail: int = 0) -> None:
         """Free a request's blocks tail first: its `tail` anonymous last blocks, then `held`,
         the keys of its leading blocks in order (ANONYMOUS where not registered)."""
