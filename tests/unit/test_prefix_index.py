@@ -69,3 +69,16 @@ def test_requests_carry_block_hashes_when_asked() -> None:
     h1 = parse("chat", {"model": "m", "messages": turn1}, prefix_block_tokens=256)
     h2 = parse("chat", {"model": "m", "messages": turn2}, prefix_block_tokens=256)
     assert len(h1) == 2 and h2[:2] == h1  # the next turn extends the conversation's prefix
+
+
+def test_cached_tokens_and_capacity_in_tokens() -> None:
+    index = PrefixIndex(block_tokens=256)
+    index.record("a", [1, 2, 3])
+    assert index.cached_tokens([1, 2, 3], ["a", "b"], 700) == [700, 0]  # never above the prompt
+    assert index.cached_tokens([1, 9], ["a"], 5000) == [256]
+    assert index.cached_tokens([], ["a"], 5000) == [0]
+    index.set_capacity_tokens("a", 256 * 10)
+    index.set_capacity_tokens("a", None)
+    for start in range(0, 100, 5):
+        index.record("a", list(range(100 + start, 105 + start)))
+    assert index.tracked_blocks() <= 10

@@ -127,6 +127,22 @@ class PrefixIndex:
             out.append(entry.match(hashes) if entry is not None else 0)
         return out
 
+    def cached_tokens(
+        self, hashes: Sequence[int], replicas: Sequence[str], prompt_tokens: int
+    ) -> list[int]:
+        """For each replica, the prompt tokens it is believed to hold: matched blocks times
+        `block_tokens`, at most the prompt (`ReplicaState.cached_tokens`)."""
+        if not hashes:
+            return [0] * len(replicas)
+        tokens = self.block_tokens
+        return [min(m * tokens, prompt_tokens) for m in self.match(hashes, replicas)]
+
+    def set_capacity_tokens(self, replica: str, kv_tokens: int | None) -> None:
+        """Bound a replica by its KV cache in tokens (from its /metrics); None: unknown, keep
+        the current bound."""
+        if kv_tokens is not None:
+            self.set_capacity(replica, max(2, kv_tokens // self.block_tokens))
+
     def record(self, replica: str, hashes: Sequence[int]) -> None:
         """The request with these blocks was sent to `replica`."""
         if hashes:
