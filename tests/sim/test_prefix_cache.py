@@ -111,3 +111,17 @@ def test_preempted_request_finds_its_own_blocks_again() -> None:
     assert a.preemptions + b.preemptions >= 1
     assert rep.pool.hits >= 1  # the victim re-admitted onto its cached prompt blocks
     assert rep.used_blocks == 0
+
+
+def test_uncached_free_blocks_are_handed_out_before_any_cached_one() -> None:
+    # vLLM prepends freed blocks without a hash to the free queue and appends cached ones
+    pool = BlockPool(3)
+    pool.allocate(1)
+    pool.register(5)
+    pool.release([5], 0)  # cached, free
+    pool.allocate(1)
+    pool.release([], 1)  # freed later, but without a key
+    pool.allocate(2)  # both uncached blocks: 5 survives
+    assert pool.lookup([5], 1) == 1
+    pool.allocate(1)
+    assert pool.lookup([5], 1) == 0 and pool.evictions == 1

@@ -8,16 +8,18 @@ After vLLM 0.32's v1 `BlockPool` and `KVCacheManager` (block_pool.py, kv_cache_m
 - A block is cached (registered under its key) when it is allocated for a step that fills it,
   as vLLM's `cache_blocks` does at scheduling time. A second block with a key already cached
   stays unregistered (vLLM keeps such duplicates out of the lookup too: the first one wins).
-- A request frees its blocks in reverse order (tail first) onto the tail of the free queue.
-  Freed cached blocks keep their key and can be hit again until they reach the head of the
-  queue and are handed out for new data: eviction is LRU in the order blocks were freed.
+- A request frees its blocks in reverse order (tail first). Blocks without a key go to the
+  front of the free queue (vLLM reuses them first, LIFO); cached blocks go to its tail and keep
+  their key, so they can be hit again until every block ahead of them has been handed out:
+  eviction is LRU in the order cached blocks were freed, and only once no uncached free block
+  is left (`BlockPool.free_blocks`: `prepend_n` / `append_n`).
 - A hit (`touch`) takes cached blocks back out of the free queue (reference count 0 -> 1) or
   shares blocks in use (count + 1). Free blocks, cached or not, count as free: vLLM's KV usage
   is `1 - free / total` with cached-but-unused blocks free.
 
-Blocks carry no ids: a free anonymous block is interchangeable with another, so anonymous runs
-in the free queue are counts. A cached block's queue entry carries a stamp; touching the block
-invalidates the entry (lazy deletion), so every operation costs O(blocks it moves).
+Blocks carry no ids: free blocks without a key are interchangeable and always handed out before
+any cached one, so they are a count. A cached block's queue entry carries a stamp; touching the
+block invalidates the entry (lazy deletion), so every operation costs O(blocks it moves).
 """
 
 from __future__ import annotations
@@ -65,8 +67,10 @@ class BlockPool:
         """Blocks held by at least one request (a shared block counts once)."""
         self._refs: dict[int, int] = {}
         """Cached key -> number of requests holding it (0: free, still a hit until evicted)."""
-        self._queue: deque[tuple[int, int]] = deque([(ANONYMOUS, num_blocks)])
-        """Free blocks, head evicted first: (ANONYMOUS, count) runs and (key, stamp) entries."""
+        self._anonymous = num_blocks
+        """Free blocks without a key (handed out first)."""
+        self._queue: deque[tuple[int, int]] = deque()
+        """Free cached blocks, head evicted first: (key, stamp)."""
         self._stamps: dict[int, int] = {}
         """Cached free key -> the stamp of its live queue entry."""
         self._next_stamp = 0
@@ -116,19 +120,13 @@ class BlockPool:
         if n > self.free:
             raise ValueError(f"allocate {n} blocks with {self.free} free")
         self.used += n
+        take = min(n, self._anonymous)
+        self._anonymous -= take
+        n -= take
         queue = self._queue
         while n > 0:
-            key, value = queue[0]
-            if key == ANONYMOUS:
-                take = min(n, value)
-                n -= take
-                if take == value:
-                    queue.popleft()
-                else:
-                    queue[0] = (ANONYMOUS, value - take)
-                continue
-            queue.popleft()
-            if self._stamps.get(key) != value:
+            key, stamp = queue.popleft()
+            if self._stamps.get(key) != stamp:
                 continue  # touched since it was freed: not free any more
             del self._stamps[key]
             del self._refs[key]
@@ -162,6 +160,7 @@ class BlockPool:
         queue = self._queue
         refs = self._refs
         anonymous = tail
+        freed = 0
         for key in reversed(held):
             if key == ANONYMOUS:
                 anonymous += 1
@@ -169,21 +168,10 @@ class BlockPool:
             count = refs[key] - 1
             refs[key] = count
             if count == 0:
-                if anonymous:
-                    self._append_anonymous(anonymous)
-                    anonymous = 0
-                self.used -= 1
+                freed += 1
                 stamp = self._next_stamp
                 self._next_stamp += 1
                 self._stamps[key] = stamp
                 queue.append((key, stamp))
-        if anonymous:
-            self._append_anonymous(anonymous)
-
-    def _append_anonymous(self, n: int) -> None:
-        self.used -= n
-        queue = self._queue
-        if queue and queue[-1][0] == ANONYMOUS:
-            queue[-1] = (ANONYMOUS, queue[-1][1] + n)
-        else:
-            queue.append((ANONYMOUS, n))
+        self._anonymous += anonymous
+        self.used -= anonymous + freed
