@@ -1,4 +1,4 @@
-"""The cluster loop runs the production policy and router-accounting code, deterministically."""
+"""The cluster loop runs the production dispatcher (policy, accounting), deterministically."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import halffull.policy.larry
 import halffull.sim.engine
 from halffull.policy import routing
+from halffull.policy.endpoints import Endpoint
 from halffull.policy.registry import ROUTING_POLICIES
-from halffull.router.endpoints import Endpoint
 from halffull.sim.cluster import ClusterConfig, simulate
 from halffull.sim.profiles import EngineShape, Profile, StepModel
 from halffull.sim.workload import Job, LengthFit, synthetic

@@ -6,8 +6,7 @@ from collections import Counter
 
 import pytest
 
-from halffull.policy.registry import ROUTING_POLICIES as POLICIES
-from halffull.policy.registry import make_policy
+from halffull.policy.registry import ROUTING_POLICIES, make_policy
 from halffull.policy.routing import (
     LeastKvPolicy,
     LeastRequestsPolicy,
@@ -22,7 +21,7 @@ from halffull.policy.routing import (
 REQ = RouteRequest(prompt_tokens=100)
 
 
-@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("name", sorted(ROUTING_POLICIES))
 def test_every_policy_returns_a_permutation(name: str) -> None:
     policy = make_policy(name, seed=1)
     replicas = [

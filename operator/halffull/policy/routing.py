@@ -1,8 +1,9 @@
 """Which replica a request goes to: the routing policies over a small typed replica record.
 
-The router, the benchmarks and the simulator run exactly these classes. Each policy is one small
-class with one signature, `rank(request, replicas) -> indices best first`: the router sends to
-the first index and, when that replica refuses the connection, retries down the list.
+The router and the simulator run exactly these classes (through `halffull.policy.dispatch`). Each
+policy is one small class with one signature, `rank(request, replicas) -> indices best first`:
+the router sends to the first index and, when that replica refuses the connection, retries down
+the list. `halffull.policy.registry` maps the configuration names to these classes.
 
 What a policy sees of a replica is a `ReplicaState`: the router's best estimate *now*, built by
 `estimate_replica` from the last poll of the engine's /metrics (`EngineStats`) and the router's
@@ -31,11 +32,14 @@ class RouteRequest:
 
     prompt_tokens: int
     max_tokens: int | None = None
+    block_hashes: tuple[int, ...] = ()
+    """Chained hashes of the prompt's blocks (`halffull.policy.prefix_index`); empty when
+    unknown or not needed."""
 
 
 @dataclass(frozen=True, slots=True)
 class EngineStats:
-    """One poll of an engine's /metrics (vLLM's names: see `halffull.router.metrics_parse`)."""
+    """One poll of an engine's /metrics (vLLM's names: see `halffull.runtime.vllm_metrics`)."""
 
     num_running: int
     num_waiting: int

@@ -9,10 +9,10 @@ import logging
 import signal
 from pathlib import Path
 
-from halffull.policy.registry import ROUTING_POLICIES as POLICIES
+from halffull.policy.registry import ROUTING_POLICIES
 from halffull.router.app import Router
 from halffull.router.config import FlagOverrides, load_config_file, merge, resolve_config_path
-from halffull.router.requests import load_tokenizer
+from halffull.router.requests import load_encoder
 
 log = logging.getLogger("halffull.router")
 
@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admin-port", type=int, default=9000, help="port of /health, /ready, /metrics"
     )
-    parser.add_argument("--policy", choices=sorted(POLICIES), help="overrides the file's policy")
+    parser.add_argument(
+        "--policy", choices=sorted(ROUTING_POLICIES), help="overrides the file's policy"
+    )
     parser.add_argument("--beta", type=float, help="SAL's memory weight; overrides the file")
     parser.add_argument(
         "--poll-interval-ms", type=int, help="engine /metrics poll interval; overrides the file"
@@ -97,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         log.error("no endpoints: give --config with endpoints or discovery, or --endpoint URL")
         return 2
     try:
-        count_text = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        encode = load_encoder(args.tokenizer) if args.tokenizer else None
+        count_text = (lambda text: max(1, len(encode(text)))) if encode else None
         router = Router(
             settings,
             flags=flags,
@@ -106,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             max_body_bytes=args.max_body_bytes,
             max_attempts=args.max_attempts,
             count_text=count_text,
+            encode=encode,
         )
     except (OSError, ValueError) as exc:
         log.error("%s", exc)
