@@ -9,7 +9,8 @@ import pytest
 
 from halffull.api.runtime_config import SchedulerConfig
 from halffull.cli import main
-from halffull.sim.workload import TRACE_FILES, TRACES_DIR, LengthFit, synthetic
+from halffull.sim.traces import TRACE_FILES, TRACES_DIR
+from halffull.sim.workload import LengthFit, synthetic
 
 
 def write_trace(path: Path, count: int = 300, rate: float = 30.0) -> Path:

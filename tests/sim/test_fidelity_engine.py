@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from halffull.cli import main
-from halffull.sim.workload import TRACE_FILES, TRACES_DIR
+from halffull.sim.traces import TRACE_FILES, TRACES_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 

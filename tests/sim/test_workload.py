@@ -9,7 +9,8 @@ import pytest
 
 from halffull.sim.profiles import EngineShape, Profile, StepModel, fit_linear
 from halffull.sim.slices import SliceConfig, simulate_slices
-from halffull.sim.workload import Job, fit, load_csv, prepare, synthetic
+from halffull.sim.traces import load_csv
+from halffull.sim.workload import Job, fit, prepare, synthetic
 
 
 def test_user_csv_with_seconds_and_iso_timestamps(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from halffull.api.runtime_config import RouterConfig, SchedulerConfig
-from halffull.policy import routing
+from halffull.policy import prefix_routing, routing
 from halffull.policy.registry import ROUTING_POLICIES, SCHEDULER_POLICIES, make_policy
 from halffull.router import main as router_main
 from halffull.sim import main as sim_main
@@ -40,7 +40,8 @@ def test_crd_enums_are_the_registry_names(path: Path) -> None:
 def test_every_routing_class_is_registered_under_its_name() -> None:
     classes = {
         cls
-        for cls in vars(routing).values()
+        for module in (routing, prefix_routing)
+        for cls in vars(module).values()
         if isinstance(cls, type)
         and issubclass(cls, routing.RoutingPolicy)
         and cls is not routing.RoutingPolicy

@@ -27,10 +27,11 @@ decision, from what it knows of the failure. This module does no I/O and reads n
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from halffull.policy.endpoints import Endpoint, Ticket
+from halffull.policy.prefix_index import DEFAULT_BLOCK_TOKENS, PrefixIndex
 from halffull.policy.routing import ReplicaState, RouteRequest, RoutingPolicy
 from halffull.policy.sal import DEFAULT_MAX_TOKENS_PER_BATCH
 
@@ -65,10 +66,16 @@ class Attempt:
     state: ReplicaState
     """What the policy saw of the endpoint when it ranked it."""
     prefill_tokens: int
-    """Prompt tokens the endpoint must prefill for this request: the whole prompt today."""
+    """Prompt tokens the endpoint must prefill for this request: the prompt less what the prefix
+    index believes the endpoint holds (`state.cached_tokens`)."""
+    index: PrefixIndex | None = None
+    block_hashes: tuple[int, ...] = ()
 
     def dispatch(self, stream: bool) -> Ticket:
-        """The request is being sent here: count it until its ticket is closed."""
+        """The request is being sent here: count it until its ticket is closed, and remember
+        its prompt blocks on the endpoint (the prefix index)."""
+        if self.index is not None and self.block_hashes:
+            self.index.record(self.endpoint.url, self.block_hashes)
         return self.endpoint.dispatch(self.prefill_tokens, stream)
 
 
@@ -96,6 +103,8 @@ class Dispatcher:
         """The table, by URL (without a trailing slash), in configuration order."""
         self.mean_prompt_tokens = FIRST_PROMPT_MEAN
         self._prompts_seen = 0
+        self.prefix_index = PrefixIndex(DEFAULT_BLOCK_TOKENS)
+        """What each endpoint is believed to hold (used when the policy `uses_prefix`)."""
 
     def set_limits(self, poll_interval_s: float, max_tokens_per_batch: int | None) -> None:
         """The poll interval (stats are stale after `STALE_POLLS` of them) and the engines'
@@ -120,6 +129,7 @@ class Dispatcher:
         gone = [ep for url, ep in self.endpoints.items() if url not in table]
         for ep in gone:
             ep.removed = True
+            self.prefix_index.forget(ep.url)
         self.endpoints = table
         return gone
 
@@ -151,22 +161,53 @@ class Dispatcher:
         return trusted or up
 
     def states(
-        self, request: RouteRequest, candidates: Sequence[Endpoint], now: float
+        self,
+        request: RouteRequest,
+        candidates: Sequence[Endpoint],
+        now: float,
+        cached_tokens: Sequence[int] | None = None,
     ) -> list[ReplicaState]:
-        """What the policy sees of each candidate for this request."""
-        return [self.state_of(ep, now) for ep in candidates]
+        """What the policy sees of each candidate for this request. A prefix-aware policy also
+        sees the prompt tokens each candidate holds: `cached_tokens` when the caller knows them
+        (the simulator's true caches), else the prefix index's match."""
+        states = [self.state_of(ep, now) for ep in candidates]
+        if not self.policy.uses_prefix:
+            return states
+        if cached_tokens is None:
+            index = self.prefix_index
+            for ep in candidates:
+                if ep.stats is not None:
+                    index.set_capacity_tokens(ep.url, ep.stats.kv_capacity_tokens)
+            cached_tokens = index.cached_tokens(
+                request.block_hashes, [ep.url for ep in candidates], request.prompt_tokens
+            )
+        return [
+            replace(st, cached_tokens=c) if c else st
+            for st, c in zip(states, cached_tokens, strict=True)
+        ]
 
-    def attempts(self, request: RouteRequest, now: float) -> list[Attempt]:
+    def attempts(
+        self, request: RouteRequest, now: float, cached_tokens: Sequence[int] | None = None
+    ) -> list[Attempt]:
         """The endpoints to try for `request`, best first, at most `max_attempts`; empty when
-        none is up. Call it once per request: it also feeds the running mean prompt length."""
+        none is up. Call it once per request: it also feeds the running mean prompt length.
+        `cached_tokens`: per up endpoint, in table order, what it holds of the prompt when the
+        caller knows it precisely (else the prefix index estimates it)."""
         self.observe_prompt(request.prompt_tokens)
         candidates = self.candidates(now)
         if not candidates:
             return []
-        states = self.states(request, candidates, now)
+        states = self.states(request, candidates, now, cached_tokens)
         order = self.policy.rank(request, states)
+        index = self.prefix_index if self.policy.uses_prefix else None
         return [
-            Attempt(candidates[i], states[i], request.prompt_tokens)
+            Attempt(
+                candidates[i],
+                states[i],
+                request.prompt_tokens - states[i].cached_tokens,
+                index,
+                request.block_hashes,
+            )
             for i in order[: self.max_attempts]
         ]
 

@@ -20,6 +20,7 @@ from typing import Literal, get_args
 from halffull import defaults as D
 from halffull.policy.larry import POLICIES as LARRY_POLICIES
 from halffull.policy.larry import LarryPolicy
+from halffull.policy.prefix_routing import CacheAffinityPolicy, DynamoCostPolicy, LlmdScorerPolicy
 from halffull.policy.routing import (
     LeastKvPolicy,
     LeastRequestsPolicy,
@@ -28,11 +29,22 @@ from halffull.policy.routing import (
     RandomPolicy,
     RoundRobinPolicy,
     RoutingPolicy,
+    SalClassicPolicy,
     SalPolicy,
 )
 
 RoutingPolicyName = Literal[
-    "sal", "round-robin", "random", "least-requests", "power-of-two", "least-kv", "queue-kv"
+    "sal",
+    "sal-classic",
+    "round-robin",
+    "random",
+    "least-requests",
+    "power-of-two",
+    "least-kv",
+    "queue-kv",
+    "llmd-scorer",
+    "dynamo-cost",
+    "cache-affinity",
 ]
 SchedulerPolicyName = LarryPolicy
 
@@ -41,12 +53,16 @@ ROUTING_POLICIES: Mapping[str, type[RoutingPolicy]] = MappingProxyType(
         cls.name: cls
         for cls in (
             SalPolicy,
+            SalClassicPolicy,
             RoundRobinPolicy,
             RandomPolicy,
             LeastRequestsPolicy,
             PowerOfTwoPolicy,
             LeastKvPolicy,
             QueueKvPolicy,
+            LlmdScorerPolicy,
+            DynamoCostPolicy,
+            CacheAffinityPolicy,
         )
     }
 )
@@ -71,8 +87,8 @@ def make_policy(name: str, *, beta: float = D.BETA, seed: int | None = None) -> 
     except KeyError:
         known = ", ".join(ROUTING_POLICIES)
         raise ValueError(f"unknown routing policy {name!r}; known: {known}") from None
-    if cls is SalPolicy:
-        return SalPolicy(beta=beta)
+    if issubclass(cls, SalPolicy):
+        return cls(beta=beta)
     if cls is RandomPolicy or cls is PowerOfTwoPolicy:
         return cls(seed=seed)
     return cls()

@@ -35,6 +35,9 @@ class RouteRequest:
 
     prompt_tokens: int
     max_tokens: int | None = None
+    block_hashes: tuple[int, ...] = ()
+    """Chained hashes of the prompt's blocks (`halffull.policy.prefix_index`); empty when
+    unknown or not needed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,9 @@ class ReplicaState:
     inflight: int = 0
     """Requests this router has outstanding on the replica."""
     max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH
+    cached_tokens: int = 0
+    """Prompt tokens of the request being routed that the replica is believed to hold in its
+    prefix cache (`halffull.policy.prefix_index`); 0 when the policy does not use prefixes."""
 
 
 def weight_queued_tokens(weight: float, max_tokens_per_batch: int, typical_prompt: float) -> float:
@@ -193,6 +199,9 @@ class RoutingPolicy(ABC):
     keeps one instance per configuration and calls it from one event loop."""
 
     name: ClassVar[str]
+    uses_prefix: ClassVar[bool] = False
+    """True: the caller fills `ReplicaState.cached_tokens` from a prefix index and counts only
+    uncached prompt tokens in its dispatch accounting."""
 
     def __init__(self) -> None:
         self._turn = 0
@@ -216,9 +225,13 @@ class RoutingPolicy(ABC):
 
 
 class SalPolicy(RoutingPolicy):
-    """SAL: the lowest `sal_load` (memory shortfall or prefill queue, in batches)."""
+    """SAL, prefix-aware: the lowest `sal_load` (memory shortfall or prefill queue, in batches)
+    with the request counted by what the replica must newly compute and hold: `mem(r, s)` and
+    r's share of `queued_tokens(s, r)` are its prompt tokens that s does not hold in its prefix
+    cache. Without prefix information (cached_tokens 0) this is the paper's SAL."""
 
     name = "sal"
+    uses_prefix = True
 
     def __init__(self, beta: float = D.BETA) -> None:
         super().__init__()
@@ -227,8 +240,9 @@ class SalPolicy(RoutingPolicy):
         self.beta = beta
 
     def load(self, request: RouteRequest, replica: ReplicaState) -> float:
+        cached = replica.cached_tokens if self.uses_prefix else 0
         return sal_load(
-            prompt_tokens=request.prompt_tokens,
+            prompt_tokens=max(0, request.prompt_tokens - cached),
             free_kv_tokens=replica.free_kv_tokens,
             queued_tokens=replica.queued_tokens,
             max_tokens_per_batch=replica.max_tokens_per_batch,
@@ -237,6 +251,13 @@ class SalPolicy(RoutingPolicy):
 
     def rank(self, request: RouteRequest, replicas: Sequence[ReplicaState]) -> list[int]:
         return self._rank_by([self.load(request, r) for r in replicas], replicas)
+
+
+class SalClassicPolicy(SalPolicy):
+    """SAL as the paper states it: the whole prompt counts, wherever its prefix is cached."""
+
+    name = "sal-classic"
+    uses_prefix = False
 
 
 class RoundRobinPolicy(RoutingPolicy):

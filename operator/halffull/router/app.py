@@ -60,12 +60,15 @@ class Router:
         discovery_interval_s: float = 5.0,
         seed: int | None = None,
         count_text: Callable[[str], int] | None = None,
+        encode: Callable[[str], list[int]] | None = None,
     ) -> None:
         self.settings = settings
         self.config_check_s = config_check_s
         self.discovery_interval_s = discovery_interval_s
         self.seed = seed
         self.count_text = count_text
+        self.encode = encode
+        """The tokenizer's text -> ids: prefix-index hashes of text prompts on token ids."""
         self.dispatcher = Dispatcher(
             make_policy(settings.policy, beta=settings.beta, seed=seed),
             poll_interval_s=settings.poll_interval_ms / 1000,

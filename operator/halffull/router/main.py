@@ -13,7 +13,7 @@ from halffull import defaults as D
 from halffull.policy.registry import ROUTING_POLICIES
 from halffull.router.app import Router
 from halffull.router.config import FlagOverrides, load_config_file, merge, resolve_config_path
-from halffull.router.requests import load_tokenizer
+from halffull.router.requests import load_encoder
 
 log = logging.getLogger("halffull.router")
 
@@ -149,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
         log.error("no endpoints: give --config with endpoints or discovery, or --endpoint URL")
         return 2
     try:
-        count_text = load_tokenizer(args.tokenizer) if args.tokenizer else None
+        encode = load_encoder(args.tokenizer) if args.tokenizer else None
+        count_text = (lambda text: max(1, len(encode(text)))) if encode else None
         router = Router(
             settings,
             flags=flags,
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
             else None,
             drain_grace_s=args.drain_grace,
             count_text=count_text,
+            encode=encode,
         )
     except (OSError, ValueError) as exc:
         log.error("%s", exc)

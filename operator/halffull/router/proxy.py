@@ -94,7 +94,15 @@ class PublicApi:
         route = request.path
         try:
             body = await request.read()
-            parsed = parse_request(kind, body, router.settings.max_model_len, router.count_text)
+            prefix = router.dispatcher.policy.uses_prefix
+            parsed = parse_request(
+                kind,
+                body,
+                router.settings.max_model_len,
+                router.count_text,
+                prefix_block_tokens=router.dispatcher.prefix_index.block_tokens if prefix else None,
+                encode=router.encode,
+            )
         except (RequestError, web.HTTPException) as exc:
             metrics.answered(route, exc.status)
             raise
@@ -134,7 +142,12 @@ class PublicApi:
         try:
             now = clock()
             attempts = dispatcher.attempts(
-                RouteRequest(prompt_tokens=parsed.prompt_tokens, max_tokens=parsed.max_tokens), now
+                RouteRequest(
+                    prompt_tokens=parsed.prompt_tokens,
+                    max_tokens=parsed.max_tokens,
+                    block_hashes=parsed.block_hashes,
+                ),
+                now,
             )
             if dispatcher.overloaded(attempts, settings.shed_queued_batches, now):
                 metrics.shed.inc()

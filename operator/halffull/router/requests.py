@@ -18,11 +18,17 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from halffull.policy.prefix_index import (
+    DEFAULT_CHARS_PER_TOKEN,
+    text_block_hashes,
+    token_block_hashes,
+)
 
 BYTES_PER_TOKEN = 4.0
 CHAT_TOKENS_PER_MESSAGE = 4
@@ -96,6 +102,9 @@ class ParsedRequest:
     longest_prompt_tokens: int
     max_tokens: int | None
     stream: bool
+    block_hashes: tuple[int, ...] = ()
+    """Chained hashes of the (first) prompt's blocks for the prefix index, when asked for
+    (`parse_request`'s `prefix_block_tokens`); see `halffull.policy.prefix_index`."""
 
 
 def estimate_text_tokens(text: str) -> int:
@@ -112,10 +121,10 @@ def _describe(exc: ValidationError) -> tuple[str, str | None]:
     return f"invalid field '{where}': {first['msg']}", where
 
 
-def load_tokenizer(path: str) -> Callable[[str], int]:
-    """A token counter from a Hugging Face `tokenizer.json` (the `tokenizers` package is optional:
-    it comes with vLLM and transformers). Counts include the special tokens the tokenizer adds,
-    as vLLM's completions endpoint does."""
+def load_encoder(path: str) -> Callable[[str], list[int]]:
+    """Text -> token ids with a Hugging Face `tokenizer.json` (the `tokenizers` package is
+    optional: it comes with vLLM and transformers), special tokens included as vLLM's
+    completions endpoint adds them. A file that fails to load raises ValueError naming it."""
     try:
         module: Any = importlib.import_module("tokenizers")
     except ImportError as exc:
@@ -125,10 +134,49 @@ def load_tokenizer(path: str) -> Callable[[str], int]:
     except Exception as exc:  # the library raises bare Exceptions for unreadable files
         raise ValueError(f"cannot load tokenizer {path}: {exc}") from exc
 
-    def count(text: str) -> int:
-        return max(1, len(tokenizer.encode(text).ids))
+    def encode(text: str) -> list[int]:
+        ids: list[int] = tokenizer.encode(text).ids
+        return ids
 
-    return count
+    return encode
+
+
+def load_tokenizer(path: str) -> Callable[[str], int]:
+    """A token counter from a `tokenizer.json` (`load_encoder`)."""
+    encode = load_encoder(path)
+    return lambda text: max(1, len(encode(text)))
+
+
+def prompt_block_hashes(
+    prompt: str | list[int],
+    block_tokens: int,
+    encode: Callable[[str], list[int]] | None = None,
+) -> tuple[int, ...]:
+    """The prefix index's block hashes of one prompt: token ids (given, or from `encode`) in
+    blocks of `block_tokens`, else the text in chunks of `block_tokens * CHARS_PER_TOKEN`
+    characters (see `halffull.policy.prefix_index` for how the two differ)."""
+    if isinstance(prompt, str):
+        if encode is None:
+            chars = int(block_tokens * DEFAULT_CHARS_PER_TOKEN)
+            return tuple(text_block_hashes(prompt, chars))
+        prompt = encode(prompt)
+    return tuple(token_block_hashes(prompt, block_tokens))
+
+
+def chat_text(messages: Sequence[Any]) -> str:
+    """The messages' roles and text in order, as the prefix index hashes a chat prompt (the
+    chat template is not applied: equal conversations give equal text all the same)."""
+    parts = []
+    for m in messages:
+        content = m.content
+        if isinstance(content, str):
+            text = content
+        elif content is not None:
+            text = "".join(p.text for p in content if p.text)
+        else:
+            text = ""
+        parts.append(f"{m.role}\x1e{text}\x1f")
+    return "".join(parts)
 
 
 def _message_tokens(m: _Message, count: Callable[[str], int]) -> int:
@@ -145,11 +193,15 @@ def parse_request(
     body: bytes,
     max_model_len: int | None = None,
     count_text: Callable[[str], int] | None = None,
+    prefix_block_tokens: int | None = None,
+    encode: Callable[[str], list[int]] | None = None,
 ) -> ParsedRequest:
     """Validate `body` and count its prompt tokens; raise `RequestError` (4xx) when it is bad.
 
     `count_text`: a real tokenizer's counter (`load_tokenizer`); then completion text prompts count
-    as exact. Chat stays an estimate (the chat template's tokens are unknown here)."""
+    as exact. Chat stays an estimate (the chat template's tokens are unknown here).
+    `prefix_block_tokens`: also hash the prompt's blocks for the prefix index (`encode`: the
+    tokenizer's text -> ids, for token-id hashes of text prompts)."""
     text_exact = count_text is not None
     count = count_text or estimate_text_tokens
     if not body:
@@ -186,6 +238,15 @@ def parse_request(
     max_tokens = (
         parsed.max_tokens if parsed.max_tokens is not None else parsed.max_completion_tokens
     )
+    hashes: tuple[int, ...] = ()
+    if prefix_block_tokens is not None:
+        if isinstance(parsed, CompletionBody):
+            first = parsed.prompt
+            if isinstance(first, list) and first and not isinstance(first[0], int):
+                first = first[0]
+            hashes = prompt_block_hashes(first, prefix_block_tokens, encode)  # type: ignore[arg-type]
+        else:
+            hashes = prompt_block_hashes(chat_text(parsed.messages), prefix_block_tokens)
     longest = max(lengths)
     if exact and max_model_len is not None and longest + (max_tokens or 0) > max_model_len:
         raise RequestError(
@@ -201,4 +262,5 @@ def parse_request(
         longest_prompt_tokens=longest,
         max_tokens=max_tokens,
         stream=parsed.stream is True,
+        block_hashes=hashes,
     )

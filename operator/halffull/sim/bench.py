@@ -36,9 +36,10 @@ from halffull.sim.profiles import (
 )
 from halffull.sim.report import Summary, summarize, table
 from halffull.sim.slices import SliceConfig, simulate_slices
+from halffull.sim.traces import load_trace, resolve_trace
 from halffull.sim.tune import add_arguments as tune_arguments
 from halffull.sim.tune import tune_scheduler
-from halffull.sim.workload import Job, fit, load_csv, prepare, resolve_trace, synthetic
+from halffull.sim.workload import Job, fit, prepare, synthetic
 
 TRACE_NOTE = "Trace: Azure LLM inference trace 2023 (CC-BY 4.0)."
 PARTS = ["speed", "engine", "alpha", "router", "beta", "poll", "synthetic", "combined", "scls"]
@@ -61,7 +62,7 @@ class Bench:
     md: list[str]
 
     def trace(self, name: str) -> list[Job]:
-        return load_csv(resolve_trace(name, self.traces_dir))
+        return load_trace(resolve_trace(name, self.traces_dir))
 
     def slice(self, name: str, seconds: float, scale: float, profile: Profile) -> list[Job]:
         if self.quick:
@@ -646,7 +647,7 @@ def tune(args: argparse.Namespace) -> int:
     traffic."""
     profile = get_profile(args.profile)
     jobs0 = prepare(
-        load_csv(resolve_trace(args.trace, args.traces_dir)),
+        load_trace(resolve_trace(args.trace, args.traces_dir)),
         max_model_len=profile.shape.max_model_len,
     )
     scales = args.rate_scales

@@ -19,6 +19,7 @@ import heapq
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -26,9 +27,11 @@ from halffull import defaults as D
 from halffull.api.runtime_config import RouterEndpoint
 from halffull.policy.dispatch import Dispatcher
 from halffull.policy.endpoints import Ticket
+from halffull.policy.prefix_index import DEFAULT_BLOCK_TOKENS
 from halffull.policy.registry import make_policy
 from halffull.policy.routing import EngineStats, RouteRequest
 from halffull.sim.engine import AdmissionPolicy, Replica, SimRequest
+from halffull.sim.kvcache import block_keys
 from halffull.sim.profiles import Profile
 from halffull.sim.workload import Job
 
@@ -49,6 +52,10 @@ class ClusterConfig:
     seed: int = 0
     fast: bool = True
     """Plan runs of identical decode steps at once (same results, much faster)."""
+    prefix_source: Literal["router", "engine"] = "router"
+    """Where a prefix-aware policy learns what each replica caches: "router", the router's
+    approximate index of its own routing history (what production runs); "engine", the
+    replicas' true caches (what vLLM's KV-cache events would tell a precise index)."""
 
 
 @dataclass(slots=True)
@@ -62,6 +69,8 @@ class SimResult:
     tgt: np.ndarray
     preemptions: np.ndarray
     replica: np.ndarray
+    cached: np.ndarray
+    """Prompt tokens found in the replica's prefix cache at first admission."""
     steps: list[int] = field(default_factory=list)
     busy_s: list[float] = field(default_factory=list)
     max_used_blocks: list[int] = field(default_factory=list)
@@ -90,6 +99,7 @@ class SimResult:
             tgt=np.array([r.finished_at - r.arrival for r in requests]),
             preemptions=np.array([r.preemptions for r in requests]),
             replica=np.array([r.replica for r in requests]),
+            cached=np.array([r.cached_tokens for r in requests]),
             steps=steps,
             busy_s=busy_s,
             max_used_blocks=max_used_blocks or [],
@@ -101,6 +111,11 @@ class SimResult:
     @property
     def completed(self) -> int:
         return int(np.isfinite(self.tgt).sum())
+
+    def hit_rate(self) -> float:
+        """Share of all prompt tokens served from the replicas' prefix caches."""
+        total = float(self.prompt.sum())
+        return float(self.cached.sum()) / total if total > 0 else 0.0
 
     def throughput_tokens_s(self) -> float:
         return float(self.output.sum() / self.makespan_s) if self.makespan_s > 0 else 0.0
@@ -145,6 +160,8 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
             RouterEndpoint(name=f"r{i}", url=f"http://r{i}") for i in range(config.replicas)
         )
     endpoints = list(router.endpoints.values()) if router is not None else []
+    bs = shape.block_size
+    ratio = DEFAULT_BLOCK_TOKENS // bs
     replica_of = {ep.url: k for k, ep in enumerate(endpoints)}
     n = len(jobs)
     requests = [SimRequest(i, j.arrival, j.prompt, j.output) for i, j in enumerate(jobs)]
@@ -190,10 +207,21 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
         else:
             now = t_arr
             req = requests[a]
+            job = jobs[a]
             a += 1
             k = 0
+            hashes: tuple[int, ...] = ()
+            cached: list[int] | None = None
+            if job.prefix:
+                req.keys = block_keys(job.prefix, job.hash_block, bs, job.prompt)
+                # the router's 256-token blocks: every ratio-th chained engine key
+                hashes = tuple(req.keys[ratio - 1 :: ratio])
+                if config.prefix_source == "engine":
+                    limit = (req.prompt - 1) // bs
+                    cached = [rep.pool.lookup(req.keys, limit) * bs for rep in reps]
             if router is not None:
-                first = router.attempts(RouteRequest(req.prompt, req.output), now)[0]
+                route = RouteRequest(req.prompt, req.output, hashes)
+                first = router.attempts(route, now, cached)[0]
                 k = replica_of[first.endpoint.url]
                 tickets[req.rid] = first.dispatch(stream=True)
             rep = reps[k]

@@ -19,6 +19,13 @@ What is modelled, after vLLM 0.32's v1 scheduler (see docs/simulator.md for what
   knowing output lengths: a reference bound, not a product feature).
 - A request produces its first token in the step that completes its prompt, then one token per
   step; it finishes after its `output` tokens.
+- Automatic prefix caching (on by default in vLLM 0.32) for requests that carry prefix hashes
+  (`SimRequest.keys`; see `halffull.sim.kvcache`): at admission the longest cached run of the
+  prompt's full blocks, at most `prompt - 1` tokens (vLLM recomputes the last token for its
+  logits), counts as computed; those blocks are shared, not allocated, and the admission check
+  counts only the rest, plus the cached blocks it takes back from the free queue. Requests
+  without hashes (the Azure traces) share nothing, and the model is then exactly the one without
+  a cache.
 
 Speed: a decode-only step whose queue cannot admit anything repeats itself until a request
 finishes, the KV cache would run out, or something arrives. The replica then plans that run of
@@ -30,7 +37,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -38,6 +45,7 @@ import numpy as np
 from halffull.policy import larry_queue
 from halffull.policy.larry import KVCapacity
 from halffull.policy.larry_queue import IndexedDeque, Keys, WaitingIndex
+from halffull.sim.kvcache import BlockPool
 from halffull.sim.profiles import EngineShape, FloatArray, StepModel, attended_pairs
 
 AdmissionPolicy = Literal["fcfs", "larry", "larry-literal", "sjf-oracle"]
@@ -61,6 +69,15 @@ class SimRequest:
     finished_at: float = -1.0
     preemptions: int = 0
     replica: int = -1
+    keys: list[int] | None = None
+    """Keys of the prompt's full blocks (chained prefix hashes), None: nothing to share."""
+    held: list[int] = field(default_factory=list)
+    """Keys of the leading blocks this request holds (ANONYMOUS: not registered); its other
+    `blocks - len(held)` blocks are anonymous."""
+    cached_tokens: int = 0
+    """Prompt tokens found in the prefix cache at its first admission."""
+    hit_memo: tuple[int, int, int] = (-1, -1, 0)
+    """(pool evictions, pool version, hit blocks) of the last cache lookup."""
 
     @property
     def to_compute(self) -> int:
@@ -124,7 +141,7 @@ class Replica:
             IndexedDeque(larry=WaitingIndex(self._larry_keys)) if self._larry else deque()
         )
         self.running: list[SimRequest] = []
-        self.used_blocks = 0
+        self.pool = BlockPool(shape.num_blocks)
         self.num_preemptions = 0
         self.steps = 0
         self.busy_s = 0.0
@@ -138,6 +155,11 @@ class Replica:
         self.end_at: float | None = None
 
     # -- what a poll of /metrics would read --------------------------------------------------
+
+    @property
+    def used_blocks(self) -> int:
+        """Blocks held by requests (shared prefix blocks once; cached free blocks not)."""
+        return self.pool.used
 
     @property
     def num_running(self) -> int:
@@ -166,6 +188,40 @@ class Replica:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    # -- the prefix cache ----------------------------------------------------------------------
+
+    def cached_prefix_blocks(self, req: SimRequest) -> int:
+        """How many of a waiting request's prompt blocks this replica's prefix cache holds now:
+        the hit vLLM would take if it admitted the request at this instant (the longest cached
+        run of its full prompt blocks, at most `prompt + generated - 1` tokens). 0 for requests
+        without prefix hashes. Cheap to call every step: it resumes from the last lookup when
+        nothing was evicted since."""
+        keys = req.keys
+        if not keys:
+            return 0
+        pool = self.pool
+        evictions, version, hit = req.hit_memo
+        if evictions == pool.evictions and version == pool.version:
+            return hit
+        limit = min(len(keys), (req.prompt + req.generated - 1) // self.shape.block_size)
+        if evictions == pool.evictions:  # only registrations since: the hit can only grow
+            hit += pool.lookup(keys[hit:limit], limit - hit)
+        else:
+            hit = pool.lookup(keys, limit)
+        req.hit_memo = (pool.evictions, pool.version, hit)
+        return hit
+
+    def blocks_to_admit(self, req: SimRequest) -> int:
+        """Free blocks a waiting request needs to be admitted (vLLM 0.32's full-sequence check,
+        `full_sequence_must_fit`): its whole sequence so far, less its cached prefix, plus the
+        cached blocks it would take back from the free queue."""
+        total = -(-(req.prompt + req.generated) // self.shape.block_size)
+        hit = self.cached_prefix_blocks(req)
+        if hit == 0:
+            return total
+        assert req.keys is not None
+        return total - hit + self.pool.evictable(req.keys[:hit])
+
     # -- arrivals ----------------------------------------------------------------------------
 
     def add(self, req: SimRequest, now: float) -> float | None:
@@ -177,6 +233,8 @@ class Replica:
                 f"max_model_len {self.shape.max_model_len}"
             )
         req.replica = self.index
+        if req.keys:  # prefix hashes: LARRY's mem(r) must follow what the cache holds
+            self.prefix_caching = True
         self.waiting.append(req)
         if self._ends is not None and self._k > 1:
             done = int(np.searchsorted(self._ends, now, side="right"))
@@ -190,18 +248,43 @@ class Replica:
     # -- one step ----------------------------------------------------------------------------
 
     def _grow(self, req: SimRequest, tokens: int) -> bool:
-        need = -(-(req.computed + tokens) // self.shape.block_size) - req.blocks
-        if need <= 0:
-            return True
-        if self.used_blocks + need > self.shape.num_blocks:
-            return False
-        self.used_blocks += need
-        req.blocks += need
+        bs = self.shape.block_size
+        need = -(-(req.computed + tokens) // bs) - req.blocks
+        if need > 0:
+            if need > self.pool.free:
+                return False
+            self.pool.allocate(need)
+            req.blocks += need
+        keys = req.keys
+        if keys:
+            # blocks this step fills are cached now, as vLLM's cache_blocks does at scheduling
+            held = req.held
+            full = min(len(keys), (req.computed + tokens) // bs)
+            if full > len(held):
+                self.pool.register_all(keys[len(held) : full], held)
         return True
 
+    def _release(self, req: SimRequest) -> None:
+        self.pool.release(req.held, req.blocks - len(req.held))
+        req.held = []
+        req.blocks = 0
+
+    def _admit_cached(self, req: SimRequest) -> None:
+        """Take the prefix cache hit of a request being admitted."""
+        hit = self.cached_prefix_blocks(req)
+        if hit == 0:
+            return
+        assert req.keys is not None and req.blocks == 0
+        keys = req.keys[:hit]
+        self.pool.touch(keys)
+        req.held = keys
+        req.blocks = hit
+        req.computed = hit * self.shape.block_size
+        if req.preemptions == 0:
+            req.cached_tokens = req.computed
+
     def _preempt(self, victim: SimRequest) -> None:
-        self.used_blocks -= victim.blocks
-        victim.blocks = 0
+        self._release(victim)
         victim.computed = 0
         victim.preemptions += 1
         self.num_preemptions += 1
@@ -238,16 +321,16 @@ class Replica:
         if not preempted and self.waiting and budget > 0 and len(running) < shape.max_num_seqs:
             if len(self.waiting) >= 2 and self._may_admit(budget):
                 self._reorder(now)
-            bs = shape.block_size
             while self.waiting and budget > 0 and len(running) < shape.max_num_seqs:
                 req = self.waiting[0]
                 # vLLM 0.32 admits only when the whole sequence so far fits
                 # (scheduler_reserve_full_isl, on by default), then allocates the chunk
-                if -(-(req.prompt + req.generated) // bs) > shape.num_blocks - self.used_blocks:
+                if self.blocks_to_admit(req) > self.pool.free:
                     break
+                self._admit_cached(req)
                 tokens = min(req.to_compute, budget)
                 if not self._grow(req, tokens):
-                    break
+                    raise AssertionError("a chunk did not fit after the full-sequence check")
                 self.waiting.popleft()
                 running.append(req)
                 sched.append((req, tokens))
@@ -285,15 +368,6 @@ class Replica:
         self.end_at = now + duration
         return self.end_at
 
-    def cached_prefix_blocks(self, req: SimRequest) -> int:
-        """Blocks of `req`'s prompt that this replica's prefix cache holds now.
-
-        The hook LARRY's `mem(r)` reads (prompt blocks less these), as the engine plugin reads
-        vLLM's block pool. This model has no prefix cache yet, so it is 0; a prefix-cache model
-        returns its hit and sets `prefix_caching`, so that queued requests' counts are refreshed
-        as the plugin refreshes them."""
-        return 0
-
     def _larry_keys(self, req: SimRequest) -> Keys:
         bs = self.shape.block_size
         blocks = -(-(req.prompt + req.generated) // bs) - self.cached_prefix_blocks(req)
@@ -322,10 +396,8 @@ class Replica:
     def _may_admit(self, budget: int) -> bool:
         """False when no waiting request could be admitted whatever the order: then ordering
         the queue changes nothing this step and is skipped."""
-        free = self.shape.num_blocks - self.used_blocks
-        bs = self.shape.block_size
-        smallest = min(r.prompt + r.generated for r in self.waiting)
-        return -(-smallest // bs) <= free
+        free = self.pool.free
+        return any(self.blocks_to_admit(r) <= free for r in self.waiting)
 
     def _plan_stretch(self, now: float) -> float:
         """The current decode-only step repeats: plan up to the next finish or KV shortage."""
@@ -335,7 +407,7 @@ class Replica:
         k = min(min(req.output - req.generated for req, _ in sched), MAX_STRETCH)
         computed = np.fromiter((req.computed for req, _ in sched), dtype=np.int64, count=n)
         held = np.fromiter((req.blocks for req, _ in sched), dtype=np.int64, count=n)
-        free = self.shape.num_blocks - self.used_blocks
+        free = self.pool.free
 
         def extra(steps: int) -> int:
             return int((-(-(computed + steps) // bs) - held).sum())
@@ -372,7 +444,7 @@ class Replica:
                 req.computed += k
                 req.generated += k
                 blocks = -(-req.computed // bs)
-                self.used_blocks += blocks - req.blocks
+                self.pool.allocate(blocks - req.blocks)
                 req.blocks = blocks
             else:
                 req.computed += tokens
@@ -391,8 +463,8 @@ class Replica:
             done = set(map(id, finished))
             self.running = [r for r in self.running if id(r) not in done]
             for req in finished:
-                self.used_blocks -= req.blocks
-                req.blocks = 0
+                self._release(req)
+                req.keys = None
         self._sched = []
         self._ends = None
         self._k = 0

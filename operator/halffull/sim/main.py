@@ -17,10 +17,12 @@ from halffull import defaults as D
 from halffull.policy.registry import ROUTING_POLICIES as ROUTERS
 from halffull.sim.cluster import ClusterConfig, SimResult, simulate
 from halffull.sim.engine import ADMISSION_POLICIES
-from halffull.sim.profiles import PROFILES, get_profile, with_shape
+from halffull.sim.gpu_fit import load_profile
+from halffull.sim.profiles import PROFILES, Profile, get_profile, with_shape
 from halffull.sim.report import summarize, table
 from halffull.sim.slices import SliceConfig, simulate_slices
-from halffull.sim.workload import Job, fit, load_csv, prepare, resolve_trace, synthetic
+from halffull.sim.traces import drop_too_long, load_trace, resolve_trace
+from halffull.sim.workload import Job, fit, prepare, synthetic
 
 
 def add_workload_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,8 +30,8 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
     w.add_argument(
         "--trace",
         default="conv",
-        help="conv, code (the shared Azure traces) or a CSV path (arrival, prompt_tokens, "
-        "output_tokens)",
+        help="conv, code (the shared Azure traces), mooncake (the shared prefix trace), a CSV "
+        "path (arrival, prompt_tokens, output_tokens) or a Mooncake-format .jsonl path",
     )
     w.add_argument(
         "--traces-dir", type=Path, help="where conv/code live (default ../shared/traces)"
@@ -53,7 +55,17 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_workload_arguments(p)
     e = p.add_argument_group("replicas")
-    e.add_argument("--profile", choices=sorted(PROFILES), default="h100-llama3-8b")
+    e.add_argument(
+        "--profile",
+        default="h100-llama3-8b",
+        help=f"{', '.join(sorted(PROFILES))}, or a profile JSON (bench/gpu_steps.py writes one)",
+    )
+    e.add_argument(
+        "--max-model-len",
+        type=int,
+        help="override the profile's max_model_len (e.g. 131072 for the long-context shape); "
+        "requests with prefix hashes that do not fit are dropped and counted, never clipped",
+    )
     e.add_argument("--replicas", type=int, default=1)
     e.add_argument("--kv-blocks", type=int, help="override the profile's number of KV blocks")
     e.add_argument("--max-num-seqs", type=int, help="override the profile's max_num_seqs")
@@ -75,11 +87,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         f"NAME in {', '.join(ROUTERS)}",
     )
     r.add_argument("--poll-ms", type=float, default=float(D.POLL_INTERVAL_MS))
+    r.add_argument(
+        "--prefix-source",
+        choices=["router", "engine"],
+        default="router",
+        help="what prefix-aware policies match against: the router's approximate index "
+        "(production) or the replicas' true caches (a precise index)",
+    )
     p.add_argument("--json", type=Path, help="write per-request results here")
 
 
 def workload(args: argparse.Namespace, max_model_len: int) -> list[Job]:
-    jobs = load_csv(resolve_trace(args.trace, args.traces_dir))
+    jobs = load_trace(resolve_trace(args.trace, args.traces_dir))
+    jobs, dropped = drop_too_long(jobs, max_model_len)
+    if dropped:
+        print(f"dropped {dropped} requests longer than max_model_len {max_model_len}")
     if args.synthetic:
         law = fit(jobs)
         cv = 1.0 if args.synthetic == "poisson" else args.cv
@@ -95,16 +117,27 @@ def workload(args: argparse.Namespace, max_model_len: int) -> list[Job]:
     )
 
 
-def run_one(
-    jobs: list[Job], args: argparse.Namespace, admission: str, router: str
-) -> tuple[str, SimResult]:
-    profile = get_profile(args.profile)
+def profile_of(args: argparse.Namespace) -> Profile:
+    """The profile by name or JSON file, with the shape overrides applied."""
+    if args.profile in PROFILES:
+        profile = get_profile(args.profile)
+    elif args.profile.endswith(".json"):
+        profile = load_profile(Path(args.profile))
+    else:
+        raise SystemExit(f"unknown profile {args.profile!r}; known: {', '.join(PROFILES)}")
     changes = {
         "num_blocks": args.kv_blocks,
         "max_num_seqs": args.max_num_seqs,
         "max_num_batched_tokens": args.max_num_batched_tokens,
+        "max_model_len": args.max_model_len,
     }
-    profile = with_shape(profile, **{k: v for k, v in changes.items() if v})
+    return with_shape(profile, **{k: v for k, v in changes.items() if v})
+
+
+def run_one(
+    jobs: list[Job], args: argparse.Namespace, admission: str, router: str
+) -> tuple[str, SimResult]:
+    profile = profile_of(args)
     name, _, param = admission.partition(":")
     if name in ("sls", "scls"):
         cfg = SliceConfig(
@@ -129,13 +162,14 @@ def run_one(
         beta=float(beta or D.BETA),
         poll_s=args.poll_ms / 1000,
         seed=args.seed,
+        prefix_source=args.prefix_source,
     )
     label = admission if args.replicas == 1 else f"{admission} / {router}"
     return label, simulate(jobs, config)
 
 
 def run(args: argparse.Namespace) -> int:
-    profile = get_profile(args.profile)
+    profile = profile_of(args)
     jobs = workload(args, profile.shape.max_model_len)
     if not jobs:
         raise SystemExit("the workload is empty (check --start/--duration/--limit)")
@@ -158,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
                     s.tgt_p99,
                     s.tgt_mean,
                     s.preemptions,
+                    f"{res.hit_rate():.1%}",
                     s.completed_rps,
                     s.wall_s,
                 ]
@@ -184,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
                 "TGT p99",
                 "TGT mean",
                 "preemptions",
+                "prefix hits",
                 "served req/s",
                 "sim wall (s)",
             ],

