@@ -55,9 +55,10 @@ class EndpointSpec(Protocol):
     def weight(self) -> float: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
-    """One endpoint to try for a request, in ranking order."""
+    """One endpoint to try for a request, in ranking order. (Not frozen: a frozen dataclass
+    costs several times more to build, and the router builds up to `max_attempts` per request.)"""
 
     endpoint: Endpoint
     state: ReplicaState
@@ -147,7 +148,8 @@ class Dispatcher:
         self, request: RouteRequest, candidates: Sequence[Endpoint], now: float
     ) -> list[ReplicaState]:
         """What the policy sees of each candidate for this request."""
-        return [self.state_of(ep, now) for ep in candidates]
+        stale, budget, mean = self.stale_after_s, self.max_tokens_per_batch, self.mean_prompt_tokens
+        return [ep.state(now, stale, budget, mean) for ep in candidates]
 
     def attempts(self, request: RouteRequest, now: float) -> list[Attempt]:
         """The endpoints to try for `request`, best first, at most `max_attempts`; empty when
