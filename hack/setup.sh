@@ -16,6 +16,9 @@ SUDO=""
 
 apt_packages=(etcd-server golang-go rsync golang-github-modern-go-reflect2-dev dpkg-dev openssl
               unzip ca-certificates prometheus)
+# `REGISTRY=... make images` and its test: buildah builds and pushes, docker-registry is a real
+# registry on loopback for the test.
+apt_packages+=(buildah docker-registry)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -40,6 +40,7 @@ def make_settings(
         max_model_len=kw.pop("max_model_len", None),
         endpoints=endpoints,
         discovery=kw.pop("discovery", None),
+        **kw,  # max_attempts, timeouts, shed_queued_batches, engine_metrics_port
     )
 
 

@@ -137,7 +137,8 @@ def test_ten_thousand_aborted_requests_leak_nothing() -> None:
 
 def test_engine_dying_mid_answer() -> None:
     """A streamed answer that breaks gets an SSE error event (its headers are gone already); a
-    non-streamed one has had no response byte yet, so it is retried on the next replica."""
+    non-streamed one had reached the engine, so it is not run again elsewhere: 502 (issue 12: a
+    request that crashes its engine must not crash the next replica too)."""
 
     async def main() -> None:
         dying = FakeEngine(costs=StepCosts(step_base_s=0.05))
@@ -164,9 +165,9 @@ def test_engine_dying_mid_answer() -> None:
                 rest = (await streamed.read()).decode()
                 assert '"type": "UpstreamError"' in rest and "[DONE]" not in rest
                 resp = await plain
-                assert resp.status == 200
-                assert (await resp.json())["usage"]["completion_tokens"] == 200
-                assert router.metrics.retries._value.get() == 1
+                assert resp.status == 502
+                assert "not retried" in (await resp.json())["error"]["message"]
+                assert router.metrics.retries._value.get() == 0
                 for ep in router.endpoints.values():
                     assert ep.inflight_requests == 0 and ep.prefill_tokens == 0
         finally:

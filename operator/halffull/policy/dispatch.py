@@ -53,6 +53,8 @@ class EndpointSpec(Protocol):
     def url(self) -> str: ...
     @property
     def weight(self) -> float: ...
+    @property
+    def draining(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -114,7 +116,7 @@ class Dispatcher:
         table: dict[str, Endpoint] = {}
         for url, spec in wanted.items():
             ep = self.endpoints.get(url) or Endpoint(name=spec.name, url=url)
-            ep.name, ep.weight = spec.name, spec.weight
+            ep.name, ep.weight, ep.draining = spec.name, spec.weight, spec.draining
             table[url] = ep
         gone = [ep for url, ep in self.endpoints.items() if url not in table]
         for ep in gone:
@@ -140,9 +142,14 @@ class Dispatcher:
         """The endpoint as a policy sees it at `now` (stale stats: accounting only)."""
         return ep.state(now, self.stale_after_s, self.max_tokens_per_batch, self.mean_prompt_tokens)
 
-    def candidates(self) -> list[Endpoint]:
-        """The endpoints that may take a new request: those that are up."""
-        return [ep for ep in self.endpoints.values() if not ep.down]
+    def candidates(self, now: float | None = None) -> list[Endpoint]:
+        """The endpoints that may take a new request: those that are up and, when any is
+        left, not under suspicion (`suspect`) at `now`."""
+        up = [ep for ep in self.endpoints.values() if not ep.down]
+        if now is None:
+            return up
+        trusted = [ep for ep in up if ep.suspect_until <= now]
+        return trusted or up
 
     def states(
         self, request: RouteRequest, candidates: Sequence[Endpoint], now: float
@@ -155,7 +162,7 @@ class Dispatcher:
         """The endpoints to try for `request`, best first, at most `max_attempts`; empty when
         none is up. Call it once per request: it also feeds the running mean prompt length."""
         self.observe_prompt(request.prompt_tokens)
-        candidates = self.candidates()
+        candidates = self.candidates(now)
         if not candidates:
             return []
         states = self.states(request, candidates, now)
@@ -166,6 +173,25 @@ class Dispatcher:
         ]
 
     # -- what happened -----------------------------------------------------------------------
+
+    def overloaded(self, attempts: Sequence[Attempt], bound_batches: float, now: float) -> bool:
+        """True when every candidate holds more queued prefill work than `bound_batches` engine
+        steps (0: never). The best-ranked attempt is checked first: usually it is below."""
+        if bound_batches <= 0 or not attempts:
+            return False
+
+        def over(state: ReplicaState) -> bool:
+            return state.queued_tokens > bound_batches * state.max_tokens_per_batch
+
+        if not over(attempts[0].state):
+            return False
+        candidates = self.candidates(now)
+        return all(over(self.state_of(ep, now)) for ep in candidates)
+
+    def suspect(self, ep: Endpoint, now: float) -> None:
+        """An ambiguous failure on `ep` (timeout, connection lost after sending): other
+        endpoints first for a while, doubling with each one in a row."""
+        ep.suspect(now, self.first_backoff_s, self.max_backoff_s)
 
     def unreachable(self, ep: Endpoint, now: float) -> None:
         """A connection to `ep` was refused or reset: no requests until a probe answers, after

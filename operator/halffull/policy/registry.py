@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Literal, get_args
 
+from halffull import defaults as D
 from halffull.policy.larry import POLICIES as LARRY_POLICIES
 from halffull.policy.larry import LarryPolicy
 from halffull.policy.routing import (
@@ -62,7 +63,7 @@ for _typed, _table in (
         raise ImportError(f"policy names disagree: {get_args(_typed)} vs {_table}")
 
 
-def make_policy(name: str, *, beta: float = 1.0, seed: int | None = None) -> RoutingPolicy:
+def make_policy(name: str, *, beta: float = D.BETA, seed: int | None = None) -> RoutingPolicy:
     """A fresh routing policy instance by its configuration name (`RouterConfig.policy`):
     `beta` goes to SAL, `seed` to the policies that draw random numbers."""
     try:

@@ -29,7 +29,8 @@ def admin_app(router: Router) -> web.Application:
             for ep in router.endpoints.values()
         ]
         ok = router.is_ready()
-        return web.json_response({"ready": ok, "endpoints": table}, status=200 if ok else 503)
+        body = {"ready": ok, "draining": router.draining, "endpoints": table}
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(

@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from halffull import defaults as D
 from halffull.api.runtime_config import RouterEndpoint
 from halffull.policy.dispatch import Dispatcher
 from halffull.policy.endpoints import Endpoint
@@ -33,6 +34,13 @@ from halffull.router.reload import ApiKey, SettingsFile
 log = logging.getLogger("halffull.router")
 
 
+def client_timeout(settings: Settings) -> aiohttp.ClientTimeout:
+    """The connect bound of the proxied requests. The first-byte and stream-idle bounds are
+    kept by each request's `Watchdog` (aiohttp's read timeout cannot tell them apart)."""
+    connect = settings.timeouts.connect_seconds
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect)
+
+
 class Router:
     """One router: construct, `start()` to serve, `stop()` to finish."""
 
@@ -43,8 +51,9 @@ class Router:
         flags: FlagOverrides | None = None,
         config_path: Path | None = None,
         api_key_file: Path | None = None,
-        max_body_bytes: int = 16 * 1024 * 1024,
-        max_attempts: int = 3,
+        engine_api_key_file: Path | None = None,
+        max_body_bytes: int = D.MAX_BODY_BYTES,
+        drain_grace_s: float = float(D.DRAIN_GRACE_S),
         first_backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         config_check_s: float = 1.0,
@@ -61,7 +70,7 @@ class Router:
             make_policy(settings.policy, beta=settings.beta, seed=seed),
             poll_interval_s=settings.poll_interval_ms / 1000,
             max_tokens_per_batch=settings.max_num_batched_tokens,
-            max_attempts=max_attempts,
+            max_attempts=settings.max_attempts,
             first_backoff_s=first_backoff_s,
             max_backoff_s=max_backoff_s,
         )
@@ -72,6 +81,15 @@ class Router:
         self.api_key = (
             ApiKey(api_key_file, check_interval_s=config_check_s) if api_key_file else None
         )
+        self.engine_key = (
+            ApiKey(engine_api_key_file, check_interval_s=config_check_s)
+            if engine_api_key_file
+            else None
+        )
+        self.drain_grace_s = drain_grace_s
+        self.draining = False
+        """SIGTERM was received: /ready fails and every answer closes its connection."""
+        self.client_timeout = client_timeout(settings)
         self.metrics = RouterMetrics(self, self.loop_time)
         self.session: aiohttp.ClientSession | None = None
         self.poller: Poller | None = None
@@ -79,7 +97,8 @@ class Router:
         self._runners: list[web.AppRunner] = []
         self.port = 0
         self.admin_port = 0
-        self.app = PublicApi(self, max_body_bytes=max_body_bytes).app
+        self.public = PublicApi(self, max_body_bytes=max_body_bytes)
+        self.app = self.public.app
         self.admin = admin_app(self)
         self._apply_endpoints()
 
@@ -105,7 +124,9 @@ class Router:
             timeout=aiohttp.ClientTimeout(total=None, connect=5.0, sock_connect=5.0),
             auto_decompress=False,
         )
-        self.poller = Poller(self.dispatcher, self.session)
+        self.poller = Poller(
+            self.dispatcher, self.session, lambda: self.settings.engine_metrics_port
+        )
         self.poller.sync()
         if self.settings_file is not None:
             self._tasks.append(asyncio.create_task(self._watch_config()))
@@ -122,7 +143,8 @@ class Router:
         )
 
     async def _serve(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=30)
+        # requests in flight are finished by `stop` itself (PublicApi.finish)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
         await site.start()
@@ -131,7 +153,22 @@ class Router:
         sockets = getattr(server, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else port
 
+    def begin_drain(self) -> None:
+        """The first step of stopping: readiness fails so the Service stops sending new
+        connections; requests are still served, each answer closing its connection."""
+        self.draining = True
+
     async def stop(self) -> None:
+        """Close the public listener, let answers in flight finish for up to the drain grace
+        (those still running then end with an error), then close the admin port."""
+        self.draining = True
+        if self._runners:
+            public = self._runners[0]
+            for site in list(public.sites):
+                await site.stop()  # no new connections
+            if public.server is not None:
+                public.server.pre_shutdown()  # idle keep-alive connections close now
+            await self.public.finish(self.drain_grace_s)
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
@@ -149,6 +186,8 @@ class Router:
             self.session = None
 
     def is_ready(self) -> bool:
+        if self.draining:
+            return False
         return any(not ep.down and ep.stats_at is not None for ep in self.endpoints.values())
 
     # -- configuration -----------------------------------------------------------------------
@@ -161,6 +200,8 @@ class Router:
         if (settings.policy, settings.beta) != (old.policy, old.beta):
             d.policy = make_policy(settings.policy, beta=settings.beta, seed=self.seed)
         d.set_limits(settings.poll_interval_ms / 1000, settings.max_num_batched_tokens)
+        d.max_attempts = settings.max_attempts
+        self.client_timeout = client_timeout(settings)
         self._apply_endpoints()
 
     def _apply_endpoints(self) -> None:

@@ -11,12 +11,14 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from halffull import defaults as D
 from halffull.api.runtime_config import (
     ROUTER_CONFIG_FILE,
     RouterConfig,
     RouterDiscovery,
     RouterEndpoint,
     RouterPolicy,
+    RouterTimeouts,
 )
 
 
@@ -29,6 +31,11 @@ class FlagOverrides:
     beta: float | None = None
     poll_interval_ms: int | None = None
     model: str | None = None
+    max_attempts: int | None = None
+    connect_seconds: float | None = None
+    first_byte_seconds: float | None = None
+    stream_idle_seconds: float | None = None
+    shed_queued_batches: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +49,10 @@ class Settings:
     endpoints: tuple[RouterEndpoint, ...]
     discovery: RouterDiscovery | None = None
     source: str = field(default="flags", compare=False)
+    max_attempts: int = D.MAX_ATTEMPTS
+    timeouts: RouterTimeouts = field(default_factory=RouterTimeouts)
+    shed_queued_batches: int = D.SHED_QUEUED_BATCHES
+    engine_metrics_port: int | None = None
 
 
 def endpoint_from_url(url: str) -> RouterEndpoint:
@@ -78,17 +89,40 @@ def merge(config: RouterConfig | None, flags: FlagOverrides, source: str) -> Set
         if ep.url not in known:
             endpoints.append(ep)
             known.add(ep.url)
-    policy: RouterPolicy | str = flags.policy or (config.policy if config else "sal")
+    policy: RouterPolicy | str = flags.policy or (config.policy if config else D.ROUTER_POLICY)
+    timeouts = config.timeouts if config else RouterTimeouts()
+    given = {
+        "connect_seconds": flags.connect_seconds,
+        "first_byte_seconds": flags.first_byte_seconds,
+        "stream_idle_seconds": flags.stream_idle_seconds,
+    }
+    if any(v is not None for v in given.values()):
+        try:
+            timeouts = RouterTimeouts.model_validate(
+                {**timeouts.model_dump(), **{k: v for k, v in given.items() if v is not None}}
+            )
+        except ValidationError as exc:
+            raise ValueError(f"timeout flags: {exc}") from exc
+
+    def pick(name: str, default: float) -> float:
+        """The flag when given, else the file's value, else the default."""
+        flag = getattr(flags, name)
+        if flag is not None:
+            return float(flag)
+        return float(getattr(config, name)) if config is not None else default
+
     return Settings(
         model=flags.model or (config.model if config else None),
         policy=policy,
-        beta=flags.beta
-        if flags.beta is not None
-        else (config.beta if config else RouterConfig.model_fields["beta"].default),
-        poll_interval_ms=flags.poll_interval_ms or (config.poll_interval_ms if config else 100),
+        beta=pick("beta", D.BETA),
+        poll_interval_ms=int(pick("poll_interval_ms", D.POLL_INTERVAL_MS)),
         max_num_batched_tokens=config.max_num_batched_tokens if config else None,
         max_model_len=config.max_model_len if config else None,
         endpoints=tuple(endpoints),
         discovery=config.discovery if config else None,
         source=source,
+        max_attempts=int(pick("max_attempts", D.MAX_ATTEMPTS)),
+        timeouts=timeouts,
+        shed_queued_batches=int(pick("shed_queued_batches", D.SHED_QUEUED_BATCHES)),
+        engine_metrics_port=config.engine_metrics_port if config else None,
     )

@@ -117,7 +117,9 @@ class RouterMetrics:
         )
         self.upstream_errors = counter(
             "halffull_router_upstream_errors",
-            "Upstream failures, by endpoint and kind",
+            "Upstream failures, by endpoint and reason (connect, dns, connect_timeout, "
+            "disconnected, reset, body_broken, first_byte_timeout, stream_idle_timeout, "
+            "shutdown, http_5xx, upstream)",
             ["endpoint", "reason"],
         )
         self.retries = counter(
@@ -125,6 +127,10 @@ class RouterMetrics:
         )
         self.disconnects = counter(
             "halffull_router_client_disconnects", "Requests whose client went away before the end"
+        )
+        self.shed = counter(
+            "halffull_router_shed_requests",
+            "Requests answered 429 because every replica was saturated beyond the bound",
         )
         self.reloads = counter(
             "halffull_router_config_reloads", "Configuration reloads, by result", ["result"]

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from halffull.api.runtime_config import RouterDiscovery, RouterEndpoint
 from halffull.policy.dispatch import Dispatcher
 from halffull.policy.endpoints import Endpoint
+from halffull.runtime.plugin_metrics import parse_plugin_gauges
 from halffull.runtime.vllm_metrics import MetricsParseError, parse_engine_metrics
 
 log = logging.getLogger("halffull.router")
@@ -36,9 +40,16 @@ CONNECT_ERRORS = (
 class Poller:
     """Keeps one poll task per endpoint of the dispatcher's table."""
 
-    def __init__(self, dispatcher: Dispatcher, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        session: aiohttp.ClientSession,
+        plugin_port: Callable[[], int | None] = lambda: None,
+    ) -> None:
         self.dispatcher = dispatcher
         self.session = session
+        self.plugin_port = plugin_port
+        """Where the engines' plugin serves its exact gauges (read at every poll: live)."""
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def sync(self) -> None:
@@ -73,12 +84,19 @@ class Poller:
         seq = ep.poll_started()
         timeout = aiohttp.ClientTimeout(total=max(1.0, 5 * self.dispatcher.poll_interval_s))
         try:
+            port = self.plugin_port()
+            exact = asyncio.create_task(self._plugin(ep, port)) if port else None
             async with self.session.get(ep.url + "/metrics", timeout=timeout) as resp:
                 text = await resp.text()
             ep.reachable()
             if resp.status != 200:
                 raise MetricsParseError(f"/metrics answered {resp.status}")
-            ep.poll_succeeded(parse_engine_metrics(text), seq, time.monotonic())
+            stats = parse_engine_metrics(text)
+            if exact is not None:
+                waiting, free = await exact
+                stats = dataclasses.replace(stats, waiting_prefill_tokens=waiting,
+                                            free_kv_tokens=free)  # fmt: skip
+            ep.poll_succeeded(stats, seq, time.monotonic())
         except CONNECT_ERRORS as exc:
             ep.poll_failed()
             if not ep.down:
@@ -87,6 +105,20 @@ class Poller:
         except (TimeoutError, aiohttp.ClientError, MetricsParseError, UnicodeDecodeError) as exc:
             ep.poll_failed()
             log.debug("poll of %s failed: %s", ep.name, exc)
+
+    async def _plugin(self, ep: Endpoint, port: int) -> tuple[float | None, float | None]:
+        """The plugin's gauges from the endpoint's host at `port`; (None, None) when it does not
+        serve them (no plugin, an older image): the estimates stand."""
+        host = urlsplit(ep.url).hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        try:
+            limit = aiohttp.ClientTimeout(total=max(1.0, 5 * self.dispatcher.poll_interval_s))
+            async with self.session.get(f"http://{host}:{port}/metrics", timeout=limit) as r:
+                if r.status != 200:
+                    return None, None
+                return parse_plugin_gauges(await r.text())
+        except (OSError, TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
+            return None, None
 
 
 async def discover(disc: RouterDiscovery) -> tuple[RouterEndpoint, ...]:

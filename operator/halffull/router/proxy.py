@@ -2,9 +2,14 @@
 chunk), `GET /v1/models`, behind an optional bearer token.
 
 A request is validated and its prompt tokens counted (`requests.py`), then the dispatcher gives
-the endpoints to try, best first. It goes to the first; a connection refused or reset before any
-response byte marks that endpoint down and tries the next. Whatever happens, the request's
-`Ticket` is closed, so the dispatch accounting returns to zero.
+the endpoints to try, best first. When every replica is saturated beyond the shedding bound the
+answer is 429 with Retry-After. Otherwise it goes to the first endpoint with the client's
+end-to-end headers (`headers.py`; the router's own engine key instead of the client's). It moves
+to the next only while the request cannot have reached an engine (`failures.py`: refused, no such
+name, connect timeout); any later failure is a 502 (504 for the first-byte and stream-idle
+bounds, `watchdog.py`) and the endpoint becomes suspect, not down. Whatever happens, the
+request's `Ticket` is closed, so the dispatch accounting returns to zero, and a stream that has
+started ends with `[DONE]` or an error event, never a silent cut.
 """
 
 from __future__ import annotations
@@ -18,16 +23,33 @@ from typing import TYPE_CHECKING, Literal
 import aiohttp
 from aiohttp import web
 
+from halffull import defaults as D
 from halffull.policy.endpoints import Endpoint, Ticket
 from halffull.policy.routing import RouteRequest
+from halffull.router.failures import Failure, classify
+from halffull.router.headers import to_client, to_engine
 from halffull.router.http_errors import Handler, errors_middleware, json_error
-from halffull.router.poller import CONNECT_ERRORS
-from halffull.router.requests import RequestError, parse_request
+from halffull.router.requests import ParsedRequest, RequestError, parse_request
+from halffull.router.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from halffull.router.app import Router
 
 log = logging.getLogger("halffull.router")
+
+SHUTTING_DOWN = "the router is shutting down and its grace period ran out; retry the request"
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _error_event(out: web.StreamResponse, message: str, code: int) -> None:
+    """End a stream that has started with an error event (OpenAI clients raise it)."""
+    event = {"error": {"message": message, "type": "UpstreamError", "code": code}}
+    with contextlib.suppress(ConnectionResetError, RuntimeError):
+        await out.write(b"data: " + json.dumps(event).encode() + b"\n\n")
 
 
 class PublicApi:
@@ -35,6 +57,8 @@ class PublicApi:
 
     def __init__(self, router: Router, *, max_body_bytes: int) -> None:
         self.router = router
+        self.active: set[asyncio.Task[object]] = set()
+        """The proxied requests in progress (their handler tasks), for the drain at shutdown."""
         self.app = web.Application(
             client_max_size=max_body_bytes, middlewares=[errors_middleware, self._auth]
         )
@@ -74,18 +98,57 @@ class PublicApi:
         except (RequestError, web.HTTPException) as exc:
             metrics.answered(route, exc.status)
             raise
-        headers = {"Content-Type": "application/json"}
-        rid = request.headers.get("X-Request-Id")
-        if rid:
-            headers["X-Request-Id"] = rid
+        task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
+        self.active.add(task)
+        try:
+            return await self._route(request, parsed, body, route, started)
+        finally:
+            self.active.discard(task)
+
+    async def finish(self, grace_s: float) -> None:
+        """Shutdown: wait up to `grace_s` for the requests in flight, then end the rest (each
+        tells its client in-band or with a 503, see `SHUTTING_DOWN`)."""
+        if self.active:
+            await asyncio.wait(list(self.active), timeout=grace_s)
+        rest = [t for t in self.active if not t.done()]
+        for task in rest:
+            task.cancel()
+        if rest:
+            await asyncio.wait(rest, timeout=2.0)
+
+    async def _route(
+        self, request: web.Request, parsed: ParsedRequest, body: bytes, route: str, started: float
+    ) -> web.StreamResponse:
+        router = self.router
+        metrics, clock = router.metrics, router.loop_time
+        engine_key = router.engine_key
+        if engine_key is not None:
+            engine_key.refresh()
+        headers = to_engine(request.headers, engine_key.token if engine_key else None)
         session = router.session
         assert session is not None
+        settings = router.settings
+        dispatcher = router.dispatcher
         code = 503
+        last: Failure | None = None
         try:
-            attempts = router.dispatcher.attempts(
-                RouteRequest(prompt_tokens=parsed.prompt_tokens, max_tokens=parsed.max_tokens),
-                clock(),
+            now = clock()
+            attempts = dispatcher.attempts(
+                RouteRequest(prompt_tokens=parsed.prompt_tokens, max_tokens=parsed.max_tokens), now
             )
+            if dispatcher.overloaded(attempts, settings.shed_queued_batches, now):
+                metrics.shed.inc()
+                code = 429
+                return self._answer(
+                    json_error(
+                        429,
+                        f"every engine replica has more than {settings.shed_queued_batches} "
+                        "steps of prefill queued; retry later",
+                        "RateLimitError",
+                    ),
+                    retry_after=True,
+                )
+            timeouts = settings.timeouts
             for i, attempt in enumerate(attempts):
                 ep = attempt.endpoint
                 if ep.down:  # went down while an earlier attempt was failing
@@ -94,33 +157,74 @@ class PublicApi:
                     metrics.retries.inc()
                 ticket = attempt.dispatch(parsed.stream)
                 metrics.chosen(ep.name)
+                dog = Watchdog(timeouts.first_byte_seconds, timeouts.stream_idle_seconds)
                 try:
-                    upstream = await session.post(ep.url + route, data=body, headers=headers)
-                except CONNECT_ERRORS as exc:
+                    upstream = await session.post(
+                        ep.url + route, data=body, headers=headers, timeout=router.client_timeout
+                    )
+                except (aiohttp.ClientError, OSError) as exc:
+                    dog.stop()
                     ticket.close()
-                    metrics.upstream_error(ep.name, "connect")
-                    if not ep.down:
-                        log.warning("endpoint %s down (request): %s", ep.name, exc)
-                    router.dispatcher.unreachable(ep, clock())
-                    continue
-                except aiohttp.ClientError as exc:  # it may have reached the engine: no retry
+                    failure = self._failed(ep, classify(exc))
+                    if failure.retry:
+                        last = failure
+                        continue
+                    code = failure.status
+                    return self._answer(json_error(code, failure.message))
+                except asyncio.CancelledError:
+                    dog.stop()
                     ticket.close()
-                    metrics.upstream_error(ep.name, "upstream")
-                    code = 502
-                    return json_error(502, f"the engine replica failed to answer: {exc}")
+                    timeout = dog.claimed()
+                    if timeout is None:
+                        raise
+                    self._failed(ep, timeout)
+                    code = 504
+                    return self._answer(json_error(504, timeout.message, "GatewayTimeout"))
                 except BaseException:
+                    dog.stop()
                     ticket.close()
                     raise
-                response = await self._relay(request, upstream, ticket, ep, started)
+                response = await self._relay(request, upstream, ticket, ep, started, dog)
                 code = response.status
                 return response
-            return json_error(503, "no engine replica is available; try again later")
+            message = "no engine replica is available; try again later"
+            if last is not None:
+                message += f" (last: {last.message})"
+            return self._answer(json_error(503, message))
         except asyncio.CancelledError:
+            if router.draining and not _client_gone(request):
+                # the drain grace ran out before the engine answered: say so, do not just hang up
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                code = 503
+                return self._answer(json_error(503, SHUTTING_DOWN))
             metrics.disconnects.inc()
             code = 499
             raise
         finally:
             metrics.answered(route, code, clock() - started)
+
+    def _failed(self, ep: Endpoint, failure: Failure) -> Failure:
+        """Count a failure and act on what it says about the endpoint: down on evidence (refused,
+        no such name), suspect when ambiguous."""
+        router = self.router
+        router.metrics.upstream_error(ep.name, failure.reason)
+        if failure.down:
+            if not ep.down:
+                log.warning("endpoint %s down: %s", ep.name, failure.message)
+            router.dispatcher.unreachable(ep, router.loop_time())
+        else:
+            log.warning("endpoint %s suspect: %s", ep.name, failure.message)
+            router.dispatcher.suspect(ep, router.loop_time())
+        return failure
+
+    def _answer(self, resp: web.StreamResponse, retry_after: bool = False) -> web.StreamResponse:
+        """Every answer the router gives: while it drains, each one closes its connection, so
+        clients reconnect through the Service to a router that stays."""
+        if retry_after:
+            resp.headers["Retry-After"] = str(D.SHED_RETRY_AFTER_S)
+        if self.router.draining:
+            resp.force_close()
+        return resp
 
     async def _relay(
         self,
@@ -129,10 +233,11 @@ class PublicApi:
         ticket: Ticket,
         ep: Endpoint,
         started: float,
+        dog: Watchdog,
     ) -> web.StreamResponse:
-        """Pass the engine's answer to the client; always ends the ticket and the upstream
-        response (closing the connection when the answer did not complete, which makes vLLM
-        abort the request)."""
+        """Pass the engine's answer (status, end-to-end headers, body) to the client; always
+        ends the watchdog, the ticket and the upstream response (closing the connection when the
+        answer did not complete, which makes vLLM abort the request)."""
         metrics = self.router.metrics
         complete = False
         try:
@@ -140,46 +245,61 @@ class PublicApi:
             if upstream.status != 200 or not ctype.startswith("text/event-stream"):
                 try:
                     data = await upstream.read()
-                except aiohttp.ClientError as exc:
-                    metrics.upstream_error(ep.name, "body_broken")
-                    return json_error(502, f"the engine replica broke off its answer: {exc}")
+                except (aiohttp.ClientError, OSError) as exc:
+                    failure = self._failed(ep, classify(exc))
+                    return self._answer(json_error(failure.status, failure.message))
+                except asyncio.CancelledError:
+                    timeout = dog.claimed()
+                    if timeout is None:
+                        raise
+                    self._failed(ep, timeout)
+                    return self._answer(json_error(504, timeout.message, "GatewayTimeout"))
                 ticket.first_token()
                 complete = True
                 if upstream.status >= 500:
                     metrics.upstream_error(ep.name, f"http_{upstream.status}")
-                return web.Response(
-                    body=data, status=upstream.status, headers={"Content-Type": ctype}
+                else:
+                    ep.answered()
+                return self._answer(
+                    web.Response(
+                        body=data, status=upstream.status, headers=to_client(upstream.headers)
+                    )
                 )
-            out = web.StreamResponse(
-                status=200, headers={"Content-Type": ctype, "Cache-Control": "no-cache"}
-            )
+            out = self._answer(web.StreamResponse(status=200, headers=to_client(upstream.headers)))
             await out.prepare(request)
             try:
                 async for chunk in upstream.content.iter_any():
+                    dog.activity()
                     if ticket.in_prefill:
                         ticket.first_token()
                         metrics.ttft.observe(self.router.loop_time() - started)
                     await out.write(chunk)
                 complete = True
-            except aiohttp.ClientPayloadError as exc:
+                ep.answered()
+            except (aiohttp.ClientError, OSError) as exc:
+                if isinstance(exc, ConnectionResetError) and _client_gone(request):
+                    metrics.disconnects.inc()  # the client went away while we wrote
+                    return out
                 # the engine died mid-answer: headers are sent, so tell the client in-band
-                metrics.upstream_error(ep.name, "stream_broken")
-                event = {
-                    "error": {
-                        "message": f"upstream stream broken: {exc}",
-                        "type": "UpstreamError",
-                        "code": 502,
-                    }
-                }
-                with contextlib.suppress(ConnectionResetError):
-                    await out.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-            except ConnectionResetError:  # the client went away while we wrote
-                metrics.disconnects.inc()
-                return out
+                failure = self._failed(ep, classify(exc))
+                await _error_event(out, failure.message, failure.status)
+            except asyncio.CancelledError:
+                timeout = dog.claimed()
+                if timeout is not None:
+                    self._failed(ep, timeout)
+                    await _error_event(out, timeout.message, 504)
+                elif self.router.draining and not _client_gone(request):
+                    # the drain grace ran out: end the stream in-band rather than cut it
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    metrics.upstream_error(ep.name, "shutdown")
+                    await _error_event(out, SHUTTING_DOWN, 503)
+                else:
+                    raise
             with contextlib.suppress(ConnectionResetError):
                 await out.write_eof()
             return out
         finally:
+            dog.stop()
             ticket.close()
             if complete:
                 upstream.release()
@@ -189,17 +309,21 @@ class PublicApi:
     async def _models(self, request: web.Request) -> web.StreamResponse:
         router = self.router
         assert router.session is not None
-        for ep in router.dispatcher.candidates():
+        engine_key = router.engine_key
+        headers = to_engine(request.headers, engine_key.token if engine_key else None)
+        for ep in router.dispatcher.candidates(router.loop_time()):
             try:
-                async with router.session.get(ep.url + "/v1/models") as upstream:
+                async with router.session.get(
+                    ep.url + "/v1/models", headers=headers, timeout=router.client_timeout
+                ) as upstream:
                     data = await upstream.read()
-                    return web.Response(
-                        body=data,
-                        status=upstream.status,
-                        headers={
-                            "Content-Type": upstream.headers.get("Content-Type", "application/json")
-                        },
+                    return self._answer(
+                        web.Response(
+                            body=data, status=upstream.status, headers=to_client(upstream.headers)
+                        )
                     )
-            except CONNECT_ERRORS:
-                router.dispatcher.unreachable(ep, router.loop_time())
-        return json_error(503, "no engine replica is available; try again later")
+            except (aiohttp.ClientError, OSError) as exc:
+                failure = self._failed(ep, classify(exc))
+                if not failure.retry:
+                    return self._answer(json_error(failure.status, failure.message))
+        return self._answer(json_error(503, "no engine replica is available; try again later"))

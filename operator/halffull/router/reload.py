@@ -36,7 +36,8 @@ class SettingsFile:
 
 
 class ApiKey:
-    """The bearer token clients must send. Its file is checked at most once per
+    """A bearer token in a mounted Secret: the one clients must send, or the one the engines
+    require (which the router sends). Its file is checked at most once per
     `check_interval_s` (from the request path), so a rotated Secret takes effect without a
     restart; a new version that is empty or unreadable is refused and the old token stays."""
 
@@ -59,6 +60,11 @@ class ApiKey:
             self._token = self._read()
         except (OSError, ValueError) as exc:
             log.error("API key not reloaded, keeping the previous one: %s", exc)
+
+    @property
+    def token(self) -> str:
+        """The key itself (for the engine key, which the router sends)."""
+        return self._token.decode()
 
     def accepts(self, authorization: str) -> bool:
         """True when the `Authorization` header carries the token (compared in constant time)."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from halffull import defaults as D
 from halffull.api.runtime_config import RouterEndpoint
 from halffull.policy.dispatch import Dispatcher
 from halffull.policy.endpoints import Ticket
@@ -37,10 +38,10 @@ class ClusterConfig:
     profile: Profile
     replicas: int = 1
     admission: AdmissionPolicy = "fcfs"
-    alpha: float = 1.0
+    alpha: float = D.ALPHA
     router: str = "round-robin"
-    beta: float = 1.0
-    poll_s: float = 0.1
+    beta: float = D.BETA
+    poll_s: float = D.POLL_INTERVAL_MS / 1000
     seed: int = 0
     fast: bool = True
     """Plan runs of identical decode steps at once (same results, much faster)."""
