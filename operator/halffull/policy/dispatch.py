@@ -58,9 +58,10 @@ class EndpointSpec(Protocol):
     def draining(self) -> bool: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
-    """One endpoint to try for a request, in ranking order."""
+    """One endpoint to try for a request, in ranking order. (Not frozen: a frozen dataclass
+    costs several times more to build, and the router builds up to `max_attempts` per request.)"""
 
     endpoint: Endpoint
     state: ReplicaState
