@@ -1,8 +1,8 @@
 """Routing-policy quality: replay the Azure LLM traces through 4 modelled replicas, all policies.
 
-Each replica is a `halffull_dev.testing.engine_model.EngineModel` (continuous batching, chunked
+Each replica is the simulator's `halffull.sim.engine.Replica` (continuous batching, chunked
 prefill with a per-step token budget, paged KV cache, preemption; step time grows with the
-step's prefill tokens, decode sequences and KV tokens read), stepped in simulated time. The
+step's tokens, sequences and KV tokens read), run by `halffull.sim.cluster`. The
 router side is the production code: the policy classes from `halffull.policy.routing`, the
 replica estimate and the dispatch accounting from `halffull.router.endpoints` (tokens added at
 dispatch, released at the first token; stats polled every `--poll-ms` of simulated time).
@@ -10,7 +10,7 @@ Requests are streamed, so TTFT = first token - arrival and TGT (total generation
 last token - arrival.
 
 The replica profile is an assumption, not a measurement: a mid-range GPU serving an 8B model
-(8 ms per step + 0.05 ms per prefill token + 0.05 ms per decoding sequence + 40 ns per KV token
+(8 ms per step + 0.05 ms per computed token + 0.05 ms per sequence + 40 ns per KV token
 read; 131,072 KV tokens, or fewer with --kv-blocks; 2,048 tokens per step; 256 sequences). Load
 is swept by replaying the trace's arrivals `speedup` times faster. SAL runs once per --betas value.
 
@@ -24,28 +24,31 @@ from __future__ import annotations
 
 import argparse
 import csv
-import heapq
 import statistics
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from halffull.policy.routing import POLICIES, EngineStats, RouteRequest, make_policy
+from halffull.policy.routing import POLICIES
 from halffull.policy.sal import DEFAULT_MAX_TOKENS_PER_BATCH
-from halffull.router.endpoints import Endpoint, Ticket
-from halffull_dev.testing.engine_model import EngineModel, EngineShape, StepCosts
+from halffull.sim.cluster import ClusterConfig
+from halffull.sim.cluster import simulate as cluster_simulate
+from halffull.sim.profiles import EngineShape, Profile, StepModel
+from halffull.sim.workload import Job
 
 DEFAULT_TRACES = Path(__file__).resolve().parent.parent.parent / "shared" / "traces"
 TRACE_FILES = {"conv": "azure_llm_2023_conv.csv", "code": "azure_llm_2023_code.csv"}
 DEFAULT_SPEEDUPS = {"conv": "6,7.5,9", "code": "4,8,12"}
 SHAPE = EngineShape(
-    num_gpu_blocks=8192,
+    num_blocks=8192,
     block_size=16,
     max_num_batched_tokens=DEFAULT_MAX_TOKENS_PER_BATCH,
     max_num_seqs=256,
     max_model_len=16384,
 )
-COSTS = StepCosts(step_base_s=0.008, prefill_token_s=5e-5, decode_seq_s=5e-5, kv_token_s=4e-8)
+COSTS = StepModel(
+    overhead_s=0.008, seq_s=5e-5, token_s=5e-5, attn_s=0.0, weights_s=0.0, kv_s=4e-8, overlap=False
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,79 +95,19 @@ def simulate(
     beta: float,
     seed: int,
 ) -> Result:
-    engines = [EngineModel(shape=shape, costs=COSTS) for _ in range(replicas)]
-    endpoints = [Endpoint(name=f"r{i}", url=f"sim://{i}") for i in range(replicas)]
-    policy = make_policy(policy_name, beta=beta, seed=seed)
-    busy = [False] * replicas
-    tickets: dict[str, Ticket] = {}
-    arrivals: dict[str, float] = {}
-    result = Result(per_replica=[0] * replicas)
-    mean_prompt = float(trace[0].prompt)
-    stale_after = 3 * poll_s
-    events: list[tuple[float, int, str, int]] = []
-    seq = 0
-
-    def push(t: float, kind: str, arg: int) -> None:
-        nonlocal seq
-        seq += 1
-        heapq.heappush(events, (t, seq, kind, arg))
-
-    for i, r in enumerate(trace):
-        push(r.arrival / speedup, "arrive", i)
-    push(0.0, "poll", 0)
-    remaining = len(trace)
-
-    def start_step(k: int, now: float) -> None:
-        duration = engines[k].schedule(now)
-        if engines[k].step_formed:
-            busy[k] = True
-            push(now + duration, "step", k)
-        else:
-            busy[k] = False
-
-    while events and remaining:
-        now, _, kind, arg = heapq.heappop(events)
-        if kind == "arrive":
-            r = trace[arg]
-            mean_prompt += 0.02 * (r.prompt - mean_prompt)
-            states = [
-                ep.state(now, stale_after, shape.max_num_batched_tokens, mean_prompt)
-                for ep in endpoints
-            ]
-            k = policy.rank(RouteRequest(r.prompt, r.output), states)[0]
-            rid = str(arg)
-            tickets[rid] = endpoints[k].dispatch(r.prompt, stream=True)
-            arrivals[rid] = now
-            result.per_replica[k] += 1
-            engines[k].add(rid, r.prompt, r.output, now)
-            if not busy[k]:
-                start_step(k, now)
-        elif kind == "step":
-            for ev in engines[arg].complete(now):
-                ticket = tickets[ev.req_id]
-                if ev.first:
-                    ticket.first_token()
-                    result.ttft.append(now - arrivals[ev.req_id])
-                if ev.finished:
-                    ticket.close()
-                    result.tgt.append(now - arrivals.pop(ev.req_id))
-                    del tickets[ev.req_id]
-                    remaining -= 1
-            start_step(arg, now)
-        else:  # poll
-            for ep, eng in zip(endpoints, engines, strict=True):
-                stats = EngineStats(
-                    num_running=eng.num_running,
-                    num_waiting=eng.num_waiting,
-                    kv_usage=eng.kv_usage,
-                    num_gpu_blocks=shape.num_gpu_blocks,
-                    block_size=shape.block_size,
-                    num_preemptions=eng.num_preemptions,
-                )
-                ep.poll_succeeded(stats, ep.poll_started(), now)
-            push(now + poll_s, "poll", 0)
-    result.preemptions = sum(e.num_preemptions for e in engines)
-    return result
+    """The trace through `halffull.sim.cluster` (the simulator's replicas and router loop)."""
+    jobs = [Job(r.arrival / speedup, r.prompt, r.output) for r in trace]
+    profile = Profile("assumed-8b", "a mid-range GPU serving an 8B model", shape, COSTS)
+    config = ClusterConfig(
+        profile, replicas=replicas, router=policy_name, beta=beta, poll_s=poll_s, seed=seed
+    )
+    res = cluster_simulate(jobs, config)
+    return Result(
+        ttft=[float(x) for x in res.ttft],
+        tgt=[float(x) for x in res.tgt],
+        preemptions=int(res.preemptions.sum()),
+        per_replica=[int((res.replica == k).sum()) for k in range(replicas)],
+    )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -189,7 +132,7 @@ def main() -> int:
     ap.add_argument(
         "--kv-blocks",
         type=int,
-        default=SHAPE.num_gpu_blocks,
+        default=SHAPE.num_blocks,
         help=f"KV blocks of {SHAPE.block_size} tokens per replica (memory pressure)",
     )
     args = ap.parse_args()
@@ -201,12 +144,12 @@ def main() -> int:
         else:
             runs.append((pol, pol, 1.0))
     traces = list(TRACE_FILES) if args.trace == "both" else [args.trace]
-    shape = replace(SHAPE, num_gpu_blocks=args.kv_blocks)
+    shape = replace(SHAPE, num_blocks=args.kv_blocks)
 
     print(
         f"## Routing policies: {args.replicas} modelled replicas, {args.requests} requests per "
         f"run from row {args.start}, poll every {args.poll_ms:g} ms, "
-        f"{shape.kv_capacity_tokens:,} KV tokens per replica\n"
+        f"{shape.kv_tokens:,} KV tokens per replica\n"
     )
     print(
         "Times in seconds. TGT = total generation time (arrival to last token). "

@@ -20,6 +20,14 @@ What is modelled, after vLLM 0.32's v1 scheduler (see docs/simulator.md for what
 - A request produces its first token in the step that completes its prompt, then one token per
   step; it finishes after its `output` tokens.
 
+Driving it: a caller owns the clock. `add(req, now)` queues a request, `plan(now)` forms the next
+step and says when it ends, `complete()` applies it then and reports who produced tokens, first
+tokens and finishes; `abort(req)` drops a request (between steps, as vLLM does). The simulator
+(`cluster.py`) runs this on a simulated clock; the fake engine (`halffull_dev.testing
+.fake_engine`) runs it on the event loop's clock with `fast=False`, one step at a time, so that
+streams get one token per step. Counters (`prompt_tokens_total`, `generation_tokens_total`,
+`num_preemptions`) and each request's `scheduled_at` feed its /metrics.
+
 Speed: a decode-only step whose queue cannot admit anything repeats itself until a request
 finishes, the KV cache would run out, or something arrives. The replica then plans that run of
 identical steps at once (a "stretch"), computes its step times with numpy, and cuts it short
@@ -57,6 +65,9 @@ class SimRequest:
     blocks: int = 0
     first_token_at: float = -1.0
     finished_at: float = -1.0
+    scheduled_at: float = -1.0
+    """When it was first admitted (its queue time ends)."""
+    aborted: bool = False
     preemptions: int = 0
     replica: int = -1
 
@@ -100,8 +111,11 @@ def make_order(policy: AdmissionPolicy, alpha: float, capacity: KVCapacity) -> O
 
 @dataclass(slots=True)
 class StepResult:
+    produced: list[SimRequest]
+    """Requests that got tokens: `steps` each (1, or the length of a stretch)."""
     first_tokens: list[SimRequest]
     finished: list[SimRequest]
+    steps: int = 1
 
 
 class Replica:
@@ -133,6 +147,11 @@ class Replica:
         self.busy_s = 0.0
         self.max_used_blocks = 0
         self.max_step_tokens = 0
+        self.prompt_tokens_total = 0
+        """Prompt tokens computed, recomputation after preemption included."""
+        self.generation_tokens_total = 0
+        self.aborted_total = 0
+        self._aborting: list[SimRequest] = []
         # the planned step or stretch
         self._sched: list[tuple[SimRequest, int]] = []
         self._start = 0.0
@@ -189,6 +208,37 @@ class Replica:
                 self.end_at = float(self._ends[k - 1])
                 return self.end_at
         return None
+
+    def abort(self, req: SimRequest) -> bool:
+        """Drop a request that has not finished; False if it already finished or was aborted.
+
+        A request in the step being computed leaves when that step completes (vLLM, too,
+        handles aborts between steps): it gets no more tokens, and its blocks are freed then."""
+        if req.finished_at >= 0 or req.aborted or req.replica != self.index:
+            return False
+        req.aborted = True
+        self.aborted_total += 1
+        if any(r is req for r, _ in self._sched):
+            self._aborting.append(req)
+            return True
+        if req in self.running:
+            self.running.remove(req)
+        else:
+            self.waiting.remove(req)
+        self.used_blocks -= req.blocks
+        req.blocks = 0
+        return True
+
+    def _drop_aborted(self, result: StepResult) -> None:
+        gone = set(map(id, self._aborting))
+        self.running = [r for r in self.running if id(r) not in gone]
+        for req in self._aborting:
+            self.used_blocks -= req.blocks
+            req.blocks = 0
+            req.finished_at = -1.0  # it did not finish, even if this step gave its last token
+        for kept in (result.produced, result.first_tokens, result.finished):
+            kept[:] = [r for r in kept if id(r) not in gone]
+        self._aborting = []
 
     # -- one step ----------------------------------------------------------------------------
 
@@ -254,6 +304,8 @@ class Replica:
                     break
                 self.waiting.popleft()
                 running.append(req)
+                if req.scheduled_at < 0:
+                    req.scheduled_at = now
                 sched.append((req, tokens))
                 budget -= tokens
                 admitted = True
@@ -331,6 +383,7 @@ class Replica:
         """Apply the planned step (or stretch) at its end time."""
         assert self.end_at is not None, "complete() without a planned step"
         now = self.end_at
+        produced: list[SimRequest] = []
         first: list[SimRequest] = []
         finished: list[SimRequest] = []
         k = self._k
@@ -345,16 +398,20 @@ class Replica:
                 self.used_blocks += blocks - req.blocks
                 req.blocks = blocks
             else:
+                if not (tokens == 1 and req.generated > 0):
+                    self.prompt_tokens_total += tokens
                 req.computed += tokens
                 if req.computed < req.prompt + req.generated:
                     continue  # a prompt chunk: no token yet
                 req.generated += 1
+            produced.append(req)
             if req.first_token_at < 0:
                 req.first_token_at = now
                 first.append(req)
             if req.generated >= req.output:
                 req.finished_at = now
                 finished.append(req)
+        self.generation_tokens_total += k * len(produced)
         if k > 1:
             self.max_used_blocks = max(self.max_used_blocks, self.used_blocks)
         if finished:
@@ -367,4 +424,7 @@ class Replica:
         self._ends = None
         self._k = 0
         self.end_at = None
-        return StepResult(first, finished)
+        result = StepResult(produced, first, finished, k)
+        if self._aborting:
+            self._drop_aborted(result)
+        return result

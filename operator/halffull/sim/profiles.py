@@ -42,6 +42,11 @@ class EngineShape:
             raise ValueError(f"engine shape needs positive sizes: {self}")
         if self.max_num_seqs < 1:
             raise ValueError("max_num_seqs must be positive")
+        if self.max_model_len > self.kv_tokens:
+            raise ValueError(
+                f"max_model_len {self.max_model_len} exceeds the KV cache's {self.kv_tokens} "
+                "tokens: a request that long could never be admitted"
+            )
 
     @property
     def kv_tokens(self) -> int:
@@ -68,6 +73,24 @@ class StepModel:
     weights_s: float
     kv_s: float
     overlap: bool
+
+    @classmethod
+    def fixed(cls, seconds: float) -> StepModel:
+        """Every step takes `seconds`, whatever it holds (tests, and fakes that must stay put)."""
+        return cls(seconds, 0.0, 0.0, 0.0, 0.0, 0.0, overlap=False)
+
+    def scaled(self, factor: float) -> StepModel:
+        """Every step `factor` times as long (the terms are linear, and max commutes with it)."""
+        f = factor
+        return replace(
+            self,
+            overhead_s=self.overhead_s * f,
+            seq_s=self.seq_s * f,
+            token_s=self.token_s * f,
+            attn_s=self.attn_s * f,
+            weights_s=self.weights_s * f,
+            kv_s=self.kv_s * f,
+        )
 
     def step(self, prefill: int, decode: int, ctx: int, attended: float, seqs: int) -> float:
         compute = self.token_s * (prefill + decode) + self.attn_s * attended
