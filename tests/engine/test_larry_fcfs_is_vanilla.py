@@ -23,18 +23,20 @@ OUTPUTS = [300, 200, 250, 120, 300, 180, 260, 90, 220, 150, 100, 240]
 
 
 def run_engine(workdir: Path, scheduler_cls: str | None, config: str) -> dict[str, Any]:
-    spec = {
+    job = {
         "workdir": str(workdir),
         "prompts": PROMPTS,
         "outputs": OUTPUTS,
-        "scheduler_cls": scheduler_cls,
         "scheduler_config": config,
-        "kv_cache_memory_bytes": 8 * 1024 * 1024,
-        "max_model_len": 2048,
-        "engine_kwargs": {"max_num_seqs": 8, "enable_prefix_caching": False},
+        "spec": {  # VllmSpec's fields
+            "scheduler_cls": scheduler_cls,
+            "kv_cache_memory_bytes": 8 * 1024 * 1024,
+            "max_model_len": 2048,
+            "engine_args": {"max_num_seqs": 8, "enable_prefix_caching": False},
+        },
     }
     done = subprocess.run(
-        [sys.executable, "-m", "halffull_dev.testing.vllm_engine", json.dumps(spec)],
+        [sys.executable, "-m", "halffull_dev.testing.vllm_engine", json.dumps(job)],
         capture_output=True,
         text=True,
         timeout=600,
