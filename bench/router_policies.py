@@ -10,7 +10,7 @@ Requests are streamed, so TTFT = first token - arrival and TGT (total generation
 last token - arrival.
 
 The replica profile is an assumption, not a measurement: a mid-range GPU serving an 8B model
-(8 ms per step + 0.05 ms per computed token + 0.05 ms per sequence + 40 ns per KV token
+(8 ms per step + 0.05 ms per prefill token + 0.05 ms per decoding sequence + 40 ns per KV token
 read; 131,072 KV tokens, or fewer with --kv-blocks; 2,048 tokens per step; 256 sequences). Load
 is swept by replaying the trace's arrivals `speedup` times faster. SAL runs once per --betas value.
 
@@ -47,7 +47,7 @@ SHAPE = EngineShape(
     max_model_len=16384,
 )
 COSTS = StepModel(
-    overhead_s=0.008, seq_s=5e-5, token_s=5e-5, attn_s=0.0, weights_s=0.0, kv_s=4e-8, overlap=False
+    overhead_s=0.008, seq_s=0.0, token_s=5e-5, attn_s=0.0, weights_s=0.0, kv_s=4e-8, overlap=False
 )
 
 
