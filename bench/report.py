@@ -252,50 +252,42 @@ ROUTER_SERIES = [(f"sal b={x:g}", {"router": "sal", "beta": x}) for x in BETAS] 
 TTFT_X_FCFS = Ratio("x FCFS", "ttft_p50", "fcfs", ref_over_row=True)
 
 
-def engine_sweep(profile: Profile, trace: str, seconds: float, scales: list[float]) -> Sweep:
-    return Sweep(
-        "engine",
-        f"LARRY vs FCFS: one replica, {profile.description}, {trace} trace",
-        profile,
-        trace,
-        scales,
-        "scale",
-        ENGINE_POLICIES,
-        seconds=seconds,
-        quick=slice(1, 3),
-        note=ENGINE_NOTE,
-        columns=(
-            "ttft_p50",
-            "ttft_p90",
-            "ttft_p99",
-            "ttft_mean",
-            "tgt_p50",
-            "tgt_p99",
-            "preemptions",
-        ),
-        ratio=TTFT_X_FCFS,
-        plot=("ttft_p50", "ttft_p99"),
-        log_y=True,
-    )
+# Sweeps over the trace's load, declared once and placed on a profile and trace by `at`.
+ENGINE_LOAD = Sweep(
+    "engine",
+    "LARRY vs FCFS: one replica, {description}, {trace} trace",
+    P8,
+    "conv",
+    (),
+    "scale",
+    ENGINE_POLICIES,
+    quick=slice(1, 3),
+    note=ENGINE_NOTE,
+    columns=("ttft_p50", "ttft_p90", "ttft_p99", "ttft_mean", "tgt_p50", "tgt_p99", "preemptions"),
+    ratio=TTFT_X_FCFS,
+    plot=("ttft_p50", "ttft_p99"),
+    log_y=True,
+)
+ROUTER_LOAD = Sweep(
+    "router",
+    "SAL vs other balancers: 8 replicas, {description}, FCFS engines, {trace} trace",
+    P8,
+    "conv",
+    (),
+    "scale",
+    ROUTER_SERIES,
+    base={"replicas": 8, "seed": 1},
+    quick=slice(1, 2),
+    note=ROUTER_NOTE,
+    columns=("ttft_p50", "ttft_p99", "tgt_mean", "tgt_p50", "tgt_p99", "preemptions"),
+    ratio=Ratio("/ SAL b=1", "tgt_mean", "sal b=1", ref_over_row=False),
+    plot=("tgt_mean", "tgt_p99"),
+)
 
 
-def router_sweep(profile: Profile, trace: str, seconds: float, scales: list[float]) -> Sweep:
-    return Sweep(
-        "router",
-        f"SAL vs other balancers: 8 replicas, {profile.description}, FCFS engines, {trace} trace",
-        profile,
-        trace,
-        scales,
-        "scale",
-        ROUTER_SERIES,
-        base={"replicas": 8, "seed": 1},
-        seconds=seconds,
-        quick=slice(1, 2),
-        note=ROUTER_NOTE,
-        columns=("ttft_p50", "ttft_p99", "tgt_mean", "tgt_p50", "tgt_p99", "preemptions"),
-        ratio=Ratio("/ SAL b=1", "tgt_mean", "sal b=1", ref_over_row=False),
-        plot=("tgt_mean", "tgt_p99"),
-    )
+def at(sweep: Sweep, profile: Profile, trace: str, seconds: float, xs: list[float]) -> Sweep:
+    title = sweep.title.format(description=profile.description, trace=trace)
+    return replace(sweep, title=title, profile=profile, trace=trace, seconds=seconds, xs=xs)
 
 
 def beta_sweep(profile: Profile, scale: float, seconds: float) -> Sweep:
@@ -322,9 +314,9 @@ def beta_sweep(profile: Profile, scale: float, seconds: float) -> Sweep:
 
 
 SWEEPS: list[Sweep] = [
-    engine_sweep(P8, "conv", 600.0, [4.5, 6.5, 7.5, 9.0]),
-    engine_sweep(P8, "code", 1200.0, [3.0, 5.0, 8.0, 12.0]),
-    engine_sweep(P70, "conv", 600.0, [0.6, 1.0, 1.3, 1.6]),
+    at(ENGINE_LOAD, P8, "conv", 600.0, [4.5, 6.5, 7.5, 9.0]),
+    at(ENGINE_LOAD, P8, "code", 1200.0, [3.0, 5.0, 8.0, 12.0]),
+    at(ENGINE_LOAD, P70, "conv", 600.0, [0.6, 1.0, 1.3, 1.6]),
     Sweep(
         "alpha",
         f"alpha sensitivity: conv trace x7.5, 1 replica, {P8.name}",
@@ -343,9 +335,9 @@ SWEEPS: list[Sweep] = [
         log_y=True,
         x_label="alpha",
     ),
-    router_sweep(P8, "conv", 900.0, [46.0, 58.0, 66.0]),
-    router_sweep(P8, "code", 1800.0, [45.0, 70.0, 90.0]),
-    router_sweep(P70, "conv", 600.0, [11.0, 14.0, 17.0]),
+    at(ROUTER_LOAD, P8, "conv", 900.0, [46.0, 58.0, 66.0]),
+    at(ROUTER_LOAD, P8, "code", 1800.0, [45.0, 70.0, 90.0]),
+    at(ROUTER_LOAD, P70, "conv", 600.0, [11.0, 14.0, 17.0]),
     beta_sweep(P8, 66.0, 900.0),
     beta_sweep(P70, 14.0, 600.0),
     Sweep(

@@ -236,14 +236,7 @@ def vllm_server(
         cwd=work,
         start_new_session=True,
     )
-    server = VllmServer(
-        url=url,
-        process=process,
-        log_path=log_path,
-        workdir=work,
-        keep_workdir=keep_workdir,
-        _log_file=log_file,
-    )
+    server = VllmServer(url, process, log_path, work, keep_workdir, log_file)
     try:
         deadline = time.monotonic() + startup_timeout
         while not _healthy(url):

@@ -138,6 +138,7 @@ class Replica:
         self.index = index
         self.fast = fast
         self.capacity = KVCapacity(block_size=shape.block_size, num_blocks=shape.num_blocks)
+        self.policy = policy
         self._order = make_order(policy, alpha, self.capacity)
         self.waiting: deque[SimRequest] = deque()
         self.running: list[SimRequest] = []
