@@ -23,8 +23,8 @@ What is modelled, after vLLM 0.32's v1 scheduler (see docs/simulator.md for what
 Driving it: a caller owns the clock. `add(req, now)` queues a request, `plan(now)` forms the next
 step and says when it ends, `complete()` applies it then and reports who produced tokens, first
 tokens and finishes; `abort(req)` drops a request (between steps, as vLLM does). The simulator
-(`cluster.py`) runs this on a simulated clock; the fake engine (`halffull_dev.testing
-.fake_engine`) runs it on the event loop's clock with `fast=False`, one step at a time, so that
+(`cluster.py`) runs this on a simulated clock; the fake engine (`testing/fake_engine.py` in
+the dev tools) runs it on the event loop's clock with `fast=False`, one step at a time, so that
 streams get one token per step. Counters (`prompt_tokens_total`, `generation_tokens_total`,
 `num_preemptions`) and each request's `scheduled_at` feed its /metrics.
 
