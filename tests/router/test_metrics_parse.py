@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from halffull.router.metrics_parse import MetricsParseError, parse_engine_metrics
+from halffull.runtime.vllm_metrics import MetricsParseError, parse_engine_metrics
 from halffull.sim.engine import SimRequest
 from halffull.sim.profiles import EngineShape
 from halffull_dev.testing.fake_engine import FakeEngine
