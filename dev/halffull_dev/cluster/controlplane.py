@@ -210,7 +210,9 @@ class ControlPlane:
         self._spawn("kube-controller-manager", [
             str(self.bin_dir / "kube-controller-manager"),
             "--kubeconfig", str(self.client_kubeconfig("-cm", "kcm")),
-            "--controllers", CONTROLLERS,
+            # With a node, its lifecycle controller lifts the kubelet's not-ready taint (and
+            # marks the node NotReady if the kubelet stops); the stand-in sends no heartbeats.
+            "--controllers", CONTROLLERS + (",nodelifecycle" if self.node_name else ""),
             "--leader-elect=false", "--use-service-account-credentials=true",
             "--port", "0", "--secure-port", "0",
             "--service-account-private-key-file", str(pki / "sa.key"),

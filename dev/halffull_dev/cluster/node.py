@@ -63,6 +63,8 @@ class NodeError(RuntimeError):
 def missing_requirements(bin_dir: Path) -> list[str]:
     """What this machine lacks to run a node, each with how to get it."""
     missing = [f"{b} ({how})" for b, how in SYSTEM_BINARIES.items() if shutil.which(b) is None]
+    if os.geteuid() != 0:
+        missing.append("root (the node creates a bridge, iptables rules and mounts)")
     for plugin in ("bridge", "host-local", "loopback"):
         if not (CNI_PLUGINS / plugin).exists():
             missing.append(f"{CNI_PLUGINS / plugin} (apt-get install containernetworking-plugins)")
