@@ -23,7 +23,8 @@ from halffull_dev.testing import prom
 from tests.chart.conftest import CHART, Helm, new_namespace
 from tests.cluster.test_operator import manifest
 from tests.conftest import ROOT, Cluster, node_image, wait_for
-from tests.node.test_serving_e2e import FAKE_ENGINE, conditions, pods, post
+from tests.node.conftest import conditions, pods, post
+from tests.node.test_serving_e2e import FAKE_ENGINE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.slow]
 

@@ -7,19 +7,17 @@ is restarted by the kubelet while the router routes around it."""
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from halffull_dev.testing import prom
 from tests.cluster.test_operator import manifest
-from tests.conftest import Cluster, OperatorProcess, node_image, wait_for
+from tests.conftest import Cluster, OperatorProcess, wait_for
+from tests.node.conftest import conditions, kill_container, pods, post, router_metric
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.slow]
 
@@ -27,56 +25,6 @@ MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 # The fake engine takes its own flags through extraArgs (its image ignores vLLM's others).
 FAKE_ENGINE = {"gpus": 0, "extraArgs": ["--decode-seq-ms", "20"],
                "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}}}  # fmt: skip
-
-
-def conditions(obj: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    return {c["type"]: c for c in (obj or {}).get("status", {}).get("conditions", [])}
-
-
-def post(url: str, body: dict[str, Any], timeout: float = 20) -> tuple[int, bytes]:
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return resp.status, resp.read()
-
-
-def router_metric(ip: str, name: str) -> float:
-    return prom.total(prom.scrape(f"http://{ip}:9000/metrics"), name)
-
-
-def pods(cluster: Cluster, namespace: str, component: str) -> list[dict[str, Any]]:
-    out = cluster.kubectl("get", "pods", "-n", namespace, "-l",
-                          f"app.kubernetes.io/component={component}", "-o", "json")  # fmt: skip
-    return json.loads(out)["items"]  # type: ignore[no-any-return]
-
-
-def kill_container(pod: dict[str, Any]) -> None:
-    """SIGKILL the pod's first container through containerd, as a crash would end it."""
-    from halffull_dev.cluster.node import STATE_DIR
-
-    cid = pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
-    subprocess.run(["ctr", "--address", str(STATE_DIR / "containerd.sock"), "-n", "k8s.io",
-                    "tasks", "kill", "-s", "SIGKILL", cid], check=True)  # fmt: skip
-
-
-@pytest.fixture
-def node_namespace(node_cluster: Cluster) -> Any:
-    name = f"n-{int(time.time() * 1000) % 10**8}"
-    node_cluster.kubectl("create", "namespace", name)
-    wait_for(lambda: node_cluster.run("get", "sa", "default", "-n", name).returncode == 0,
-             what="default ServiceAccount")  # fmt: skip
-    yield name
-    node_cluster.run("delete", "namespace", name, "--wait=false")
-
-
-@pytest.fixture
-def node_operator(node_cluster: Cluster, node_namespace: str, tmp_path: Path) -> Any:
-    images = (node_image("fake-engine"), node_image("router"))
-    op = OperatorProcess(node_cluster, node_namespace, tmp_path / "operator.log", images=images)
-    op.start()
-    yield op
-    op.stop()
 
 
 def test_serving_on_the_real_node(
