@@ -135,13 +135,15 @@ image_python() {  # operator, router: two targets of one Dockerfile
     --build-arg "PYTHON_IMAGE=localhost/halffull/base:$BASE_TAG"
 }
 
-image_fake_engine() {
+image_fake_engine() {  # the router image plus dev/
   local tag
-  image_base
-  tag=$(echo "$BASE_TAG $(hash_inputs images/fake-engine "${PY_SOURCES[@]}" dev/pyproject.toml dev/halffull_dev)" | sha256sum | cut -c1-16)
+  image_python router
+  local router
+  router=$(cat "$OUT/router.ref")
+  ensure_in_storage router "${router##*:}"
+  tag=$(echo "$router $(hash_inputs images/fake-engine dev/pyproject.toml dev/halffull_dev)" | sha256sum | cut -c1-16)
   cached fake-engine "$tag" && return 0
-  build fake-engine "$tag" images/fake-engine/Dockerfile . \
-    --build-arg "PYTHON_IMAGE=localhost/halffull/base:$BASE_TAG"
+  build fake-engine "$tag" images/fake-engine/Dockerfile . --build-arg "ROUTER_IMAGE=$router"
 }
 
 image_vllm_cpu() {

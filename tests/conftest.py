@@ -90,11 +90,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.kubectl("wait", "--for=condition=Established", "crd/llmservices.serving.halffull.dev")
         yield c
         return
-    from halffull_dev.cluster.local import LocalCluster
-
     # The kubelet stand-in: the operator's API objects at test scale, pods that only pretend
     # (INERT_IMAGES). What runs for real runs on the real node (`node_cluster`).
-    local = LocalCluster(workdir / "control-plane", node="stand-in")
+    yield from _local(workdir, "stand-in")
+
+
+def _local(workdir: Path, node: str) -> Iterator[Cluster]:
+    from halffull_dev.cluster.local import LocalCluster
+
+    local = LocalCluster(workdir / "cluster", node=node)
     local.start()
     try:
         yield Cluster(local.kubeconfig, workdir, local=True)
@@ -104,7 +108,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 NODE_TEST_IMAGES = ["pause", "operator", "router", "fake-engine"]
 """Built (cached by content) for the tests on the real node; vllm-cpu only where a test needs
-the real engine (`node_images`)."""
+the real engine (tests/node/test_cpu_example.py)."""
 
 
 @pytest.fixture(scope="session")
@@ -117,15 +121,9 @@ def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(Path(os.environ["KUBECONFIG"]), workdir, local=False)
         return
     from halffull_dev.cluster import images
-    from halffull_dev.cluster.local import LocalCluster
 
     images.build(NODE_TEST_IMAGES)
-    local = LocalCluster(workdir / "cluster", node="real")
-    local.start()
-    try:
-        yield Cluster(local.kubeconfig, workdir, local=True)
-    finally:
-        local.stop()
+    yield from _local(workdir, "real")
 
 
 def node_image(name: str) -> str:
