@@ -58,6 +58,10 @@ def test_cpu_example_serves_text_and_takes_alpha_live(
 
     engine = pods(cluster, ns, "engine")[0]
     ip = engine["status"]["podIP"]
+    name = engine["metadata"]["name"]
+    assert cluster.kubectl("exec", "-n", ns, name, "--", "id", "-u").strip() == "10001"
+    denied = cluster.run("exec", "-n", ns, name, "--", "touch", "/opt/written")
+    assert denied.returncode != 0 and "Read-only file system" in denied.stderr
     assert alpha(ip) == pytest.approx(0.1)  # the plugin is loaded, with the spec's default
     cluster.patch("llms", "tiny-cpu", ns, {"spec": {"scheduler": {"alpha": 0.5}}})
     wait_for(lambda: alpha(ip) == pytest.approx(0.5), timeout=180, interval=1,
