@@ -141,7 +141,7 @@ image_fake_engine() {  # the router image plus dev/
   local router
   router=$(cat "$OUT/router.ref")
   ensure_in_storage router "${router##*:}"
-  tag=$(echo "$router $(hash_inputs images/fake-engine dev/pyproject.toml dev/halffull_dev)" | sha256sum | cut -c1-16)
+  tag=$(echo "$router $(hash_inputs images/fake-engine dev/pyproject.toml dev/halffull_dev/__init__.py dev/halffull_dev/py.typed dev/halffull_dev/testing)" | sha256sum | cut -c1-16)
   cached fake-engine "$tag" && return 0
   build fake-engine "$tag" images/fake-engine/Dockerfile . --build-arg "ROUTER_IMAGE=$router"
 }

@@ -120,7 +120,7 @@ def up(workdir: Path) -> int:
     return 0
 
 
-def down(workdir: Path, timeout: float = 60.0) -> int:
+def down(workdir: Path, timeout: float = 180.0) -> int:
     pid = running_pid(workdir)
     if pid is None:
         print(f"halffull dev: no cluster is up in {workdir}", file=sys.stderr)
