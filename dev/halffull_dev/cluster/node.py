@@ -221,6 +221,27 @@ def _shim_pids(address: Path) -> list[int]:
     return pids
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = proc.joinpath("stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(proc.name))
+    return found
+
+
+def end_shims(address: Path) -> None:
+    """End the containers of the containerd at `address` and their shims: each container's
+    first process (its pid namespace ends with it), then the shim."""
+    for shim in _shim_pids(address):
+        for child in _children(shim):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        _end(shim, "containerd-shim", grace_s=2)
+
+
 def unmount_under(*roots: Path) -> None:
     """Unmount everything mounted below `roots`, deepest first."""
     prefixes = tuple(str(r) + "/" for r in roots)
@@ -412,8 +433,7 @@ class Node:
             self._lock = None
 
     def _teardown(self) -> None:
-        for pid in _shim_pids(self.address):
-            _end(pid, "containerd-shim", grace_s=2)
+        end_shims(self.address)
         unmount_under(STATE_DIR, self.workdir)
         network.teardown(STATE_DIR)
         (STATE_DIR / "pids.json").unlink(missing_ok=True)
@@ -425,13 +445,19 @@ class Node:
         if pids_file.exists():
             with contextlib.suppress(ValueError, OSError):
                 for name, pid in json.loads(pids_file.read_text()).items():
-                    _end(int(pid), name)
+                    if name != "containerd":  # after its containers (end_shims)
+                        _end(int(pid), name)
+        end_shims(self.address)
+        if pids_file.exists():
+            with contextlib.suppress(ValueError, OSError):
+                containerd = json.loads(pids_file.read_text()).get("containerd")
+                if containerd:
+                    _end(int(containerd), "containerd")
         old_workdir = STATE_DIR / "workdir"
         roots = [STATE_DIR]
         if old_workdir.exists():
             roots.append(Path(old_workdir.read_text().strip()))
-        for pid in _shim_pids(self.address):
-            _end(pid, "containerd-shim", grace_s=2)
+        end_shims(self.address)
         unmount_under(*roots)
         network.teardown(STATE_DIR)
 
