@@ -203,7 +203,7 @@ class ControlPlane:
             "--enable-admission-plugins", "NamespaceLifecycle,ServiceAccount",
             "--cert-dir", str(pki),
         ])  # fmt: skip
-        self._wait(lambda: self._http_ok(f"{self.server}/readyz", auth=True), "kube-apiserver", 90)
+        self._wait(lambda: self._http_ok(f"{self.server}/readyz", auth=True), "kube-apiserver", 240)
 
     def _start_controller_manager(self) -> None:
         pki = self.workdir / "pki"
