@@ -57,6 +57,13 @@ def test_serving_on_the_real_node(
     svc = cluster.get("service", "e2e", namespace)
     assert svc is not None
     url = f"http://{svc['spec']['clusterIP']}:8000"
+
+    # the router's Service has an address once the router is Ready (its engines in its table)
+    def router_endpoints() -> object:
+        eps = cluster.get("endpoints", "e2e", namespace) or {}
+        return [a for s in eps.get("subsets") or [] for a in s.get("addresses") or []]
+
+    wait_for(router_endpoints, timeout=120, what="the router in its Service's Endpoints")
     status, body = post(f"{url}/v1/completions", {"model": MODEL, "prompt": [1, 2, 3, 4],
                                                   "max_tokens": 3})  # fmt: skip
     assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3
