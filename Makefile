@@ -3,7 +3,7 @@ CACHE_BIN := $(HOME)/.cache/halffull/bin
 export PATH := $(PATH):$(CACHE_BIN)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint
+.PHONY: run test lint images
 
 # The main job on this machine: the local cluster with a real node (halffull dev), the CPU example
 # LLMService served by vLLM, and the operator reconciling it; prints the time to the first
@@ -17,6 +17,12 @@ test:
 	bash hack/setup.sh test
 	$(MAKE) lint
 	.venv/bin/pytest $(PYTEST_ARGS)
+
+# Build the operator, router and engine images and push them to your registry, where the chart
+# finds them with --set image.registry=...: REGISTRY=registry.example.com/halffull make images
+# (TAG, IMAGES, BUILD_ARGS, TOOL, TLS_VERIFY, PUSH: see hack/push-images.sh).
+images:
+	bash hack/push-images.sh
 
 lint:
 	.venv/bin/ruff check .

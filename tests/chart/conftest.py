@@ -60,9 +60,17 @@ class Helm:
             raise AssertionError(f"helm {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def template(self, *args: str, namespace: str = "halffull-system") -> list[dict[str, Any]]:
-        out = self.run("template", "rel", str(CHART), "--namespace", namespace, *args).stdout
+    def template(
+        self, *args: str, namespace: str = "halffull-system", registry: bool = True
+    ) -> list[dict[str, Any]]:
+        values = [*REGISTRY_VALUES, *args] if registry else list(args)
+        out = self.run("template", "rel", str(CHART), "--namespace", namespace, *values).stdout
         return [d for d in yaml.safe_load_all(out) if d]
+
+
+REGISTRY = "registry.example/halffull"
+REGISTRY_VALUES = ("--set", f"image.registry={REGISTRY}")
+"""The one value the chart requires: where `REGISTRY=... make images` pushed the images."""
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.chart.conftest import CHART, Helm, new_namespace
+from tests.chart.conftest import CHART, REGISTRY, REGISTRY_VALUES, Helm, new_namespace
 from tests.conftest import ROOT, Cluster, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -66,7 +66,8 @@ def test_install_upgrade_uninstall(helm: Helm, chart_cluster: Cluster, tmp_path:
 
     # install
     out = helm.run("install", RELEASE, str(CHART), "-n", ns, "--create-namespace",
-                   "--wait", "--timeout", "120s", kubeconfig=kc).stdout  # fmt: skip
+                   *REGISTRY_VALUES, "--wait", "--timeout", "120s",
+                   kubeconfig=kc).stdout  # fmt: skip
     assert f"kubectl -n {ns} rollout status deployment/{FULLNAME}" in out  # NOTES
     assert "kubectl apply -n default -f -" in out and "port-forward" in out
     assert crd_established(chart_cluster)
@@ -83,7 +84,7 @@ def test_install_upgrade_uninstall(helm: Helm, chart_cluster: Cluster, tmp_path:
     ):  # fmt: skip
         assert chart_cluster.get(kind, name, where or "default") is not None, (kind, name)
     c = container(chart_cluster, ns)
-    assert env_of(c)["HALFFULL_ENGINE_IMAGE"] == "ghcr.io/halffull/vllm-larry:0.1.0"
+    assert env_of(c)["HALFFULL_ENGINE_IMAGE"] == f"{REGISTRY}/vllm-larry:0.1.0"
 
     # A user's LLMService, which must outlive the operator's release.
     app = new_namespace(chart_cluster, "app")
@@ -96,7 +97,7 @@ def test_install_upgrade_uninstall(helm: Helm, chart_cluster: Cluster, tmp_path:
              "--set", "engineImage.tag=0.2.0", "--set", "operator.resyncSeconds=30",
              "--wait", "--timeout", "120s", kubeconfig=kc)  # fmt: skip
     c = container(chart_cluster, ns)
-    assert env_of(c)["HALFFULL_ENGINE_IMAGE"] == "ghcr.io/halffull/vllm-larry:0.2.0"
+    assert env_of(c)["HALFFULL_ENGINE_IMAGE"] == f"{REGISTRY}/vllm-larry:0.2.0"
     assert "--resync-seconds=30" in c["args"]
     after = chart_cluster.get("deployment", FULLNAME, ns)
     assert after is not None
@@ -117,7 +118,7 @@ def test_install_upgrade_uninstall(helm: Helm, chart_cluster: Cluster, tmp_path:
     assert chart_cluster.get("llmservice", "qwen-small", app) is not None
 
     # installing again over the kept CRD works (helm skips an existing CRD)
-    helm.run("install", RELEASE, str(CHART), "-n", ns, "--wait", "--timeout", "120s",
-             kubeconfig=kc)  # fmt: skip
+    helm.run("install", RELEASE, str(CHART), "-n", ns, *REGISTRY_VALUES, "--wait",
+             "--timeout", "120s", kubeconfig=kc)  # fmt: skip
     wait_for(lambda: available(chart_cluster, ns), timeout=60, what="reinstalled operator ready")
     helm.run("uninstall", RELEASE, "-n", ns, "--wait", kubeconfig=kc)

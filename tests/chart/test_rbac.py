@@ -17,6 +17,7 @@ import pytest
 from tests.chart.apiproxy import Access, ApiRecorder, granted
 from tests.chart.conftest import (
     CHART,
+    REGISTRY_VALUES,
     ChartOperator,
     Helm,
     find,
@@ -56,7 +57,7 @@ class Release:
 def install(helm: Helm, cluster: Cluster, name: str, *values: str) -> Release:
     """The chart installed with the operator pod scaled to 0: the operator runs here instead."""
     namespace = new_namespace(cluster, "hf-sys")
-    args = ["--namespace", namespace, "--set", "replicaCount=0", *values]
+    args = ["--namespace", namespace, "--set", "replicaCount=0", *REGISTRY_VALUES, *values]
     helm.run("install", name, str(CHART), "--wait", "--timeout", "90s", *args,
              kubeconfig=cluster.kubeconfig)  # fmt: skip
     docs = helm.template(*args[2:], namespace=namespace)
@@ -231,7 +232,11 @@ def test_service_account_cannot_read_secrets_or_more(
     assert can_i(
         chart_cluster, release, "patch", "llmservices", "--subresource=status", "-n", app_ns
     )
+    # pods: patch (the live-tuning fast path's annotation), never update, create or delete
+    assert can_i(chart_cluster, release, "patch", "pods", "-n", app_ns)
+    assert not can_i(chart_cluster, release, "patch", "pods", "--subresource=status", "-n", app_ns)
     for verb_resource in (
+        ("update", "pods"),
         ("get", "secrets"), ("list", "secrets"), ("watch", "secrets"),
         ("update", "llmservices"), ("patch", "llmservices"), ("delete", "llmservices"),
         ("create", "pods"), ("delete", "pods"), ("create", "pods/exec"), ("get", "pods/log"),

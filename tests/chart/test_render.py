@@ -12,7 +12,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from tests.chart.conftest import CHART, Helm, find, one
+from tests.chart.conftest import CHART, REGISTRY, REGISTRY_VALUES, Helm, find, one
 from tests.conftest import CRD, ROOT
 
 NON_DEFAULT = [
@@ -40,7 +40,7 @@ MONITOR_KINDS = {"ServiceMonitor", "PodMonitor"}  # prometheus-operator CRDs: no
 
 def test_lint_strict(helm: Helm) -> None:
     for extra in ([], NON_DEFAULT):
-        proc = helm.run("lint", "--strict", str(CHART), *extra)
+        proc = helm.run("lint", "--strict", str(CHART), *REGISTRY_VALUES, *extra)
         assert "0 chart(s) failed" in proc.stdout, proc.stdout
 
 
@@ -86,10 +86,10 @@ def test_example_llmservices_match_the_chart_crd() -> None:
     (version,) = [v for v in crd["spec"]["versions"] if v["served"]]
     schema = version["schema"]["openAPIV3Schema"]
     for example in sorted((ROOT / "examples").glob("llmservice-*.yaml")):
-        body = yaml.safe_load(example.read_text())
-        jsonschema.validate(body, schema)
-        with pytest.raises(jsonschema.ValidationError):
-            jsonschema.validate({**body, "spec": {**body["spec"], "replicas": -1}}, schema)
+        for body in yaml.safe_load_all(example.read_text()):
+            jsonschema.validate(body, schema)
+            with pytest.raises(jsonschema.ValidationError):
+                jsonschema.validate({**body, "spec": {**body["spec"], "replicas": -1}}, schema)
 
 
 def test_monitors_select_the_operator(helm: Helm) -> None:
@@ -169,7 +169,7 @@ def test_operator_deployment_shape(helm: Helm) -> None:
     spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
     (c,) = pod["containers"]
-    assert c["image"] == "ghcr.io/halffull/operator:0.1.0"
+    assert c["image"] == f"{REGISTRY}/operator:0.1.0"
     assert c["args"][0] == "operator" and "--namespace" not in " ".join(c["args"])
     args = dict(a.split("=", 1) for a in c["args"][1:])
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
@@ -178,8 +178,8 @@ def test_operator_deployment_shape(helm: Helm) -> None:
     for probe in (c["livenessProbe"], c["readinessProbe"]):
         assert probe["httpGet"] == {"path": "/healthz", "port": "health"}
     env = {e["name"]: e["value"] for e in c["env"]}
-    assert env["HALFFULL_ENGINE_IMAGE"] == "ghcr.io/halffull/vllm-larry:0.1.0"
-    assert env["HALFFULL_ROUTER_IMAGE"] == "ghcr.io/halffull/router:0.1.0"
+    assert env["HALFFULL_ENGINE_IMAGE"] == f"{REGISTRY}/vllm-larry:0.1.0"
+    assert env["HALFFULL_ROUTER_IMAGE"] == f"{REGISTRY}/router:0.1.0"
     assert "HALFFULL_PROMETHEUS_URL" not in env  # unset: the operator scrapes the pods itself
     assert c["resources"]["requests"] and c["resources"]["limits"]
     # restricted pod security
@@ -205,7 +205,7 @@ def test_non_default_values_reach_the_pod(helm: Helm) -> None:
     dep = one(helm.template(*NON_DEFAULT), "Deployment")
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["image"] == f"ghcr.io/halffull/operator@sha256:{'ab' * 32}"
+    assert c["image"] == f"{REGISTRY}/operator@sha256:{'ab' * 32}"
     assert c["imagePullPolicy"] == "Always"
     assert [a for a in c["args"] if a.startswith("--namespace")] == [
         "--namespace=team-a",
@@ -260,14 +260,28 @@ def test_rbac_modes(helm: Helm) -> None:
     assert not {d["kind"] for d in off} & {"ClusterRole", "ClusterRoleBinding", "Role"}
 
 
+def test_tuning_fast_path_is_the_only_pod_write_and_can_be_dropped(helm: Helm) -> None:
+    def pod_verbs(docs: list[dict[str, Any]]) -> list[str]:
+        (rule,) = [r for r in one(docs, "ClusterRole")["rules"] if r["resources"] == ["pods"]]
+        return list(rule["verbs"])
+
+    def args(docs: list[dict[str, Any]]) -> list[str]:
+        return list(one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    on = helm.template()
+    assert pod_verbs(on) == ["list", "watch", "patch"]
+    assert "--no-tuning-fast-path" not in args(on)
+    off = helm.template("--set", "operator.tuningFastPath=false")
+    assert pod_verbs(off) == ["list", "watch"] and "--no-tuning-fast-path" in args(off)
+
+
 def test_existing_service_account(helm: Helm) -> None:
     docs = helm.template("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops")
     assert not find(docs, "ServiceAccount")
     assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
     assert one(docs, "ClusterRoleBinding")["subjects"][0]["name"] == "ops"
-    proc = helm.run(
-        "template", "rel", str(CHART), "--set", "serviceAccount.create=false", check=False
-    )
+    no_name = ("--set", "serviceAccount.create=false")
+    proc = helm.run("template", "rel", str(CHART), *REGISTRY_VALUES, *no_name, check=False)
     assert proc.returncode != 0
     assert "serviceAccount.name is required when serviceAccount.create is false" in proc.stderr
 
@@ -347,7 +361,24 @@ BAD_VALUES = [
      "image.pullPolicy: image.pullPolicy must be one of the following"),
     ("unknown-resource", ["--set", "resources.limits.gpu=1"],
      "resources.limits: Additional property gpu is not allowed"),
+    ("registry-with-tag", ["--set", "image.registry=registry.example/halffull:1.0"],
+     "image.registry: Does not match pattern"),
 ]  # fmt: skip
+
+
+def test_no_registry_fails_with_the_command_that_pushes_the_images(helm: Helm) -> None:
+    proc = helm.run("template", "rel", str(CHART), check=False)
+    assert proc.returncode != 0
+    assert "image.registry is required" in proc.stderr and "make images" in proc.stderr
+    # every repository named instead: no registry needed
+    docs = helm.template(
+        "--set", "image.repository=r.example/op", "--set", "engineImage.repository=r.example/e",
+        "--set", "routerImage.repository=r.example/r", registry=False,
+    )  # fmt: skip
+    env = {e["name"]: e["value"] for e in one(docs, "Deployment")["spec"]["template"]["spec"][
+        "containers"][0]["env"]}  # fmt: skip
+    assert env["HALFFULL_ENGINE_IMAGE"] == "r.example/e:0.1.0"
+    assert env["HALFFULL_ROUTER_IMAGE"] == "r.example/r:0.1.0"
 
 
 @pytest.mark.parametrize(

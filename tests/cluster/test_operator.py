@@ -72,9 +72,18 @@ def test_crd_columns_and_explain(cluster: Cluster, namespace: str) -> None:
     assert row[:6] == ["llama-8b", "meta-llama/Llama-3.1-8B-Instruct", "4", "larry", "0.05", "sal"]
     explain = cluster.kubectl("explain", "llmservice.spec.scheduler.alpha")
     assert "weight of waiting time" in explain
+    explain = cluster.kubectl("explain", "llmservice.spec.source")
+    assert "exactly one of huggingFace" in explain and "persistentVolumeClaim" in explain
+    tuned = cluster.get("llms", "llama-8b", namespace) or {}
+    assert tuned["spec"]["source"]["huggingFace"]["tokenSecret"] == {"name": "hf-token",
+                                                                     "key": "token"}  # fmt: skip
     # the short name works too, and server-side dry run of the other example passes
     basic = ROOT / "examples" / "llmservice-basic.yaml"
-    cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(basic))
+    stored = cluster.kubectl("apply", "--dry-run=server", "-o", "json", "-n", namespace,
+                             "-f", str(basic))  # fmt: skip
+    assert json.loads(stored)["spec"]["source"] == {"huggingFace": {}}  # absent: the Hub
+    sources = ROOT / "examples" / "llmservice-sources.yaml"
+    cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(sources))
 
 
 def test_children_created_with_expected_content_and_collected(

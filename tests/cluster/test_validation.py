@@ -36,6 +36,19 @@ INVALID: list[tuple[dict[str, Any] | None, str]] = [
      "spec.engine.tolerations[0].operator"),
     ({**BASE, "engine": {"env": [{"value": "x"}]}}, "spec.engine.env[0].name"),
     ({**BASE, "metrics": {"prometheusUrl": "prometheus:9090"}}, "spec.metrics.prometheusUrl"),
+    # spec.source: exactly one kind, each with its required field and path form
+    ({**BASE, "source": {}}, "spec.source"),
+    ({**BASE, "source": {"huggingFace": {}, "image": {"path": "/m"}}}, "spec.source"),
+    ({**BASE, "source": {"persistentVolumeClaim": {"path": "m"}}},
+     "spec.source.persistentVolumeClaim.claimName"),
+    ({**BASE, "source": {"persistentVolumeClaim": {"claimName": "c", "path": "/abs"}}},
+     "spec.source.persistentVolumeClaim.path"),
+    ({**BASE, "source": {"hostPath": {"path": "relative/dir"}}}, "spec.source.hostPath.path"),
+    ({**BASE, "source": {"image": {}}}, "spec.source.image.path"),
+    ({**BASE, "source": {"huggingFace": {"tokenSecret": {"key": "t"}}}},
+     "spec.source.huggingFace.tokenSecret.name"),
+    ({**BASE, "source": {"huggingFace": {"cacheClaimName": "Not_A_Name"}}},
+     "spec.source.huggingFace.cacheClaimName"),
 ]  # fmt: skip
 
 

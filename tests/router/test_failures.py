@@ -35,7 +35,7 @@ def test_refused_connection_retries_next_best_and_marks_down() -> None:
                 assert statuses == [200] * 4
                 assert ep_a.down
                 assert b.requests_total == 4
-                retries = router.m_retries._value.get()
+                retries = router.metrics.retries._value.get()
                 assert retries == 1  # only the first request met the dead replica
                 assert ep_a.inflight_requests == 0 and ep_a.prefill_tokens == 0
         finally:
@@ -124,7 +124,7 @@ def test_ten_thousand_aborted_requests_leak_nothing() -> None:
                 assert sum(f.requests_total for f in fakes) == n
                 assert sum(f.engine.aborted_total for f in fakes) == n
                 assert sum(len(f._queues) for f in fakes) == 0
-                assert router.m_disconnects._value.get() == n
+                assert router.metrics.disconnects._value.get() == n
                 # and the router still serves
                 async with s.post(url, json={"prompt": [1], "max_tokens": 2}) as r:
                     assert r.status == 200
@@ -137,7 +137,8 @@ def test_ten_thousand_aborted_requests_leak_nothing() -> None:
 
 def test_engine_dying_mid_answer() -> None:
     """A streamed answer that breaks gets an SSE error event (its headers are gone already); a
-    non-streamed one has had no response byte yet, so it is retried on the next replica."""
+    non-streamed one had reached the engine, so it is not run again elsewhere: 502 (issue 12: a
+    request that crashes its engine must not crash the next replica too)."""
 
     async def main() -> None:
         dying = FakeEngine(costs=StepCosts(step_base_s=0.05))
@@ -164,9 +165,9 @@ def test_engine_dying_mid_answer() -> None:
                 rest = (await streamed.read()).decode()
                 assert '"type": "UpstreamError"' in rest and "[DONE]" not in rest
                 resp = await plain
-                assert resp.status == 200
-                assert (await resp.json())["usage"]["completion_tokens"] == 200
-                assert router.m_retries._value.get() == 1
+                assert resp.status == 502
+                assert "not retried" in (await resp.json())["error"]["message"]
+                assert router.metrics.retries._value.get() == 0
                 for ep in router.endpoints.values():
                     assert ep.inflight_requests == 0 and ep.prefill_tokens == 0
         finally:

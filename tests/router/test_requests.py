@@ -44,6 +44,29 @@ def test_chat_counts_contents_and_per_message_overhead() -> None:
     assert (p.prompt_tokens, p.exact, p.max_tokens) == (10 + 4 + 20 + 4, False, 9)
 
 
+def test_chat_accepts_and_counts_what_vllm_accepts() -> None:
+    """Roles, content parts, an assistant turn with tool calls and no content, a tool result,
+    tools and response_format: all accepted; tool calls and tool definitions count as prompt."""
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    msgs = [
+        {"role": "developer", "content": "d" * 40},
+        {"role": "system", "content": [{"type": "text", "text": "s" * 40}]},
+        {"role": "user", "content": [{"type": "text", "text": "u" * 40},
+                                     {"type": "image_url", "image_url": {"url": "data:,"}}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "ffff", "arguments": "a" * 36}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "r" * 40},
+    ]  # fmt: skip
+    p = parse_request(
+        "chat",
+        body({"messages": msgs, "tools": tools, "response_format": {"type": "json_object"},
+              "max_completion_tokens": 9}),
+    )  # fmt: skip
+    tools_tokens = estimate_text_tokens(json.dumps(tools, separators=(",", ":")))
+    assert p.prompt_tokens == 5 * 4 + 4 * 10 + (1 + 9) + tools_tokens
+    assert p.max_tokens == 9
+
+
 def test_too_long_token_prompt_is_refused_with_its_numbers() -> None:
     with pytest.raises(RequestError) as err:
         parse_request("completions", body({"prompt": [1] * 500, "max_tokens": 20}), 512)

@@ -1,4 +1,4 @@
-"""The cluster loop runs the production policy and router-accounting code, deterministically."""
+"""The cluster loop runs the production dispatcher (policy, accounting), deterministically."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import halffull.policy.larry
 import halffull.sim.engine
 from halffull.policy import routing
-from halffull.router.endpoints import Endpoint
+from halffull.policy.endpoints import Endpoint
+from halffull.policy.registry import ROUTING_POLICIES
 from halffull.sim.cluster import ClusterConfig, simulate
 from halffull.sim.profiles import EngineShape, Profile, StepModel
 from halffull.sim.workload import Job, LengthFit, synthetic
@@ -80,18 +81,24 @@ def test_router_calls_the_policy_class_and_endpoint_accounting(
 
 def test_every_routing_policy_runs_and_completes() -> None:
     work = jobs(count=150)
-    for name in routing.POLICIES:
+    for name in ROUTING_POLICIES:
         res = simulate(work, ClusterConfig(PROFILE, replicas=3, router=name, seed=1))
         assert res.completed == len(work), name
         assert set(res.replica.tolist()) == {0, 1, 2}, name
 
 
 def test_dispatch_accounting_spreads_a_burst_between_polls() -> None:
-    # 12 equal requests at the same instant, polls far apart: only the router's own accounting
-    # tells SAL that a replica already got work. Without it they would all go to one replica.
-    burst = [Job(0.0, 500, 20) for _ in range(12)]
+    # A long prompt and eleven short ones at the same instant, polls far apart: only the router's
+    # own accounting tells SAL that a replica already got work. With it, the short ones fill the
+    # other three replicas and none queues behind the long one; without it every replica looks
+    # idle and tied, and the tie-breaking rotation gives each three (so equal requests, as this
+    # test used, could not tell the two apart).
+    burst = [Job(0.0, 3000, 20)] + [Job(0.0, 500, 20) for _ in range(11)]
     res = simulate(burst, ClusterConfig(PROFILE, replicas=4, router="sal", poll_s=10.0))
-    assert np.bincount(res.replica, minlength=4).tolist() == [3, 3, 3, 3]
+    counts = np.bincount(res.replica, minlength=4).tolist()
+    long_one = int(res.replica[0])
+    assert counts[long_one] == 1
+    assert sorted(c for i, c in enumerate(counts) if i != long_one) == [3, 4, 4]
 
 
 def test_same_seed_same_result_and_seed_matters_for_random_routing() -> None:

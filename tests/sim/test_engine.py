@@ -163,7 +163,10 @@ def test_invariants_under_kv_pressure(admission: str, fast: bool) -> None:
 def test_stretches_give_the_same_results_as_single_steps(admission: str) -> None:
     profile = small_profile(num_blocks=400)
     jobs = loaded(count=300, rate=20.0, cv=3.0)
-    config = ClusterConfig(profile, replicas=3, router="sal", admission=admission, alpha=0.1)  # type: ignore[arg-type]
+    # beta 1: SAL then ignores memory, and this load preempts (beta 256 would avoid it)
+    config = ClusterConfig(
+        profile, replicas=3, router="sal", beta=1.0, admission=admission, alpha=0.1
+    )  # type: ignore[arg-type]
     fast = simulate(jobs, config)
     slow = simulate(jobs, ClusterConfig(**{**_fields(config), "fast": False}))
     assert fast.preemptions.sum() > 0

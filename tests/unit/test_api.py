@@ -154,3 +154,24 @@ def test_rollout_from_deployment_reads_stalls_and_generations() -> None:
     r = st.Rollout.from_deployment(dep, 2)
     assert r is not None and not r.complete and r.stalled_message == "too slow"
     assert st.Rollout.from_deployment(None, 2) is None
+
+
+def waiting_pod(name: str, reason: str, component: str = "engine") -> dict[str, Any]:
+    state = {"waiting": {"reason": reason, "message": 'Back-off pulling image "r.example/x:1"'}}
+    return {
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/component": component}},
+        "status": {"containerStatuses": [{"name": "c", "image": "r.example/x:1", "state": state}]},
+    }
+
+
+def test_image_pull_failure_names_pod_and_image_and_outranks_a_stalled_rollout() -> None:
+    pods = [waiting_pod("b", "ErrImagePull"), waiting_pod("a", "ImagePullBackOff", "router"),
+            waiting_pod("c", "ContainerCreating")]  # fmt: skip
+    msg = st.image_pull_problem(pods)
+    assert msg is not None and msg.startswith("router pod a cannot pull image 'r.example/x:1'")
+    assert "ImagePullBackOff" in msg and "(and 1 more)" in msg
+    assert st.image_pull_problem([waiting_pod("c", "ContainerCreating")]) is None
+    obs = observed(image_problem=msg, engine=rollout(2, 1, stalled_message="deadline"))
+    d = st.degraded(obs)
+    assert (d.status, d.reason, d.message) == ("True", "ImagePullFailed", msg)
+    assert st.degraded(observed(image_problem=msg, problems=["bad"])).reason == "InvalidSpec"

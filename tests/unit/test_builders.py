@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,7 @@ from halffull.api.spec import LLMService
 from halffull.builders import meta
 from halffull.builders.children import Defaults, desired_children
 from halffull.builders.engine import vllm_args
+from halffull.policy.registry import ROUTING_POLICIES, SCHEDULER_POLICIES
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -92,13 +94,13 @@ tuning = st.fixed_dictionaries(
     {
         "scheduler": st.fixed_dictionaries(
             {
-                "policy": st.sampled_from(["larry", "fcfs", "larry-literal"]),
+                "policy": st.sampled_from(SCHEDULER_POLICIES),
                 "alpha": st.floats(0, 1e6, allow_nan=False),
             }
         ),
         "router": st.fixed_dictionaries(
             {
-                "policy": st.sampled_from(["sal", "round-robin", "least-requests", "least-kv"]),
+                "policy": st.sampled_from(list(ROUTING_POLICIES)),
                 "beta": st.floats(0, 1e6, allow_nan=False),
                 "pollIntervalMs": st.integers(10, 60_000),
             }
@@ -149,3 +151,78 @@ def test_pods_run_as_the_images_user() -> None:
         text = (ROOT / "images" / image / "Dockerfile").read_text()
         users = re.findall(r"^USER\s+(\d+)", text, flags=re.MULTILINE)
         assert users and users[-1] == str(RUN_AS_USER), image
+
+
+def by_kind(children: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {c["metadata"]["name"]: c for c in children if c["kind"] == kind}
+
+
+def test_engines_take_traffic_only_from_their_routers_and_the_scrapers() -> None:
+    scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    with_policy = Defaults("e", "r", engine_network_policy=True, scrapers=(scraper,))
+    children = desired_children(service({"model": "m"}), with_policy)
+    (policy,) = by_kind(children, "NetworkPolicy").values()
+    engine_pods = by_kind(children, "Deployment")["llama-8b-engine"]["spec"]["template"]
+    router_pods = by_kind(children, "Deployment")["llama-8b-router"]["spec"]["template"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= engine_pods["metadata"]["labels"].items()
+    assert not selector.items() <= router_pods["metadata"]["labels"].items()
+    (rule,) = policy["spec"]["ingress"]
+    routers, *others = rule["from"]
+    assert (
+        routers["podSelector"]["matchLabels"].items() <= router_pods["metadata"]["labels"].items()
+    )
+    assert others == [scraper]
+    named = {p["name"] for p in engine_pods["spec"]["containers"][0]["ports"]}
+    assert {p["port"] for p in rule["ports"]} == named
+    # off by default, and pointless without a router (the Service then targets the engines)
+    assert not by_kind(desired_children(service({"model": "m"}), DEFAULTS), "NetworkPolicy")
+    no_router = service({"model": "m", "router": {"enabled": False}})
+    assert not by_kind(desired_children(no_router, with_policy), "NetworkPolicy")
+
+
+def test_a_disruption_budget_per_component_lets_drains_evict_one_pod_at_a_time() -> None:
+    children = desired_children(service({"model": "m", "replicas": 3}),
+                                Defaults("e", "r", pdb_api_version="policy/v1beta1"))  # fmt: skip
+    pdbs = by_kind(children, "PodDisruptionBudget")
+    deployments = by_kind(children, "Deployment")
+    assert set(pdbs) == set(deployments)
+    for name, pdb in pdbs.items():
+        assert pdb["apiVersion"] == "policy/v1beta1"
+        assert pdb["spec"]["maxUnavailable"] == 1
+        assert pdb["spec"]["selector"] == deployments[name]["spec"]["selector"]
+    no_router = desired_children(service({"model": "m", "router": {"enabled": False}}), DEFAULTS)
+    assert set(by_kind(no_router, "PodDisruptionBudget")) == {"llama-8b-engine"}
+    with pytest.raises(ValueError, match="apiVersion"):
+        desired_children(service({"model": "m"}), Defaults("e", "r", pdb_api_version="policy/v2"))
+
+
+def test_pods_get_time_to_finish_streams_when_deleted() -> None:
+    from halffull import defaults as D
+
+    for dep in by_kind(desired_children(service({"model": "m"}), DEFAULTS), "Deployment").values():
+        pod = dep["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        sleep = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert sleep == ["sleep", str(D.PRESTOP_SLEEP_S)]
+        assert pod["terminationGracePeriodSeconds"] > D.PRESTOP_SLEEP_S + D.DRAIN_GRACE_S
+
+
+def test_engine_key_comes_from_the_secret_and_never_appears_in_the_spec() -> None:
+    svc = service({"model": "m", "engine": {"apiKeySecret": {"name": "engine-key"}}})
+    router = by_kind(desired_children(svc, DEFAULTS), "Deployment")["llama-8b-router"]
+    pod = router["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    path = args[args.index("--engine-api-key-file") + 1]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "engine-key"]
+    assert volume["secret"]["secretName"] == "engine-key" and path.endswith("/token")
+    dep = by_kind(desired_children(svc, DEFAULTS), "Deployment")["llama-8b-engine"]
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "engine-key", "key": "token"}
+    }
+    assert "VLLM_API_KEY" not in {
+        e["name"] for e in by_kind(desired_children(service({"model": "m"}), DEFAULTS),
+                                   "Deployment")["llama-8b-engine"]["spec"]["template"]["spec"][
+            "containers"][0]["env"]
+    }  # fmt: skip

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
+from halffull.policy.registry import ROUTING_POLICIES, make_policy
 from halffull.policy.routing import (
-    POLICIES,
     LeastKvPolicy,
     LeastRequestsPolicy,
     PowerOfTwoPolicy,
@@ -16,13 +16,12 @@ from halffull.policy.routing import (
     ReplicaState,
     RoundRobinPolicy,
     RouteRequest,
-    make_policy,
 )
 
 REQ = RouteRequest(prompt_tokens=100)
 
 
-@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("name", sorted(ROUTING_POLICIES))
 def test_every_policy_returns_a_permutation(name: str) -> None:
     policy = make_policy(name, seed=1)
     replicas = [
@@ -33,14 +32,15 @@ def test_every_policy_returns_a_permutation(name: str) -> None:
             num_waiting=i,
             free_kv_tokens=1000.0 * i,
             queued_tokens=10.0 * i,
-            weight=float(i % 2),
+            weight=float(i % 2),  # weight 0 is no drain ...
+            draining=i % 2 == 0,  # ... only this explicit state is
         )
         for i in range(5)
     ]
     for _ in range(20):
         order = policy.rank(REQ, replicas)
         assert sorted(order) == list(range(5))
-        assert replicas[order[0]].weight > 0  # drained ones never first while others exist
+        assert not replicas[order[0]].draining  # draining ones never first while others exist
 
 
 def test_unknown_policy_name() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from halffull.api.runtime_config import RouterEndpoint
+from halffull.policy.dispatch import Dispatcher
 from halffull.policy.routing import (
     EngineStats,
     OwnLoad,
@@ -101,57 +103,80 @@ def test_queue_in_tokens_not_requests() -> None:
     assert SalPolicy().rank(RouteRequest(prompt_tokens=100), [a, b]) == [1, 0]
 
 
-def test_ties_go_to_higher_weight_then_take_turns() -> None:
-    heavy = ReplicaState(name="a", weight=1.0, free_kv_tokens=1e6)
-    light = ReplicaState(name="b", weight=2.0, free_kv_tokens=1e6)
+def test_weights_never_break_ties_exact_ties_take_turns() -> None:
+    """Fresh stats decide; the operator's weights are only the stale-poll fallback."""
     policy = SalPolicy()
     req = RouteRequest(prompt_tokens=10)
-    assert [policy.rank(req, [heavy, light])[0] for _ in range(3)] == [1, 1, 1]
-    same = [ReplicaState(name=n, free_kv_tokens=1e6) for n in "xyz"]
+    weights = {"x": 1.0, "y": 2.0, "z": 0.1}
+    same = [ReplicaState(name=n, weight=w, free_kv_tokens=1e6) for n, w in weights.items()]
     firsts = [policy.rank(req, same)[0] for _ in range(6)]
     assert sorted(firsts) == [0, 0, 1, 1, 2, 2]
 
 
-def test_drained_replica_only_when_nothing_else() -> None:
-    drained = ReplicaState(name="a", weight=0.0, free_kv_tokens=1e6)
+def test_draining_replica_only_when_nothing_else() -> None:
+    draining = ReplicaState(name="a", draining=True, free_kv_tokens=1e6)
     busy = ReplicaState(name="b", queued_tokens=1e5, free_kv_tokens=10)
-    assert SalPolicy().rank(RouteRequest(prompt_tokens=10), [drained, busy]) == [1, 0]
+    assert SalPolicy().rank(RouteRequest(prompt_tokens=10), [draining, busy]) == [1, 0]
+    # a weight of 0 (what the operator used to publish under load) is not a drain
+    empty = ReplicaState(name="a", weight=0.0, free_kv_tokens=1e6)
+    assert SalPolicy().rank(RouteRequest(prompt_tokens=10), [empty, busy]) == [0, 1]
+
+
+def test_the_herding_case_routes_by_sal() -> None:
+    """Issue 12: full KV caches, 2k-token prompts, beta 256. The operator's weight for the
+    replica SAL sees as empty had rounded to 0.00 and ranked it below one holding 900k queued
+    tokens. With fresh polls, SAL's own numbers decide."""
+    budget = 2048
+    stats_full = EngineStats(num_running=8, num_waiting=0, kv_usage=1.0, num_gpu_blocks=1000,
+                             block_size=16)  # fmt: skip
+    states = [
+        estimate_replica(name="empty", weight=0.0, stats=stats_full, fresh=True, own=OwnLoad(),
+                         max_tokens_per_batch=budget, mean_prompt_tokens=2048),
+        estimate_replica(name="queued", weight=0.01, stats=EngineStats(
+                             num_running=8, num_waiting=440, kv_usage=1.0, num_gpu_blocks=1000,
+                             block_size=16),
+                         fresh=True, own=OwnLoad(), max_tokens_per_batch=budget,
+                         mean_prompt_tokens=2048),
+    ]  # fmt: skip
+    assert states[1].queued_tokens >= 900_000
+    assert SalPolicy(beta=256).rank(RouteRequest(prompt_tokens=2048), states)[0] == 0
+
+
+def test_weights_price_a_replica_whose_polls_are_stale() -> None:
+    """The fallback: without fresh stats, a low operator weight stands for a queue."""
+
+    def stale(weight: float) -> ReplicaState:
+        return estimate_replica(name=str(weight), weight=weight, stats=None, fresh=False,
+                                own=OwnLoad(), max_tokens_per_batch=2048,
+                                mean_prompt_tokens=1024)  # fmt: skip
+
+    idle, loaded = stale(0.67), stale(0.02)
+    assert idle.queued_tokens == 0 and loaded.queued_tokens > 40 * 2048
+    assert SalPolicy().rank(RouteRequest(prompt_tokens=100), [loaded, idle])[0] == 1
 
 
 def test_burst_between_polls_spreads() -> None:
-    """Eight equal requests arrive before the next poll: the router's own accounting makes each
-    dispatch raise that replica's load, so they spread evenly over four idle replicas."""
+    """A long prompt, then seven short ones, all before the next poll, over four idle replicas.
+    Only the router's dispatch accounting (`Endpoint.dispatch`, through the `Dispatcher`) tells
+    SAL that the first replica already holds 1,200 tokens: the short ones then fill the other
+    three (3, 2, 2) and none lands behind the long one. Without the accounting the replicas look
+    idle and tied, and the rotation that breaks ties would put two requests on each (issue 12:
+    with equal requests the rotation alone spread them, so this test could not fail)."""
     stats = EngineStats(
         num_running=0, num_waiting=0, kv_usage=0.0, num_gpu_blocks=1000, block_size=16
     )
-    own = {n: OwnLoad() for n in "abcd"}
-    policy = SalPolicy()
+    dispatcher = Dispatcher(SalPolicy(), poll_interval_s=10.0, max_tokens_per_batch=2048)
+    dispatcher.set_endpoints(RouterEndpoint(name=n, url=f"http://{n}:8000") for n in "abcd")
+    for ep in dispatcher.endpoints.values():
+        ep.poll_succeeded(stats, ep.poll_started(), now=0.0)
     chosen = []
-    for _ in range(8):
-        states = [
-            estimate_replica(
-                name=n,
-                weight=1,
-                stats=stats,
-                fresh=True,
-                own=own[n],
-                max_tokens_per_batch=2048,
-                mean_prompt_tokens=300,
-            )
-            for n in "abcd"
-        ]
-        pick = "abcd"[policy.rank(RouteRequest(prompt_tokens=300), states)[0]]
-        chosen.append(pick)
-        o = own[pick]
-        own[pick] = OwnLoad(
-            o.inflight_requests + 1,
-            o.inflight_tokens + 300,
-            o.prefill_requests + 1,
-            o.prefill_tokens + 300,
-            o.since_poll_requests + 1,
-            o.since_poll_tokens + 300,
-        )
-    assert sorted(chosen) == sorted("abcdabcd")
+    for tokens in [1200] + [300] * 7:
+        (first, *_) = dispatcher.attempts(RouteRequest(prompt_tokens=tokens), now=0.1)
+        first.dispatch(stream=False)
+        chosen.append(first.endpoint.name)
+    long_one = chosen[0]
+    assert chosen.count(long_one) == 1
+    assert sorted(chosen.count(n) for n in "abcd" if n != long_one) == [2, 2, 3]
 
 
 def test_fresh_estimate_combines_poll_and_accounting() -> None:

@@ -40,21 +40,42 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
+{{/*
+An image repository: the explicit one, else image.registry plus the image's name, as pushed by
+`REGISTRY=... make images`. Without either there is no image anyone publishes: fail here with
+the fix rather than install pods that end in ImagePullBackOff.
+*/}}
+{{- define "halffull.repository" -}}
+{{- $root := index . 0 -}}
+{{- $repo := index . 1 -}}
+{{- $name := index . 2 -}}
+{{- if $repo -}}
+{{- $repo -}}
+{{- else if $root.Values.image.registry -}}
+{{- printf "%s/%s" (trimSuffix "/" $root.Values.image.registry) $name -}}
+{{- else -}}
+{{- fail (printf "image.registry is required: build and push the images with `REGISTRY=registry.example.com/halffull make images`, then install with `--set image.registry=registry.example.com/halffull` (or set the %s repository)" $name) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "halffull.image" -}}
 {{- $img := .Values.image -}}
+{{- $repo := include "halffull.repository" (list . $img.repository "operator") -}}
 {{- if $img.digest -}}
-{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- printf "%s@%s" $repo $img.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion $img.tag) -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "halffull.engineImage" -}}
-{{- printf "%s:%s" .Values.engineImage.repository (default .Chart.AppVersion .Values.engineImage.tag) -}}
+{{- $repo := include "halffull.repository" (list . .Values.engineImage.repository "vllm-larry") -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.engineImage.tag) -}}
 {{- end -}}
 
 {{- define "halffull.routerImage" -}}
-{{- printf "%s:%s" .Values.routerImage.repository (default .Chart.AppVersion .Values.routerImage.tag) -}}
+{{- $repo := include "halffull.repository" (list . .Values.routerImage.repository "router") -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.routerImage.tag) -}}
 {{- end -}}
 
 {{/*
@@ -78,12 +99,32 @@ tests/chart/test_rbac.py runs the operator with exactly these rights against a r
 - apiGroups: [""]
   resources: ["services", "configmaps"]
   verbs: ["list", "watch", "create", "patch", "delete"]
-# Engine pods: watched for readiness, read for the routers' endpoint tables. Never written.
+# One PodDisruptionBudget per component, and the engines' NetworkPolicy (listed even when
+# switched off, so that one left from before is removed).
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# The LLMServices' pods: watched for readiness and image pulls, read for the routers' endpoint
+# tables. `patch` (operator.tuningFastPath) only sets the config-hash annotation after a
+# ConfigMap changed, so the kubelet projects the new tuning at once instead of at its next
+# periodic sync (docs/operator.md).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch"{{ if .Values.operator.tuningFastPath }}, "patch"{{ end }}]
 # Events on LLMServices (the operator's and kopf's).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- end -}}
+
+{{/* NetworkPolicyPeers allowed to scrape engine pods, as JSON: the operator pod itself (it reads
+engine /metrics when no Prometheus is configured) and workloadNetworkPolicy.scrapersFrom. */}}
+{{- define "halffull.metricsScrapers" -}}
+{{- $operator := dict
+      "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace))
+      "podSelector" (dict "matchLabels" (include "halffull.selectorLabels" . | fromYaml)) -}}
+{{- prepend .Values.workloadNetworkPolicy.scrapersFrom $operator | toJson -}}
 {{- end -}}

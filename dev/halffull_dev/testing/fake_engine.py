@@ -52,6 +52,38 @@ class _BadRequest(Exception):
         self.status = status
 
 
+def chat_message_tokens(m: object) -> int:
+    """Prompt tokens of one chat message, as vLLM's chat API takes it: `content` a string, a list
+    of parts (text parts count; image and audio parts are accepted and cost nothing here) or
+    null (an assistant turn with `tool_calls`); tool calls count their name and arguments; 4
+    tokens for the role and template markers. Roles are not checked (system, developer, user,
+    assistant, tool)."""
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+        raise _BadRequest("each message needs a role")
+    content = m.get("content")
+    texts: list[str] = []
+    if isinstance(content, str):
+        texts.append(content)
+    elif isinstance(content, list):
+        for part in content:
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise _BadRequest("each content part needs a type")
+            if isinstance(part.get("text"), str):
+                texts.append(part["text"])
+    elif content is not None:
+        raise _BadRequest("content must be a string, a list of parts or null")
+    calls = m.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise _BadRequest("tool_calls must be a list")
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            texts += [str(function.get("name") or ""), str(function.get("arguments") or "")]
+    if content is None and not calls:
+        raise _BadRequest("a message without content needs tool_calls")
+    return 4 + sum(count_text_tokens(t) for t in texts if t)
+
+
 def _error(message: str, status: int) -> web.Response:
     kind = "NotFoundError" if status == 404 else "BadRequestError"
     return web.json_response(
@@ -337,11 +369,12 @@ class FakeEngine:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise _BadRequest("messages must be a non-empty list")
-            tokens = 0
-            for m in messages:
-                if not isinstance(m, dict) or not isinstance(m.get("content"), str):
-                    raise _BadRequest("each message needs a string content")
-                tokens += count_text_tokens(m["content"]) + 4
+            tokens = sum(chat_message_tokens(m) for m in messages)
+            tools = body.get("tools")
+            if tools is not None:
+                if not isinstance(tools, list):
+                    raise _BadRequest("tools must be a list")
+                tokens += count_text_tokens(json.dumps(tools, separators=(",", ":")))
             return await self._serve(request, body, tokens, chat=True)
         except _BadRequest as exc:
             return _error(str(exc), exc.status)

@@ -7,9 +7,10 @@ Unknown keys are refused: a typo in a hand-edited file is an error, not a silent
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
+
+from halffull import defaults as D
+from halffull.policy.registry import RoutingPolicyName, SchedulerPolicyName
 
 SCHEDULER_CONFIG_ENV = "HALFFULL_SCHEDULER_CONFIG"
 """Environment variable that gives the engine plugin the path of its parameter file."""
@@ -19,10 +20,9 @@ ENGINE_METRICS_PORT_ENV = "HALFFULL_ENGINE_METRICS_PORT"
 """Environment variable: the port where the engine plugin serves its own gauges."""
 ROUTER_CONFIG_FILE = "router.json"
 
-SchedulerPolicy = Literal["larry", "fcfs", "larry-literal"]
-RouterPolicy = Literal[
-    "sal", "round-robin", "random", "least-requests", "power-of-two", "least-kv", "queue-kv"
-]
+SchedulerPolicy = SchedulerPolicyName
+RouterPolicy = RoutingPolicyName
+"""The names live in `halffull.policy.registry`."""
 
 
 class _Strict(BaseModel):
@@ -32,8 +32,8 @@ class _Strict(BaseModel):
 class SchedulerConfig(_Strict):
     """Parameters of the LARRY engine scheduler (file `scheduler.json`)."""
 
-    policy: SchedulerPolicy = "larry"
-    alpha: float = Field(default=0.1, ge=0.0, allow_inf_nan=False)
+    policy: SchedulerPolicy = D.SCHEDULER_POLICY
+    alpha: float = Field(default=D.ALPHA, ge=0.0, allow_inf_nan=False)
 
 
 class RouterEndpoint(_Strict):
@@ -42,6 +42,10 @@ class RouterEndpoint(_Strict):
     name: str = Field(min_length=1)
     url: str = Field(pattern=r"^https?://")
     weight: float = Field(default=1.0, ge=0.0, allow_inf_nan=False)
+    """The operator's view of the replica's load (1 idle, towards 0 loaded): the router's
+    fallback for a replica whose polls are stale. Never a drain, whatever its value."""
+    draining: bool = False
+    """The pod is terminating: requests only when no other endpoint can take them."""
 
 
 class RouterDiscovery(_Strict):
@@ -51,13 +55,36 @@ class RouterDiscovery(_Strict):
     port: int = Field(ge=1, le=65535)
 
 
+class RouterTimeouts(_Strict):
+    """How long the router waits on an engine (seconds). See docs/router.md, "Timeouts"."""
+
+    connect_seconds: float = Field(
+        default=D.CONNECT_TIMEOUT_S, alias="connectSeconds", ge=0.001, le=3600, allow_inf_nan=False
+    )
+    first_byte_seconds: float = Field(
+        default=D.FIRST_BYTE_TIMEOUT_S, alias="firstByteSeconds", ge=0.001, le=86400,
+        allow_inf_nan=False,
+    )  # fmt: skip
+    stream_idle_seconds: float = Field(
+        default=D.STREAM_IDLE_TIMEOUT_S, alias="streamIdleSeconds", ge=0.001, le=86400,
+        allow_inf_nan=False,
+    )  # fmt: skip
+
+
 class RouterConfig(_Strict):
     """Configuration of the SAL routing sidecar (file `router.json`)."""
 
     model: str = Field(min_length=1)
-    policy: RouterPolicy = "sal"
-    beta: float = Field(default=256.0, ge=0.0, allow_inf_nan=False)
-    poll_interval_ms: int = Field(default=100, alias="pollIntervalMs", ge=10, le=60_000)
+    policy: RouterPolicy = D.ROUTER_POLICY
+    beta: float = Field(default=D.BETA, ge=0.0, allow_inf_nan=False)
+    poll_interval_ms: int = Field(
+        default=D.POLL_INTERVAL_MS, alias="pollIntervalMs", ge=10, le=60_000
+    )
+    max_attempts: int = Field(default=D.MAX_ATTEMPTS, alias="maxAttempts", ge=1, le=16)
+    timeouts: RouterTimeouts = Field(default_factory=RouterTimeouts)
+    shed_queued_batches: int = Field(default=D.SHED_QUEUED_BATCHES, alias="shedQueuedBatches", ge=0)
+    engine_metrics_port: int | None = Field(default=None, alias="engineMetricsPort", ge=1, le=65535)
+    """Where the engines' LARRY plugin serves its exact gauges (same host as each endpoint)."""
     max_num_batched_tokens: int | None = Field(default=None, alias="maxNumBatchedTokens", ge=1)
     max_model_len: int | None = Field(default=None, alias="maxModelLen", ge=1)
     endpoints: tuple[RouterEndpoint, ...] = ()

@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from halffull.api.runtime_config import RouterPolicy, SchedulerPolicy
+from halffull import defaults as D
+from halffull.api.runtime_config import RouterPolicy, RouterTimeouts, SchedulerPolicy
+from halffull.api.source import ModelSource, default_source
 
 GROUP = "serving.halffull.dev"
 VERSION = "v1alpha1"
@@ -46,11 +48,13 @@ class EngineSpec(_Model):
     env: tuple[dict[str, Any], ...] = ()
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
     tolerations: tuple[dict[str, Any], ...] = ()
+    api_key_secret: ApiKeySecret | None = Field(default=None, alias="apiKeySecret")
+    """When set, engines require this key (vLLM's VLLM_API_KEY) and the router sends it."""
 
 
 class SchedulerSpec(_Model):
-    policy: SchedulerPolicy = "larry"
-    alpha: float = 0.1
+    policy: SchedulerPolicy = D.SCHEDULER_POLICY
+    alpha: float = D.ALPHA
 
 
 class ApiKeySecret(_Model):
@@ -60,9 +64,12 @@ class ApiKeySecret(_Model):
 
 class RouterSpec(_Model):
     enabled: bool = True
-    policy: RouterPolicy = "sal"
-    beta: float = 256.0
-    poll_interval_ms: int = Field(default=100, alias="pollIntervalMs")
+    policy: RouterPolicy = D.ROUTER_POLICY
+    beta: float = D.BETA
+    poll_interval_ms: int = Field(default=D.POLL_INTERVAL_MS, alias="pollIntervalMs")
+    max_attempts: int = Field(default=D.MAX_ATTEMPTS, alias="maxAttempts")
+    timeouts: RouterTimeouts = Field(default_factory=RouterTimeouts)
+    shed_queued_batches: int = Field(default=D.SHED_QUEUED_BATCHES, alias="shedQueuedBatches")
     replicas: int = 1
     image: str | None = None
     resources: Resources = Field(default_factory=Resources)
@@ -74,11 +81,12 @@ class RouterSpec(_Model):
 
 class MetricsSpec(_Model):
     prometheus_url: str | None = Field(default=None, alias="prometheusUrl")
-    interval_seconds: int = Field(default=5, alias="intervalSeconds")
+    interval_seconds: int = Field(default=D.METRICS_INTERVAL_S, alias="intervalSeconds")
 
 
 class LLMServiceSpec(_Model):
     model: str
+    source: ModelSource = Field(default_factory=default_source)
     served_model_name: str | None = Field(default=None, alias="servedModelName")
     replicas: int = 1
     engine: EngineSpec = Field(default_factory=EngineSpec)

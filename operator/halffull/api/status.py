@@ -76,6 +76,8 @@ class Observed:
     this process yet (just restarted), so the stored condition stands."""
     metrics_problem: tuple[str, str] | None = None
     """(reason, message) of what is wrong with the engines' metrics, if anything."""
+    image_problem: str | None = None
+    """A pod that cannot pull its image (see `image_pull_problem`)."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,40 @@ class Verdict:
     message: str
 
 
+# What a kubelet reports while a container's image cannot be had; each persists until fixed.
+IMAGE_PULL_REASONS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+
+
+def image_pull_problem(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The first pod (by name) whose container waits for an image it cannot pull, named with
+    the image and the kubelet's reason: otherwise only visible as pod events."""
+    stuck = []
+    for pod in sorted(pods, key=lambda p: str(p["metadata"]["name"])):
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        for cs in statuses:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in IMAGE_PULL_REASONS:
+                component = (pod["metadata"].get("labels") or {}).get(
+                    "app.kubernetes.io/component", "pod"
+                )
+                detail = (waiting.get("message") or "")[:300]
+                stuck.append(
+                    f"{component} pod {pod['metadata']['name']} cannot pull image "
+                    f"{cs.get('image')!r}: {waiting['reason']}" + (f": {detail}" if detail else "")
+                )
+    if not stuck:
+        return None
+    more = f" (and {len(stuck) - 1} more)" if len(stuck) > 1 else ""
+    return stuck[0] + more + "; push the image (REGISTRY=... make images) or fix its name"
+
+
 def degraded(obs: Observed) -> Verdict:
     if obs.problems:
         return Verdict("True", "InvalidSpec", "; ".join(obs.problems))
+    if obs.image_problem:
+        return Verdict("True", "ImagePullFailed", obs.image_problem)
     for name, rollout in (("engine", obs.engine), ("router", obs.router)):
         if rollout is not None and rollout.stalled_message:
             return Verdict("True", "RolloutStalled", f"{name}: {rollout.stalled_message}")

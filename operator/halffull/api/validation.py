@@ -26,6 +26,7 @@ RESERVED_ENGINE_FLAGS = {
     "--max-model-len": "spec.engine.maxModelLen",
     "--tensor-parallel-size": "spec.engine.gpus",
     "-tp": "spec.engine.gpus",
+    "--revision": "spec.source.huggingFace.revision",
 }
 
 
@@ -58,4 +59,31 @@ def problems(svc: LLMService) -> list[str]:
             "spec.router.apiKeySecret needs spec.router.enabled=true: without the router "
             "nothing checks the key, and the endpoint would be open"
         )
+    out += source_problems(svc)
+    return out
+
+
+def source_problems(svc: LLMService) -> list[str]:
+    """`spec.source` beyond the schema: one kind (also past an older CRD), a path that stays
+    inside its volume, and a Hugging Face token set in one place only."""
+    src, out = svc.spec.source, []
+    kinds = src.kinds()
+    if len(kinds) != 1:
+        out.append(
+            "spec.source must set exactly one of huggingFace, persistentVolumeClaim, hostPath, "
+            f"image; found {kinds or 'none'}"
+        )
+    claim = src.persistent_volume_claim
+    if claim is not None and (claim.path.startswith("/") or ".." in claim.path.split("/")):
+        out.append(
+            f"spec.source.persistentVolumeClaim.path {claim.path!r} must be relative to the "
+            "volume and may not contain '..'"
+        )
+    if src.hugging_face is not None and src.hugging_face.token_secret is not None:
+        for i, env in enumerate(svc.spec.engine.env):
+            if env.get("name") == "HF_TOKEN":
+                out.append(
+                    f"spec.engine.env[{i}]: HF_TOKEN is set from "
+                    "spec.source.huggingFace.tokenSecret; set it in one place only"
+                )
     return out

@@ -8,7 +8,9 @@ from typing import Any
 
 from halffull.api.runtime_config import RouterEndpoint
 from halffull.api.spec import LLMService
-from halffull.builders import engine, router
+from halffull.builders import engine, meta, router
+from halffull.builders.disruption import PDB_API_VERSIONS, pod_disruption_budget
+from halffull.builders.network import engine_network_policy
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,12 @@ class Defaults:
     engine_image: str
     router_image: str
     cluster_domain: str = "cluster.local"
+    pdb_api_version: str = PDB_API_VERSIONS[0]
+    """The PodDisruptionBudget version the API server serves (found at start-up)."""
+    engine_network_policy: bool = False
+    """Build the engines' NetworkPolicy (routers and `scrapers` only)."""
+    scrapers: tuple[dict[str, Any], ...] = ()
+    """NetworkPolicyPeers of the metrics scrapers allowed to reach the engine pods."""
 
 
 def desired_children(
@@ -34,4 +42,11 @@ def desired_children(
             router.router_configmap(svc, endpoints, defaults.cluster_domain),
             router.router_deployment(svc, defaults.router_image),
         ]
+    pdbs = [(meta.engine_name(svc), engine.COMPONENT)]
+    if svc.spec.router.enabled:
+        pdbs.append((meta.router_name(svc), router.COMPONENT))
+    children += [pod_disruption_budget(svc, n, c, defaults.pdb_api_version) for n, c in pdbs]
+    # Without the router the public Service points at the engines: nothing to restrict then.
+    if defaults.engine_network_policy and svc.spec.router.enabled:
+        children.append(engine_network_policy(svc, defaults.scrapers))
     return children

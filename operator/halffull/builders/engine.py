@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from halffull import defaults as D
 from halffull.api.runtime_config import (
     ENGINE_METRICS_PORT_ENV,
     SCHEDULER_CONFIG_ENV,
@@ -17,13 +18,17 @@ from halffull.api.runtime_config import (
 )
 from halffull.api.spec import LLMService
 from halffull.builders import meta
+from halffull.builders.disruption import graceful
+from halffull.builders.model_source import placement
 from halffull.builders.security import container_security_context, pod_security_context
 
 COMPONENT = "engine"
 LARRY_SCHEDULER_CLS = "halffull.engine.scheduler.LarryScheduler"
 SCHEDULER_MOUNT = "/etc/halffull/scheduler"
 CACHE_MOUNT = "/var/cache/halffull"
+HF_HOME = f"{CACHE_MOUNT}/huggingface"
 GPU_RESOURCE = "nvidia.com/gpu"
+ENGINE_API_KEY_ENV = "VLLM_API_KEY"
 
 # Model download and load can take long on a cold node; the startup probe allows an hour.
 STARTUP_PROBE_PERIOD_S = 10
@@ -33,8 +38,9 @@ STARTUP_PROBE_FAILURES = 360
 def vllm_args(svc: LLMService) -> list[str]:
     """vLLM command-line arguments from the spec."""
     spec, engine = svc.spec, svc.spec.engine
+    source = placement(svc, HF_HOME)
     args = [
-        "--model", spec.model,
+        "--model", source.model_arg,
         "--served-model-name", spec.served_name,
         "--host", "0.0.0.0",
         "--port", str(meta.ENGINE_PORT),
@@ -42,6 +48,7 @@ def vllm_args(svc: LLMService) -> list[str]:
         "--scheduler-cls", LARRY_SCHEDULER_CLS,
         "--gpu-memory-utilization", repr(engine.gpu_memory_utilization),
     ]  # fmt: skip
+    args += source.args
     if engine.gpus > 1:
         args += ["--tensor-parallel-size", str(engine.gpus)]
     optional = {
@@ -81,14 +88,19 @@ def _resources(svc: LLMService) -> dict[str, Any]:
 
 
 def _env(svc: LLMService) -> list[dict[str, Any]]:
-    ours = [
+    ours: list[dict[str, Any]] = [
         {"name": SCHEDULER_CONFIG_ENV, "value": f"{SCHEDULER_MOUNT}/{SCHEDULER_CONFIG_FILE}"},
         {"name": ENGINE_METRICS_PORT_ENV, "value": str(meta.ENGINE_PLUGIN_METRICS_PORT)},
         {"name": "HOME", "value": CACHE_MOUNT},
-        {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
+        {"name": "HF_HOME", "value": HF_HOME},
         {"name": "VLLM_CACHE_ROOT", "value": f"{CACHE_MOUNT}/vllm"},
         {"name": "XDG_CACHE_HOME", "value": CACHE_MOUNT},
+        *placement(svc, HF_HOME).env,
     ]
+    key = svc.spec.engine.api_key_secret
+    if key is not None:  # vLLM then requires `Authorization: Bearer <key>` on /v1
+        ref = {"secretKeyRef": {"name": key.name, "key": key.key}}
+        ours.append({"name": ENGINE_API_KEY_ENV, "valueFrom": ref})
     user = [dict(e) for e in svc.spec.engine.env]
     user_names = {e["name"] for e in user}
     return [e for e in ours if e["name"] not in user_names] + user
@@ -105,6 +117,7 @@ def _http_probe(path: str, period: int, failures: int, timeout: int) -> dict[str
 
 def engine_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
     engine = svc.spec.engine
+    source = placement(svc, HF_HOME)
     container: dict[str, Any] = {
         "name": "vllm",
         "image": engine.image or default_image,
@@ -129,6 +142,7 @@ def engine_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
             {"name": "cache", "mountPath": CACHE_MOUNT},
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "shm", "mountPath": "/dev/shm"},
+            *source.mounts,
         ],
     }
     if engine.image_pull_policy:
@@ -143,8 +157,10 @@ def engine_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
             {"name": "cache", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {}},
             {"name": "shm", "emptyDir": {"medium": "Memory"}},
+            *source.volumes,
         ],
     }
+    graceful(pod_spec, container, D.DRAIN_GRACE_S)
     if engine.node_selector:
         pod_spec["nodeSelector"] = dict(sorted(engine.node_selector.items()))
     if engine.tolerations:

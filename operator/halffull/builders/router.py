@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from halffull import defaults as D
 from halffull.api.runtime_config import (
     ROUTER_CONFIG_FILE,
     RouterConfig,
@@ -19,11 +20,13 @@ from halffull.api.runtime_config import (
 from halffull.api.spec import LLMService
 from halffull.builders import engine as engine_builders
 from halffull.builders import meta
+from halffull.builders.disruption import graceful
 from halffull.builders.security import container_security_context, pod_security_context
 
 COMPONENT = "router"
 CONFIG_MOUNT = "/etc/halffull/router"
 AUTH_MOUNT = "/etc/halffull/auth"
+ENGINE_KEY_MOUNT = "/etc/halffull/engine-key"
 DEFAULT_RESOURCES = {
     "requests": {"cpu": "250m", "memory": "128Mi"},
     "limits": {"memory": "512Mi"},
@@ -39,6 +42,10 @@ def router_config(
         policy=spec.router.policy,
         beta=spec.router.beta,
         poll_interval_ms=spec.router.poll_interval_ms,
+        max_attempts=spec.router.max_attempts,
+        timeouts=spec.router.timeouts,
+        shed_queued_batches=spec.router.shed_queued_batches,
+        engine_metrics_port=meta.ENGINE_PLUGIN_METRICS_PORT,
         max_num_batched_tokens=spec.engine.max_num_batched_tokens,
         max_model_len=spec.engine.max_model_len,
         endpoints=tuple(sorted(endpoints, key=lambda e: e.name)),
@@ -89,21 +96,20 @@ def router_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
         {"name": "config", "configMap": {"name": meta.router_name(svc)}},
         {"name": "tmp", "emptyDir": {}},
     ]
-    if router.api_key_secret is not None:
-        secret = router.api_key_secret
-        args += ["--api-key-file", f"{AUTH_MOUNT}/{secret.key}"]
-        mounts.append({"name": "api-key", "mountPath": AUTH_MOUNT, "readOnly": True})
-        volumes.append(
-            {
-                "name": "api-key",
-                "secret": {
-                    "secretName": secret.name,
-                    "items": [{"key": secret.key, "path": secret.key}],
-                },
-            }
-        )
+    keys = [
+        ("--api-key-file", "api-key", AUTH_MOUNT, router.api_key_secret),
+        # the key the engines require; the router sends it
+        ("--engine-api-key-file", "engine-key", ENGINE_KEY_MOUNT, svc.spec.engine.api_key_secret),
+    ]
+    for flag, volume, mount, secret in keys:
+        if secret is None:
+            continue
+        args += [flag, f"{mount}/{secret.key}"]
+        mounts.append({"name": volume, "mountPath": mount, "readOnly": True})
+        items = [{"key": secret.key, "path": secret.key}]
+        volumes.append({"name": volume, "secret": {"secretName": secret.name, "items": items}})
     probe_port = {"port": "admin"}
-    container = {
+    container: dict[str, Any] = {
         "name": "router",
         "image": router.image or default_image,
         "command": ["halffull"],
@@ -129,6 +135,7 @@ def router_deployment(svc: LLMService, default_image: str) -> dict[str, Any]:
         "containers": [container],
         "volumes": volumes,
     }
+    graceful(pod_spec, container, D.SHUTDOWN_DELAY_S + D.DRAIN_GRACE_S)
     return meta.deployment(svc, meta.router_name(svc), COMPONENT, router.replicas, pod_spec)
 
 

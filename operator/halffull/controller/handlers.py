@@ -93,11 +93,14 @@ class Operator:
             self.known.add(key)
             self._trigger(namespace, name)
 
+        pdb_group, pdb_version = self.reconciler.defaults.pdb_api_version.split("/")
         for group, version, plural in (
             ("apps", "v1", "deployments"),
             ("", "v1", "services"),
             ("", "v1", "configmaps"),
             ("", "v1", "pods"),
+            (pdb_group, pdb_version, "poddisruptionbudgets"),
+            ("networking.k8s.io", "v1", "networkpolicies"),
         ):
             kopf.on.event(group, version, plural, labels=CHILD_LABELS, registry=registry)(
                 self._child_event

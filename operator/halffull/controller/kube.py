@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from prometheus_client import Counter
 
 from halffull.api.spec import GROUP, PLURAL, VERSION
 from halffull.builders.meta import FIELD_MANAGER
+
+log = logging.getLogger(__name__)
 
 API_WRITES = Counter(
     "halffull_operator_api_writes_total",
@@ -46,12 +49,14 @@ class _KindApi:
 class Kube:
     """Typed-client calls for the kinds the operator owns, reading raw JSON."""
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, pdb_api_version: str = "policy/v1") -> None:
         self.api_client = api_client
         core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
         self.core = core
         self.custom = client.CustomObjectsApi(api_client)
         self.kinds: dict[str, _KindApi] = {
+            "PodDisruptionBudget": self._by_path(pdb_api_version, "poddisruptionbudgets"),
+            "NetworkPolicy": self._by_path("networking.k8s.io/v1", "networkpolicies"),
             "Deployment": _KindApi(
                 "apps/v1",
                 apps.list_namespaced_deployment,
@@ -71,6 +76,25 @@ class Kube:
                 core.delete_namespaced_config_map,
             ),
         }
+
+    def _by_path(self, api_version: str, plural: str) -> _KindApi:
+        """A namespaced kind addressed by group, version and plural (the custom-objects calls
+        build the same paths for built-in groups): the typed client no longer has policy/v1beta1,
+        which is all a 1.20 API server serves for PodDisruptionBudgets."""
+        group, version = api_version.split("/")
+        c = self.custom
+
+        def list_(namespace: str, **kw: Any) -> Any:
+            return c.list_namespaced_custom_object(group, version, namespace, plural, **kw)
+
+        def patch(name: str, namespace: str, body: Any, **kw: Any) -> Any:
+            return c.patch_namespaced_custom_object(group, version, namespace, plural, name, body,
+                                                    **kw)  # fmt: skip
+
+        def delete(name: str, namespace: str, **kw: Any) -> Any:
+            return c.delete_namespaced_custom_object(group, version, namespace, plural, name, **kw)
+
+        return _KindApi(api_version, list_, patch, delete)
 
     @staticmethod
     def _json(resp: Any) -> Any:
@@ -110,6 +134,22 @@ class Kube:
             namespace, label_selector=selector, _preload_content=False
         )
         return list(self._json(resp)["items"])
+
+    def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+        """A merge patch of a pod's metadata (the live-tuning fast path). Never fails the
+        reconcile: a pod gone meanwhile needs nothing, and a refused patch (RBAC without `patch`
+        on pods) only leaves the pod on the kubelet's periodic sync; False then."""
+        API_WRITES.labels("patch", "Pod").inc()
+        try:
+            self.core.patch_namespaced_pod(
+                name, namespace, patch, _content_type=MERGE, _preload_content=False
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("pod %s/%s not touched (%s %s): tuning arrives at the kubelet's "
+                            "next sync", namespace, name, exc.status, exc.reason)  # fmt: skip
+            return False
+        return True
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         kind, md = obj["kind"], obj["metadata"]
@@ -168,6 +208,16 @@ class Kube:
             },
             _preload_content=False,
         )
+
+
+def served_pdb_api_version(api_client: client.ApiClient) -> str:
+    """policy/v1 where the API server has it (1.21+), else policy/v1beta1 (1.20)."""
+    groups = client.ApisApi(api_client).get_api_versions().groups or []
+    for group in groups:
+        if group.name == "policy":
+            served = {v.group_version for v in group.versions}
+            return "policy/v1" if "policy/v1" in served else "policy/v1beta1"
+    return "policy/v1"
 
 
 def now_rfc3339() -> str:

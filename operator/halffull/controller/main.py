@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import kopf
 from kubernetes import client, config
@@ -19,7 +21,7 @@ from prometheus_client import start_http_server
 
 from halffull.builders.children import Defaults
 from halffull.controller.handlers import Operator
-from halffull.controller.kube import Kube
+from halffull.controller.kube import Kube, served_pdb_api_version
 from halffull.controller.reconcile import Reconciler
 
 log = logging.getLogger("halffull.operator")
@@ -55,6 +57,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "it); unset: scrape the engine pods' /metrics directly",
     )
     p.add_argument(
+        "--engine-network-policy",
+        action="store_true",
+        default=env("HALFFULL_ENGINE_NETWORK_POLICY", "") == "true",
+        help="give every LLMService a NetworkPolicy: engine pods take traffic only from their "
+        "router pods and the --metrics-scrapers (enforced by policy-capable network plugins)",
+    )
+    p.add_argument(
+        "--metrics-scrapers",
+        type=scraper_peers,
+        default=scraper_peers(env("HALFFULL_METRICS_SCRAPERS", "[]")),
+        metavar="JSON",
+        help="JSON list of NetworkPolicyPeers allowed to scrape the engine pods",
+    )
+    p.add_argument(
         "--resync-seconds",
         type=float,
         default=60.0,
@@ -69,7 +85,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=8081,
         help="liveness endpoint port, /healthz (0 disables)",
     )
+    p.add_argument(
+        "--tuning-fast-path",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after a ConfigMap change, patch an annotation on the pods that read it so the "
+        "kubelet projects it at once (needs `patch` on pods); off: up to the kubelet's sync "
+        "period (about a minute)",
+    )
     p.add_argument("--verbose", "-v", action="store_true")  # fmt: skip
+
+
+def scraper_peers(text: str) -> tuple[dict[str, Any], ...]:
+    """--metrics-scrapers: a JSON list of objects (NetworkPolicyPeers)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--metrics-scrapers is not JSON: {exc}") from exc
+    if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
+        raise argparse.ArgumentTypeError("--metrics-scrapers must be a JSON list of objects")
+    return tuple(value)
 
 
 def cluster_configured() -> bool:
@@ -90,8 +125,18 @@ def load_client() -> client.ApiClient:
 
 def run_operator(args: argparse.Namespace) -> int:
     api = load_client()
-    defaults = Defaults(args.engine_image, args.router_image, args.cluster_domain)
-    operator = Operator(Reconciler(Kube(api), defaults), args.resync_seconds, args.prometheus_url)
+    pdb_version = served_pdb_api_version(api)
+    defaults = Defaults(
+        args.engine_image,
+        args.router_image,
+        args.cluster_domain,
+        pdb_api_version=pdb_version,
+        engine_network_policy=args.engine_network_policy,
+        scrapers=args.metrics_scrapers,
+    )
+    kube = Kube(api, pdb_api_version=pdb_version)
+    reconciler = Reconciler(kube, defaults, touch_pods=args.tuning_fast_path)
+    operator = Operator(reconciler, args.resync_seconds, args.prometheus_url)
     registry = kopf.OperatorRegistry()
     operator.register(registry)
     if args.namespace:

@@ -17,7 +17,7 @@ from halffull.api import validation
 from halffull.api.runtime_config import ROUTER_CONFIG_FILE, RouterEndpoint
 from halffull.api.spec import LLMService
 from halffull.builders import engine as engine_builders
-from halffull.builders import meta
+from halffull.builders import live_config, meta
 from halffull.builders.children import Defaults, desired_children
 from halffull.builders.drift import covers
 from halffull.controller.kube import Kube, now_rfc3339
@@ -33,13 +33,14 @@ RECONCILE_SECONDS = Histogram(
     "Duration of one reconcile",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-CHILD_KINDS = ("ConfigMap", "Service", "Deployment")
+CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy")
 
 
 @dataclass
 class Outcome:
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    touched: list[str] = field(default_factory=list)
     status_written: bool = False
     problems: list[str] = field(default_factory=list)
 
@@ -55,7 +56,10 @@ def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> b
 
 
 def ready_endpoints(pods: list[dict[str, Any]]) -> list[RouterEndpoint]:
-    """Engine pods that are Ready and addressable, as the router's endpoint table."""
+    """Engine pods that are Ready and addressable, as the router's endpoint table. A terminating
+    pod that still serves (its preStop sleep) stays, marked draining: it gets requests only when
+    no other replica can take them, which keeps a single-replica service answering while its
+    only engine is replaced."""
     out = []
     for pod in pods:
         st = pod.get("status") or {}
@@ -63,9 +67,10 @@ def ready_endpoints(pods: list[dict[str, Any]]) -> list[RouterEndpoint]:
             c.get("type") == "Ready" and c.get("status") == "True"
             for c in st.get("conditions") or []
         )
-        if ready and st.get("podIP") and not pod["metadata"].get("deletionTimestamp"):
+        if ready and st.get("podIP"):
             url = f"http://{st['podIP']}:{meta.ENGINE_PORT}"
-            out.append(RouterEndpoint(name=pod["metadata"]["name"], url=url))
+            draining = bool(pod["metadata"].get("deletionTimestamp"))
+            out.append(RouterEndpoint(name=pod["metadata"]["name"], url=url, draining=draining))
     return out
 
 
@@ -86,11 +91,23 @@ def weighted(endpoints: list[RouterEndpoint], weights: Mapping[str, float]) -> l
     return [e.model_copy(update={"weight": weights.get(e.name, 1.0)}) for e in endpoints]
 
 
+def serving(endpoints: list[RouterEndpoint]) -> list[RouterEndpoint]:
+    """The endpoints the metrics loop samples (draining pods are on their way out)."""
+    return [e for e in endpoints if not e.draining]
+
+
 class Reconciler:
-    def __init__(self, kube: Kube, defaults: Defaults, weights: WeightsLoop | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        defaults: Defaults,
+        weights: WeightsLoop | None = None,
+        touch_pods: bool = True,
+    ) -> None:
         self.kube = kube
         self.defaults = defaults
         self.weights = weights
+        self.touch_pods = touch_pods  # the live-tuning fast path (builders.live_config)
 
     def _watch_metrics(self, svc: LLMService, endpoints: list[RouterEndpoint]) -> Published | None:
         if self.weights is None:
@@ -135,11 +152,12 @@ class Reconciler:
             for obj in self.kube.list_children(kind, namespace, selector):
                 if _owned_by(obj, svc.meta.uid):
                     live[(kind, obj["metadata"]["name"])] = obj
-        pods = self.kube.list_pods(namespace, meta.selector_string(svc, engine_builders.COMPONENT))
+        pods = self.kube.list_pods(namespace, selector)  # engines' and routers'
+        engine_pods = [p for p in pods if _component(p) == engine_builders.COMPONENT]
 
         outcome.problems = validation.problems(svc)
-        endpoints = ready_endpoints(pods)
-        table = self._watch_metrics(svc, endpoints)
+        endpoints = ready_endpoints(engine_pods)
+        table = self._watch_metrics(svc, serving(endpoints))
         if not outcome.problems:
             # An invalid spec leaves the running children as they are: nothing that serves is lost.
             weights = (
@@ -158,11 +176,18 @@ class Reconciler:
                 self.kube.delete(key[0], namespace, key[1])
                 del live[key]
                 outcome.deleted.append("/".join(key))
+            if self.touch_pods:  # after the ConfigMaps, so the kubelet projects the new content
+                digests = live_config.digests(svc, endpoints, self.defaults.cluster_domain)
+                for pod_name, digest in live_config.pods_to_touch(pods, digests):
+                    if self.kube.patch_pod(namespace, pod_name, live_config.touch_patch(digest)):
+                        outcome.touched.append(pod_name)
 
-        outcome.status_written = self._write_status(body, svc, live, outcome.problems, table)
-        if outcome.applied or outcome.deleted:
-            log.info("%s/%s: applied %s deleted %s", namespace, name, outcome.applied,
-                     outcome.deleted)  # fmt: skip
+        outcome.status_written = self._write_status(
+            body, svc, live, outcome.problems, table, status_api.image_pull_problem(pods)
+        )
+        if outcome.applied or outcome.deleted or outcome.touched:
+            log.info("%s/%s: applied %s deleted %s touched %s", namespace, name, outcome.applied,
+                     outcome.deleted, outcome.touched)  # fmt: skip
         return outcome
 
     def _write_status(
@@ -172,6 +197,7 @@ class Reconciler:
         live: Mapping[tuple[str, str], dict[str, Any]],
         problems: list[str],
         table: Published | None,
+        image_problem: str | None = None,
     ) -> bool:
         engine_dep = live.get(("Deployment", meta.engine_name(svc)))
         router_dep = live.get(("Deployment", meta.router_name(svc)))
@@ -190,6 +216,7 @@ class Reconciler:
             },
             metrics_sampled=(bool(table.rows) if table is not None else None),
             metrics_problem=table.problem if table else None,
+            image_problem=image_problem,
         )
         current = body.get("status") or {}
         url = (
@@ -228,6 +255,10 @@ class Reconciler:
             self.kube.post_event(body, "TuningApplied", f"scheduler now {new.get('scheduler')}")
         if old.get("router") and old.get("router") != new.get("router"):
             self.kube.post_event(body, "TuningApplied", f"router now {new.get('router')}")
+
+
+def _component(pod: Mapping[str, Any]) -> str:
+    return str((pod["metadata"].get("labels") or {}).get("app.kubernetes.io/component", ""))
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:

@@ -1,11 +1,12 @@
 """The operator's metrics loop: engine pods' memory and queue metrics -> endpoint weights.
 
 The reconcile tells the loop which pods are Ready (`watch`); the loop samples them every
-`spec.metrics.intervalSeconds`, turns readings into weights (`halffull.policy.weights`) and, only
-when a weight moved past the hysteresis or the set of problems changed, publishes the new table
-and asks for a reconcile. The reconcile then writes the router's ConfigMap and `status.endpoints`
-from the published table: the loop itself never writes to the API, and a tick where nothing
-moved costs no write at all.
+`spec.metrics.intervalSeconds`, turns readings into weights (`halffull.policy.weights`) and
+publishes the new table and asks for a reconcile when the set of pods or of problems changed (at
+once) or when a weight moved by the relative threshold (at most once per `min_publish_interval_s`,
+so weights cannot flap through the ConfigMap). The reconcile then writes the router's ConfigMap
+and `status.endpoints` from the published table: the loop itself never writes to the API, and a
+tick where nothing moved costs no write at all.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from halffull import defaults as D
 from halffull.controller.metrics_source import (
     DirectScraper,
     PrometheusError,
@@ -78,6 +80,7 @@ class _State:
     watch: Watch
     next_at: float = 0.0
     published: Published | None = None
+    published_at: float = float("-inf")
     capacity: dict[str, int] = field(default_factory=dict)
 
 
@@ -87,8 +90,10 @@ class WeightsLoop:
         trigger: Callable[[str, str], None],
         default_prometheus_url: str | None = None,
         scraper: DirectScraper | None = None,
+        min_publish_interval_s: float = D.WEIGHT_MIN_PUBLISH_INTERVAL_S,
     ) -> None:
         self.trigger = trigger
+        self.min_publish_interval_s = min_publish_interval_s
         self.default_prometheus_url = default_prometheus_url
         self.scraper = scraper or DirectScraper()
         self._states: dict[Key, _State] = {}
@@ -134,11 +139,18 @@ class WeightsLoop:
             LOOP_FAILURES.labels("internal").inc()
             return
         new = self._table(state, watch, samples, problem)
-        old = state.published
-        if old is None or weights_moved(old.weights, new.weights) or old.problem != new.problem:
+        if self._due(state, new):
             state.published = new
+            state.published_at = time.monotonic()
             PUBLISHES.inc()
             self.trigger(*key)
+
+    def _due(self, state: _State, new: Published) -> bool:
+        old = state.published
+        if old is None or old.weights.keys() != new.weights.keys() or old.problem != new.problem:
+            return True
+        recent = time.monotonic() - state.published_at < self.min_publish_interval_s
+        return not recent and weights_moved(old.weights, new.weights)
 
     async def _sample(
         self, namespace: str, watch: Watch

@@ -1,17 +1,20 @@
 """Which replica a request goes to: the routing policies over a small typed replica record.
 
-The router, the benchmarks and the simulator run exactly these classes. Each policy is one small
-class with one signature, `rank(request, replicas) -> indices best first`: the router sends to
-the first index and, when that replica refuses the connection, retries down the list.
+The router and the simulator run exactly these classes (through `halffull.policy.dispatch`). Each
+policy is one small class with one signature, `rank(request, replicas) -> indices best first`:
+the router sends to the first index and, when that replica refuses the connection, retries down
+the list. `halffull.policy.registry` maps the configuration names to these classes.
 
 What a policy sees of a replica is a `ReplicaState`: the router's best estimate *now*, built by
 `estimate_replica` from the last poll of the engine's /metrics (`EngineStats`) and the router's
 own accounting of what it has dispatched there (`OwnLoad`). The estimate is what makes a burst
 between two polls spread out: every dispatch changes the next request's view at once.
 
-Operator weights (`ReplicaState.weight`): a replica with weight 0 is drained (ranked after all
-others, still usable when nothing else is); round-robin and random follow the weights; every
-other policy uses them to break ties (higher weight first).
+Operator weights (`ReplicaState.weight`, 1 idle towards 0 loaded) are the fallback for stale
+polls: a replica without fresh stats is priced at the larger of the router's own accounting and
+the queue its weight implies (`weight_queued_tokens`). They never break ties and never drain:
+only an explicit state does (`ReplicaState.draining`, a terminating pod), which ranks a replica
+after all others, still usable when nothing else is. Round-robin and random follow the weights.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from halffull import defaults as D
 from halffull.policy.sal import DEFAULT_MAX_TOKENS_PER_BATCH, sal_load
 
 
@@ -35,7 +39,7 @@ class RouteRequest:
 
 @dataclass(frozen=True, slots=True)
 class EngineStats:
-    """One poll of an engine's /metrics (vLLM's names: see `halffull.router.metrics_parse`)."""
+    """One poll of an engine's /metrics (vLLM's names: see `halffull.runtime.vllm_metrics`)."""
 
     num_running: int
     num_waiting: int
@@ -44,6 +48,12 @@ class EngineStats:
     num_gpu_blocks: int | None = None
     block_size: int | None = None
     num_preemptions: float | None = None
+    waiting_prefill_tokens: float | None = None
+    """Exact prompt tokens not yet prefilled, from the LARRY plugin's gauge when the engine
+    serves it (`halffull_engine_waiting_prefill_tokens`); None: estimate from the waiting count."""
+    free_kv_tokens: float | None = None
+    """Exact free KV tokens from the plugin (`halffull_engine_free_kv_tokens`); None: from
+    `kv_usage` and the capacity."""
 
     @property
     def kv_capacity_tokens(self) -> int | None:
@@ -74,6 +84,7 @@ class ReplicaState:
 
     name: str
     weight: float = 1.0
+    draining: bool = False
     fresh: bool = True
     """False when the last poll is too old or failed: the fields below then come from the router's
     own accounting only (see `estimate_replica`)."""
@@ -90,6 +101,14 @@ class ReplicaState:
     max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH
 
 
+def weight_queued_tokens(weight: float, max_tokens_per_batch: int, typical_prompt: float) -> float:
+    """The prefill queue an operator weight stands for. The operator publishes
+    `1 / (1 + load)` with `load` in engine steps for a typical request, the request included
+    (`halffull.policy.weights`); this inverts it. Weight 1 (no information) means nothing."""
+    load = 1.0 / max(weight, 1e-6) - 1.0
+    return max(0.0, load * max_tokens_per_batch - typical_prompt)
+
+
 def estimate_replica(
     *,
     name: str,
@@ -100,33 +119,45 @@ def estimate_replica(
     max_tokens_per_batch: int,
     mean_prompt_tokens: float,
     last_capacity_tokens: int | None = None,
+    draining: bool = False,
 ) -> ReplicaState:
     """Combine the last poll with the router's own accounting into what the replica holds now.
 
     Fresh stats: queued tokens are the router's own not-yet-started prompts plus the engine's
     other waiting requests (sent by someone else, e.g. a second router) estimated at
     `mean_prompt_tokens` each; free KV is the polled free KV minus the prompts dispatched since
-    that poll (they are not in the engine's numbers yet).
+    that poll (they are not in the engine's numbers yet). When the engine's plugin gauges were
+    read, its exact waiting prefill tokens and free KV tokens replace the estimates (plus the
+    prompts dispatched since the poll).
 
-    Stale or missing stats (the documented fallback): only the router's own accounting counts:
-    queued tokens are its own not-yet-started prompts, free KV is the last known capacity minus
-    the prompts of everything it has in flight there; unknown capacity leaves the memory term out.
+    Stale or missing stats (the documented fallback): the router's own accounting and the
+    operator's weight: queued tokens are the larger of its own not-yet-started prompts and the
+    queue the weight stands for, free KV is the last known capacity minus the prompts of
+    everything it has in flight there; unknown capacity leaves the memory term out.
     """
     capacity = stats.kv_capacity_tokens if stats is not None else None
     if capacity is None:
         capacity = last_capacity_tokens
     if stats is not None and fresh:
-        counted_by_engine = own.prefill_requests - own.since_poll_requests
-        foreign_waiting = max(0, stats.num_waiting - counted_by_engine)
-        queued = own.prefill_tokens + foreign_waiting * mean_prompt_tokens
+        if stats.waiting_prefill_tokens is not None:  # exact: the engine counted its queue
+            queued = stats.waiting_prefill_tokens + own.since_poll_tokens
+        else:
+            counted_by_engine = own.prefill_requests - own.since_poll_requests
+            foreign_waiting = max(0, stats.num_waiting - counted_by_engine)
+            queued = own.prefill_tokens + foreign_waiting * mean_prompt_tokens
         usage: float | None = stats.kv_usage
         free: float | None = None
-        if capacity:
+        if stats.free_kv_tokens is not None:
+            free = stats.free_kv_tokens - own.since_poll_tokens
+            if capacity:
+                usage = 1.0 - free / capacity
+        elif capacity:
             free = capacity * (1.0 - stats.kv_usage) - own.since_poll_tokens
             usage = stats.kv_usage + own.since_poll_tokens / capacity
         return ReplicaState(
             name=name,
             weight=weight,
+            draining=draining,
             fresh=True,
             queued_tokens=queued,
             free_kv_tokens=free,
@@ -136,11 +167,13 @@ def estimate_replica(
             inflight=own.inflight_requests,
             max_tokens_per_batch=max_tokens_per_batch,
         )
+    by_weight = weight_queued_tokens(weight, max_tokens_per_batch, mean_prompt_tokens)
     return ReplicaState(
         name=name,
         weight=weight,
+        draining=draining,
         fresh=False,
-        queued_tokens=float(own.prefill_tokens),
+        queued_tokens=max(float(own.prefill_tokens), by_weight),
         free_kv_tokens=(capacity - own.inflight_tokens) if capacity else None,
         kv_usage=(own.inflight_tokens / capacity) if capacity else None,
         num_waiting=own.prefill_requests,
@@ -148,6 +181,11 @@ def estimate_replica(
         inflight=own.inflight_requests,
         max_tokens_per_batch=max_tokens_per_batch,
     )
+
+
+def _positive(weight: float) -> float:
+    """Weights are never a drain: a (legacy) zero counts as the smallest weight."""
+    return max(weight, 1e-6)
 
 
 class RoutingPolicy(ABC):
@@ -164,15 +202,15 @@ class RoutingPolicy(ABC):
         """Indices into `replicas`, best first; every index exactly once."""
 
     def _rank_by(self, keys: Sequence[float], replicas: Sequence[ReplicaState]) -> list[int]:
-        """Sort by key (lower is better); drained replicas last; ties to the higher weight, then
-        fewer in-flight requests, then a rotation so that exact ties take turns."""
+        """Sort by key (lower is better); draining replicas last; ties to fewer in-flight
+        requests, then a rotation so that exact ties take turns. Weights play no part here."""
         n = len(replicas)
         turn = self._turn
         self._turn += 1
 
-        def sort_key(i: int) -> tuple[bool, float, float, int, int]:
+        def sort_key(i: int) -> tuple[bool, float, int, int]:
             r = replicas[i]
-            return (r.weight <= 0, keys[i], -r.weight, r.inflight, (i - turn) % n)
+            return (r.draining, keys[i], r.inflight, (i - turn) % n)
 
         return sorted(range(n), key=sort_key)
 
@@ -182,7 +220,7 @@ class SalPolicy(RoutingPolicy):
 
     name = "sal"
 
-    def __init__(self, beta: float = 1.0) -> None:
+    def __init__(self, beta: float = D.BETA) -> None:
         super().__init__()
         if beta < 0:
             raise ValueError("beta must not be negative")
@@ -211,16 +249,16 @@ class RoundRobinPolicy(RoutingPolicy):
         self._current: dict[str, float] = {}
 
     def rank(self, request: RouteRequest, replicas: Sequence[ReplicaState]) -> list[int]:
-        live = [r for r in replicas if r.weight > 0]
-        if not live:  # all drained: rotate over them equally
+        live = [r for r in replicas if not r.draining]
+        if not live:  # all draining: rotate over them equally
             return self._rank_by([0.0] * len(replicas), replicas)
-        total = sum(r.weight for r in live)
-        current = {r.name: self._current.get(r.name, 0.0) + r.weight for r in live}
+        total = sum(_positive(r.weight) for r in live)
+        current = {r.name: self._current.get(r.name, 0.0) + _positive(r.weight) for r in live}
         best = max(live, key=lambda r: current[r.name])
         current[best.name] -= total
         self._current = current
         # the chosen one first, then the others in the order they would come next
-        keys = [-current[r.name] if r.weight > 0 else 0.0 for r in replicas]
+        keys = [0.0 if r.draining else -current[r.name] for r in replicas]
         first = next(i for i, r in enumerate(replicas) if r.name == best.name)
         keys[first] = float("-inf")
         return self._rank_by(keys, replicas)
@@ -238,7 +276,8 @@ class RandomPolicy(RoutingPolicy):
     def rank(self, request: RouteRequest, replicas: Sequence[ReplicaState]) -> list[int]:
         # Efraimidis-Spirakis: key u^(1/w) gives a weighted random permutation
         keys = [
-            -(self._rng.random() ** (1.0 / r.weight)) if r.weight > 0 else 0.0 for r in replicas
+            0.0 if r.draining else -(self._rng.random() ** (1.0 / _positive(r.weight)))
+            for r in replicas
         ]
         return self._rank_by(keys, replicas)
 
@@ -263,7 +302,7 @@ class PowerOfTwoPolicy(RoutingPolicy):
         self._rng = random.Random(seed)
 
     def rank(self, request: RouteRequest, replicas: Sequence[ReplicaState]) -> list[int]:
-        live = [i for i, r in enumerate(replicas) if r.weight > 0]
+        live = [i for i, r in enumerate(replicas) if not r.draining]
         pool = live if len(live) >= 2 else list(range(len(replicas)))
         sampled = set(self._rng.sample(pool, min(2, len(pool))))
         keys = [float(r.inflight) - (1e9 if i in sampled else 0.0) for i, r in enumerate(replicas)]
@@ -304,32 +343,3 @@ class QueueKvPolicy(RoutingPolicy):
             kv_score = 1.0 - min(1.0, r.kv_usage) if r.kv_usage is not None else 0.0
             keys.append(-(self.queue_weight * queue_score + self.kv_weight * kv_score))
         return self._rank_by(keys, replicas)
-
-
-POLICIES: dict[str, type[RoutingPolicy]] = {
-    cls.name: cls
-    for cls in (
-        SalPolicy,
-        RoundRobinPolicy,
-        RandomPolicy,
-        LeastRequestsPolicy,
-        PowerOfTwoPolicy,
-        LeastKvPolicy,
-        QueueKvPolicy,
-    )
-}
-
-
-def make_policy(name: str, *, beta: float = 1.0, seed: int | None = None) -> RoutingPolicy:
-    """A fresh policy instance by its configuration name (`RouterConfig.policy`)."""
-    if name == SalPolicy.name:
-        return SalPolicy(beta=beta)
-    if name == RandomPolicy.name:
-        return RandomPolicy(seed=seed)
-    if name == PowerOfTwoPolicy.name:
-        return PowerOfTwoPolicy(seed=seed)
-    try:
-        cls = POLICIES[name]
-    except KeyError:
-        raise ValueError(f"unknown routing policy {name!r}; known: {', '.join(POLICIES)}") from None
-    return cls()

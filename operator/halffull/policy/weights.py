@@ -8,9 +8,15 @@ load a request of typical size would meet there,
     weight = 1 / (1 + load)
 
 so an idle replica with room is near 1 and each batch of queued prefill work or of missing KV
-memory lowers it. The router ranks by its own live numbers and uses these weights to break ties
-and as its fallback when its own polls are stale; `status.endpoints` shows them to users.
-Weights are rounded to two decimals and republished only when one moves by `threshold` or more.
+memory lowers it. The router ranks by its own live numbers and uses these weights only as its
+fallback for a replica whose polls are stale; `status.endpoints` shows them to users.
+
+A computed weight is never zero: under load (a full KV cache, 2k-token prompts, beta 256) `load`
+reaches the hundreds, and a weight rounded to zero used to read as "drained", herding traffic
+onto whichever replica still showed a non-zero weight. Weights keep two significant digits and
+stay at or above `WEIGHT_FLOOR`; only an explicit state (a terminating pod, `draining` in the
+router's table) takes a replica out. They are republished when one moved by a relative
+`threshold` (a fixed step would be wider than the whole range weights occupy under load).
 """
 
 from __future__ import annotations
@@ -19,13 +25,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from halffull import defaults as D
 from halffull.policy.routing import EngineStats
 from halffull.policy.sal import sal_load
 
 DEFAULT_TYPICAL_PROMPT_TOKENS = 1024
 """Used until an engine has served enough requests to tell its own mean prompt length; the
 median prompt of the Azure 2023 conversation trace is 1020 tokens."""
-WEIGHT_THRESHOLD = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +84,12 @@ def endpoint_weight(
         max_tokens_per_batch=max_tokens_per_batch,
         typical_prompt_tokens=typical_prompt_tokens,
     )
-    return round(1.0 / (1.0 + max(0.0, load)), 2)
+    return significant(max(D.WEIGHT_FLOOR, 1.0 / (1.0 + max(0.0, load))))
+
+
+def significant(value: float, digits: int = 2) -> float:
+    """`value` to `digits` significant digits: small weights keep their order of magnitude."""
+    return float(f"{value:.{digits}g}")
 
 
 def fallback_weight(good: Mapping[str, float]) -> float:
@@ -89,13 +100,16 @@ def fallback_weight(good: Mapping[str, float]) -> float:
     ordered = sorted(good.values())
     mid = len(ordered) // 2
     median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return round(median, 2)
+    return significant(median)
 
 
 def weights_moved(
-    old: Mapping[str, float], new: Mapping[str, float], threshold: float = WEIGHT_THRESHOLD
+    old: Mapping[str, float],
+    new: Mapping[str, float],
+    threshold: float = D.WEIGHT_RELATIVE_THRESHOLD,
 ) -> bool:
-    """True when the endpoint set changed or any weight moved by `threshold` or more."""
+    """True when the endpoint set changed or any weight moved by `threshold` of the larger of its
+    old and new values (0.2: 0.50 -> 0.40 moves, 0.010 -> 0.009 does not)."""
     if old.keys() != new.keys():
         return True
-    return any(abs(old[k] - new[k]) >= threshold - 1e-9 for k in new)
+    return any(abs(old[k] - new[k]) >= threshold * max(old[k], new[k]) - 1e-12 for k in new)

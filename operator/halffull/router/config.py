@@ -1,9 +1,6 @@
 """The router's settings: `router.json` (written by the operator into a ConfigMap) and/or flags.
 
-The ConfigMap is mounted as a directory; the kubelet swaps its content by repointing the `..data`
-symlink, so a change shows as a different resolved path, inode, size or modification time of
-`router.json`. `ConfigWatcher.changed()` compares those from one `stat` of the resolved path: cheap
-enough to call every second. A file that fails to parse is reported and the previous settings stay.
+Reading and merging only; `halffull.router.reload` notices new versions of the file.
 """
 
 from __future__ import annotations
@@ -14,12 +11,14 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
+from halffull import defaults as D
 from halffull.api.runtime_config import (
     ROUTER_CONFIG_FILE,
     RouterConfig,
     RouterDiscovery,
     RouterEndpoint,
     RouterPolicy,
+    RouterTimeouts,
 )
 
 
@@ -32,6 +31,11 @@ class FlagOverrides:
     beta: float | None = None
     poll_interval_ms: int | None = None
     model: str | None = None
+    max_attempts: int | None = None
+    connect_seconds: float | None = None
+    first_byte_seconds: float | None = None
+    stream_idle_seconds: float | None = None
+    shed_queued_batches: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,10 @@ class Settings:
     endpoints: tuple[RouterEndpoint, ...]
     discovery: RouterDiscovery | None = None
     source: str = field(default="flags", compare=False)
+    max_attempts: int = D.MAX_ATTEMPTS
+    timeouts: RouterTimeouts = field(default_factory=RouterTimeouts)
+    shed_queued_batches: int = D.SHED_QUEUED_BATCHES
+    engine_metrics_port: int | None = None
 
 
 def endpoint_from_url(url: str) -> RouterEndpoint:
@@ -81,40 +89,40 @@ def merge(config: RouterConfig | None, flags: FlagOverrides, source: str) -> Set
         if ep.url not in known:
             endpoints.append(ep)
             known.add(ep.url)
-    policy: RouterPolicy | str = flags.policy or (config.policy if config else "sal")
+    policy: RouterPolicy | str = flags.policy or (config.policy if config else D.ROUTER_POLICY)
+    timeouts = config.timeouts if config else RouterTimeouts()
+    given = {
+        "connect_seconds": flags.connect_seconds,
+        "first_byte_seconds": flags.first_byte_seconds,
+        "stream_idle_seconds": flags.stream_idle_seconds,
+    }
+    if any(v is not None for v in given.values()):
+        try:
+            timeouts = RouterTimeouts.model_validate(
+                {**timeouts.model_dump(), **{k: v for k, v in given.items() if v is not None}}
+            )
+        except ValidationError as exc:
+            raise ValueError(f"timeout flags: {exc}") from exc
+
+    def pick(name: str, default: float) -> float:
+        """The flag when given, else the file's value, else the default."""
+        flag = getattr(flags, name)
+        if flag is not None:
+            return float(flag)
+        return float(getattr(config, name)) if config is not None else default
+
     return Settings(
         model=flags.model or (config.model if config else None),
         policy=policy,
-        beta=flags.beta
-        if flags.beta is not None
-        else (config.beta if config else RouterConfig.model_fields["beta"].default),
-        poll_interval_ms=flags.poll_interval_ms or (config.poll_interval_ms if config else 100),
+        beta=pick("beta", D.BETA),
+        poll_interval_ms=int(pick("poll_interval_ms", D.POLL_INTERVAL_MS)),
         max_num_batched_tokens=config.max_num_batched_tokens if config else None,
         max_model_len=config.max_model_len if config else None,
         endpoints=tuple(endpoints),
         discovery=config.discovery if config else None,
         source=source,
+        max_attempts=int(pick("max_attempts", D.MAX_ATTEMPTS)),
+        timeouts=timeouts,
+        shed_queued_batches=int(pick("shed_queued_batches", D.SHED_QUEUED_BATCHES)),
+        engine_metrics_port=config.engine_metrics_port if config else None,
     )
-
-
-class ConfigWatcher:
-    """Notices when the file (through any symlinks) was replaced or rewritten."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._seen: tuple[str, int, int, int] | None = None
-
-    def _signature(self) -> tuple[str, int, int, int] | None:
-        try:
-            real = self.path.resolve()
-            st = real.stat()
-        except OSError:
-            return None
-        return (str(real), st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def changed(self) -> bool:
-        sig = self._signature()
-        if sig is None or sig == self._seen:
-            return False
-        self._seen = sig
-        return True

@@ -8,12 +8,15 @@ and the engine judges it (its 4xx comes back to the client as it is).
 Prompt tokens: token-id prompts are counted exactly. Text is estimated at one token per 4 UTF-8
 bytes (`estimate_text_tokens`; docs/router.md gives its measured error against real tokenizers),
 or counted with the model's tokenizer when the router is given one (`load_tokenizer`). Chat adds 4
-tokens per message for the role and template markers.
+tokens per message for the role and template markers, and counts what the chat template renders
+into the prompt besides plain content: text parts, an assistant's tool calls (name and
+arguments), and the `tools` definitions.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,14 +62,27 @@ class _TextPart(BaseModel):
     text: str | None = None
 
 
+class _Function(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ToolCall(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+    function: _Function | None = None
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
     role: str = Field(min_length=1)
     content: str | list[_TextPart] | None = None
+    tool_calls: list[_ToolCall] | None = None
 
 
 class ChatBody(_Body):
     messages: list[_Message] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +131,15 @@ def load_tokenizer(path: str) -> Callable[[str], int]:
     return count
 
 
+def _message_tokens(m: _Message, count: Callable[[str], int]) -> int:
+    content = m.content
+    texts = [content] if isinstance(content, str) else [p.text for p in content or () if p.text]
+    for call in m.tool_calls or ():
+        if call.function is not None:
+            texts += [call.function.name or "", call.function.arguments or ""]
+    return CHAT_TOKENS_PER_MESSAGE + sum(count(t) for t in texts if t)
+
+
 def parse_request(
     kind: Literal["completions", "chat"],
     body: bytes,
@@ -154,14 +179,9 @@ def parse_request(
                 )
     else:
         assert isinstance(parsed, ChatBody)
-        total = 0
-        for m in parsed.messages:
-            content = m.content
-            if isinstance(content, str):
-                total += count(content)
-            elif content is not None:
-                total += sum(count(p.text) for p in content if p.text)
-            total += CHAT_TOKENS_PER_MESSAGE
+        total = sum(_message_tokens(m, count) for m in parsed.messages)
+        if parsed.tools:
+            total += count(json.dumps(parsed.tools, separators=(",", ":")))
         lengths, exact = [total], False
     max_tokens = (
         parsed.max_tokens if parsed.max_tokens is not None else parsed.max_completion_tokens

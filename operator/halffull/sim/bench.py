@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from halffull.policy.routing import POLICIES as ROUTERS
+from halffull import defaults as D
+from halffull.policy.registry import ROUTING_POLICIES as ROUTERS
 from halffull.sim.cluster import ClusterConfig, SimResult, simulate
 from halffull.sim.engine import AdmissionPolicy
 from halffull.sim.profiles import (
@@ -225,7 +226,11 @@ def alpha_sweep(b: Bench, profile: Profile, name: str, scale: float) -> None:
 
 ROUTER_LOADS = {"conv": (900.0, [46.0, 58.0, 66.0]), "code": (1800.0, [45.0, 70.0, 90.0])}
 ROUTER_LOADS_70B = {"conv": (600.0, [11.0, 14.0, 17.0])}
-BETAS = [0.25, 1.0, 4.0, 16.0]
+BETAS = [1.0, 16.0, 64.0, D.BETA]
+"""SAL's betas in the router sweeps: the shipped value and smaller ones (docs/router.md)."""
+SHIPPED_SAL = f"sal b={D.BETA:g}"
+TUNE_ALPHAS = sorted({0.01, 0.03, D.ALPHA, 0.3, 1.0})
+TUNE_BETAS = sorted({1.0, 16.0, 64.0, D.BETA, 1024.0})
 
 
 def router_configs() -> list[tuple[str, str, float]]:
@@ -246,7 +251,8 @@ def router_sweep(
     )
     b.write(
         "Stats polled every 100 ms, with the router's dispatch accounting. 'best other / SAL' "
-        "= the lowest mean TGT among the non-SAL policies divided by SAL's (b=1). " + TRACE_NOTE
+        "= the lowest mean TGT among the non-SAL policies divided by SAL's at the "
+        f"shipped beta (b={D.BETA:g}). " + TRACE_NOTE
     )
     for name in traces:
         seconds, scales = loads[name]
@@ -264,7 +270,7 @@ def router_sweep(
                 curves.setdefault(label, []).append((s.offered_rps, s.tgt_mean, s.tgt_p99))
             others = {k: v for k, v in results.items() if not k.startswith("sal")}
             best = min(others, key=lambda k: others[k].tgt_mean)
-            sal = results["sal b=1"]
+            sal = results[SHIPPED_SAL]
             for label, s in results.items():
                 rows.append(
                     [
@@ -281,8 +287,8 @@ def router_sweep(
                     ]
                 )
             b.md.append(
-                f"\nx{scale:g}: mean TGT, best other ({best}) / SAL b=1 = "
-                f"{others[best].tgt_mean / sal.tgt_mean:.3f}; round-robin / SAL b=1 = "
+                f"\nx{scale:g}: mean TGT, best other ({best}) / {SHIPPED_SAL} = "
+                f"{others[best].tgt_mean / sal.tgt_mean:.3f}; round-robin / {SHIPPED_SAL} = "
                 f"{results['round-robin'].tgt_mean / sal.tgt_mean:.3f}\n"
             )
         b.write(f"\n### {name} trace\n")
@@ -349,7 +355,7 @@ def poll_sweep(b: Bench, profile: Profile, name: str, scale: float, replicas: in
 def beta_plot(b: Bench, profile: Profile, name: str, scale: float, replicas: int) -> None:
     seconds = ROUTER_LOADS[name][0] if profile.name.endswith("8b") else 600.0
     jobs = b.slice(name, seconds, scale, profile)
-    betas = [0.0, 0.25, 1.0, 4.0, 16.0, 64.0]
+    betas = [0.0, 1.0, 16.0, 64.0, D.BETA, 1024.0]
     if b.quick:
         betas = betas[::2]
     rr = summarize(
@@ -789,8 +795,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--profile", default="h100-llama3-8b")
     t.add_argument("--replicas", type=int, default=4)
     t.add_argument("--rate-scales", type=float, nargs="+", default=[1.0, 2.0])
-    t.add_argument("--alphas", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0])
-    t.add_argument("--betas", type=float, nargs="+", default=[0.25, 1.0, 4.0, 16.0])
+    t.add_argument("--alphas", type=float, nargs="+", default=TUNE_ALPHAS)
+    t.add_argument("--betas", type=float, nargs="+", default=TUNE_BETAS)
     f = sub.add_parser("fidelity", help="simulator vs a bench/sim_fidelity.py measurement")
     f.add_argument("--real", type=Path, required=True)
     f.add_argument(

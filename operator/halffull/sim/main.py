@@ -1,7 +1,7 @@
 """`halffull sim`: replay a trace (or a synthetic workload) through modelled vLLM replicas.
 
-    halffull sim --trace conv --rate-scale 80 --replicas 8 --router sal --beta 1
-    halffull sim --trace my.csv --profile h100-llama3-70b --admission larry --alpha 0.1
+    halffull sim --trace conv --rate-scale 80 --replicas 8 --router sal:256
+    halffull sim --trace my.csv --profile h100-llama3-70b --admission larry:0.1
     halffull sim --synthetic bursty --fit-from code --count 5000 --rate 40 --cv 4
 
 Prints one summary line per run as a markdown table; --json writes per-request results.
@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from halffull.policy.routing import POLICIES as ROUTERS
+from halffull import defaults as D
+from halffull.policy.registry import ROUTING_POLICIES as ROUTERS
 from halffull.sim.cluster import ClusterConfig, SimResult, simulate
 from halffull.sim.engine import ADMISSION_POLICIES
 from halffull.sim.profiles import PROFILES, get_profile, with_shape
@@ -61,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--admission",
         nargs="+",
         default=["fcfs"],
-        help=f"engine policies, each NAME[:ALPHA]; NAME in {', '.join(ADMISSION_POLICIES)}, "
+        help=f"engine policies, each NAME[:ALPHA] (alpha {D.ALPHA:g} by default); "
+        f"NAME in {', '.join(ADMISSION_POLICIES)}, "
         "or sls / scls[:SLICE] for the static-batching baselines",
     )
     r = p.add_argument_group("router")
@@ -69,9 +71,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--router",
         nargs="+",
         default=["sal"],
-        help=f"routing policies, each NAME[:BETA]; NAME in {', '.join(ROUTERS)}",
+        help=f"routing policies, each NAME[:BETA] (beta {D.BETA:g} by default); "
+        f"NAME in {', '.join(ROUTERS)}",
     )
-    r.add_argument("--poll-ms", type=float, default=100.0)
+    r.add_argument("--poll-ms", type=float, default=float(D.POLL_INTERVAL_MS))
     p.add_argument("--json", type=Path, help="write per-request results here")
 
 
@@ -121,9 +124,9 @@ def run_one(
         profile,
         replicas=args.replicas,
         admission=name,
-        alpha=float(param or 1.0),
+        alpha=float(param or D.ALPHA),
         router=rname,
-        beta=float(beta or 1.0),
+        beta=float(beta or D.BETA),
         poll_s=args.poll_ms / 1000,
         seed=args.seed,
     )

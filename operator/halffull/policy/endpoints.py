@@ -1,5 +1,7 @@
 """One engine replica as the router tracks it: polled stats, health, and dispatch accounting.
 
+The router and the simulator keep these in a `halffull.policy.dispatch.Dispatcher`'s table.
+
 Accounting (design.md, "dispatch accounting"): a request's prompt tokens are added to its replica
 at dispatch (`Endpoint.dispatch` returns a `Ticket`) and leave the replica's prefill queue when
 the first token comes back (`Ticket.first_token`), on failure or on client cancel
@@ -56,6 +58,13 @@ class Endpoint:
     """A connection to it was refused or reset: it gets no requests until a probe (a poll of its
     /metrics) reaches it again."""
     next_probe_at: float = 0.0
+    draining: bool = False
+    """An explicit state from the operator (a terminating pod): requests only when no other
+    endpoint can take them."""
+    suspect_until: float = 0.0
+    """After an ambiguous failure (a timeout, a connection lost after the request was sent):
+    other endpoints are preferred until then; no evidence yet that it is down."""
+    suspicions: int = 0
     backoff_s: float = 0.0
     inflight_requests: int = 0
     inflight_tokens: int = 0
@@ -118,6 +127,16 @@ class Endpoint:
         self.consecutive_failures = 0
         self.backoff_s = 0.0
 
+    def suspect(self, now: float, first_backoff_s: float, max_backoff_s: float) -> None:
+        """An ambiguous failure: avoid it for a while (doubling with each one in a row), then
+        try it again; a request it answers in full clears the record (`answered`)."""
+        self.suspicions += 1
+        hold = min(max_backoff_s, first_backoff_s * 2 ** (self.suspicions - 1))
+        self.suspect_until = now + hold
+
+    def answered(self) -> None:
+        self.suspicions = 0
+
     def mark_down(self, now: float, first_backoff_s: float, max_backoff_s: float) -> None:
         """Connection refused or reset: no requests until a probe at `next_probe_at` succeeds;
         the backoff doubles with each consecutive failure and resets when it answers again."""
@@ -147,6 +166,7 @@ class Endpoint:
         return estimate_replica(
             name=self.name,
             weight=self.weight,
+            draining=self.draining,
             stats=self.stats,
             fresh=fresh,
             own=self.own_load(),

@@ -1,0 +1,329 @@
+"""The public port: `POST /v1/completions`, `POST /v1/chat/completions` (SSE relayed chunk by
+chunk), `GET /v1/models`, behind an optional bearer token.
+
+A request is validated and its prompt tokens counted (`requests.py`), then the dispatcher gives
+the endpoints to try, best first. When every replica is saturated beyond the shedding bound the
+answer is 429 with Retry-After. Otherwise it goes to the first endpoint with the client's
+end-to-end headers (`headers.py`; the router's own engine key instead of the client's). It moves
+to the next only while the request cannot have reached an engine (`failures.py`: refused, no such
+name, connect timeout); any later failure is a 502 (504 for the first-byte and stream-idle
+bounds, `watchdog.py`) and the endpoint becomes suspect, not down. Whatever happens, the
+request's `Ticket` is closed, so the dispatch accounting returns to zero, and a stream that has
+started ends with `[DONE]` or an error event, never a silent cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING, Literal
+
+import aiohttp
+from aiohttp import web
+
+from halffull import defaults as D
+from halffull.policy.endpoints import Endpoint, Ticket
+from halffull.policy.routing import RouteRequest
+from halffull.router.failures import Failure, classify
+from halffull.router.headers import to_client, to_engine
+from halffull.router.http_errors import Handler, errors_middleware, json_error
+from halffull.router.requests import ParsedRequest, RequestError, parse_request
+from halffull.router.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from halffull.router.app import Router
+
+log = logging.getLogger("halffull.router")
+
+SHUTTING_DOWN = "the router is shutting down and its grace period ran out; retry the request"
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def _error_event(out: web.StreamResponse, message: str, code: int) -> None:
+    """End a stream that has started with an error event (OpenAI clients raise it)."""
+    event = {"error": {"message": message, "type": "UpstreamError", "code": code}}
+    with contextlib.suppress(ConnectionResetError, RuntimeError):
+        await out.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+
+
+class PublicApi:
+    """The OpenAI-compatible app (`.app`) of one `Router`."""
+
+    def __init__(self, router: Router, *, max_body_bytes: int) -> None:
+        self.router = router
+        self.active: set[asyncio.Task[object]] = set()
+        """The proxied requests in progress (their handler tasks), for the drain at shutdown."""
+        self.app = web.Application(
+            client_max_size=max_body_bytes, middlewares=[errors_middleware, self._auth]
+        )
+        self.app.add_routes(
+            [
+                web.post("/v1/completions", self._completions),
+                web.post("/v1/chat/completions", self._chat),
+                web.get("/v1/models", self._models),
+            ]
+        )
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        key = self.router.api_key
+        if key is not None:
+            key.refresh()
+            if not key.accepts(request.headers.get("Authorization", "")):
+                return json_error(401, "missing or wrong bearer token in the Authorization header")
+        return await handler(request)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._proxy(request, "completions")
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._proxy(request, "chat")
+
+    async def _proxy(
+        self, request: web.Request, kind: Literal["completions", "chat"]
+    ) -> web.StreamResponse:
+        router = self.router
+        metrics, clock = router.metrics, router.loop_time
+        started = clock()
+        route = request.path
+        try:
+            body = await request.read()
+            parsed = parse_request(kind, body, router.settings.max_model_len, router.count_text)
+        except (RequestError, web.HTTPException) as exc:
+            metrics.answered(route, exc.status)
+            raise
+        task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
+        self.active.add(task)
+        try:
+            return await self._route(request, parsed, body, route, started)
+        finally:
+            self.active.discard(task)
+
+    async def finish(self, grace_s: float) -> None:
+        """Shutdown: wait up to `grace_s` for the requests in flight, then end the rest (each
+        tells its client in-band or with a 503, see `SHUTTING_DOWN`)."""
+        if self.active:
+            await asyncio.wait(list(self.active), timeout=grace_s)
+        rest = [t for t in self.active if not t.done()]
+        for task in rest:
+            task.cancel()
+        if rest:
+            await asyncio.wait(rest, timeout=2.0)
+
+    async def _route(
+        self, request: web.Request, parsed: ParsedRequest, body: bytes, route: str, started: float
+    ) -> web.StreamResponse:
+        router = self.router
+        metrics, clock = router.metrics, router.loop_time
+        engine_key = router.engine_key
+        if engine_key is not None:
+            engine_key.refresh()
+        headers = to_engine(request.headers, engine_key.token if engine_key else None)
+        session = router.session
+        assert session is not None
+        settings = router.settings
+        dispatcher = router.dispatcher
+        code = 503
+        last: Failure | None = None
+        try:
+            now = clock()
+            attempts = dispatcher.attempts(
+                RouteRequest(prompt_tokens=parsed.prompt_tokens, max_tokens=parsed.max_tokens), now
+            )
+            if dispatcher.overloaded(attempts, settings.shed_queued_batches, now):
+                metrics.shed.inc()
+                code = 429
+                return self._answer(
+                    json_error(
+                        429,
+                        f"every engine replica has more than {settings.shed_queued_batches} "
+                        "steps of prefill queued; retry later",
+                        "RateLimitError",
+                    ),
+                    retry_after=True,
+                )
+            timeouts = settings.timeouts
+            for i, attempt in enumerate(attempts):
+                ep = attempt.endpoint
+                if ep.down:  # went down while an earlier attempt was failing
+                    continue
+                if i:
+                    metrics.retries.inc()
+                ticket = attempt.dispatch(parsed.stream)
+                metrics.chosen(ep.name)
+                dog = Watchdog(timeouts.first_byte_seconds, timeouts.stream_idle_seconds)
+                try:
+                    upstream = await session.post(
+                        ep.url + route, data=body, headers=headers, timeout=router.client_timeout
+                    )
+                except (aiohttp.ClientError, OSError) as exc:
+                    dog.stop()
+                    ticket.close()
+                    failure = self._failed(ep, classify(exc))
+                    if failure.retry:
+                        last = failure
+                        continue
+                    code = failure.status
+                    return self._answer(json_error(code, failure.message))
+                except asyncio.CancelledError:
+                    dog.stop()
+                    ticket.close()
+                    timeout = dog.claimed()
+                    if timeout is None:
+                        raise
+                    self._failed(ep, timeout)
+                    code = 504
+                    return self._answer(json_error(504, timeout.message, "GatewayTimeout"))
+                except BaseException:
+                    dog.stop()
+                    ticket.close()
+                    raise
+                response = await self._relay(request, upstream, ticket, ep, started, dog)
+                code = response.status
+                return response
+            message = "no engine replica is available; try again later"
+            if last is not None:
+                message += f" (last: {last.message})"
+            return self._answer(json_error(503, message))
+        except asyncio.CancelledError:
+            if router.draining and not _client_gone(request):
+                # the drain grace ran out before the engine answered: say so, do not just hang up
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                code = 503
+                return self._answer(json_error(503, SHUTTING_DOWN))
+            metrics.disconnects.inc()
+            code = 499
+            raise
+        finally:
+            metrics.answered(route, code, clock() - started)
+
+    def _failed(self, ep: Endpoint, failure: Failure) -> Failure:
+        """Count a failure and act on what it says about the endpoint: down on evidence (refused,
+        no such name), suspect when ambiguous."""
+        router = self.router
+        router.metrics.upstream_error(ep.name, failure.reason)
+        if failure.down:
+            if not ep.down:
+                log.warning("endpoint %s down: %s", ep.name, failure.message)
+            router.dispatcher.unreachable(ep, router.loop_time())
+        else:
+            log.warning("endpoint %s suspect: %s", ep.name, failure.message)
+            router.dispatcher.suspect(ep, router.loop_time())
+        return failure
+
+    def _answer(self, resp: web.StreamResponse, retry_after: bool = False) -> web.StreamResponse:
+        """Every answer the router gives: while it drains, each one closes its connection, so
+        clients reconnect through the Service to a router that stays."""
+        if retry_after:
+            resp.headers["Retry-After"] = str(D.SHED_RETRY_AFTER_S)
+        if self.router.draining:
+            resp.force_close()
+        return resp
+
+    async def _relay(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        ticket: Ticket,
+        ep: Endpoint,
+        started: float,
+        dog: Watchdog,
+    ) -> web.StreamResponse:
+        """Pass the engine's answer (status, end-to-end headers, body) to the client; always
+        ends the watchdog, the ticket and the upstream response (closing the connection when the
+        answer did not complete, which makes vLLM abort the request)."""
+        metrics = self.router.metrics
+        complete = False
+        try:
+            ctype = upstream.headers.get("Content-Type", "application/json")
+            if upstream.status != 200 or not ctype.startswith("text/event-stream"):
+                try:
+                    data = await upstream.read()
+                except (aiohttp.ClientError, OSError) as exc:
+                    failure = self._failed(ep, classify(exc))
+                    return self._answer(json_error(failure.status, failure.message))
+                except asyncio.CancelledError:
+                    timeout = dog.claimed()
+                    if timeout is None:
+                        raise
+                    self._failed(ep, timeout)
+                    return self._answer(json_error(504, timeout.message, "GatewayTimeout"))
+                ticket.first_token()
+                complete = True
+                if upstream.status >= 500:
+                    metrics.upstream_error(ep.name, f"http_{upstream.status}")
+                else:
+                    ep.answered()
+                return self._answer(
+                    web.Response(
+                        body=data, status=upstream.status, headers=to_client(upstream.headers)
+                    )
+                )
+            out = self._answer(web.StreamResponse(status=200, headers=to_client(upstream.headers)))
+            await out.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    dog.activity()
+                    if ticket.in_prefill:
+                        ticket.first_token()
+                        metrics.ttft.observe(self.router.loop_time() - started)
+                    await out.write(chunk)
+                complete = True
+                ep.answered()
+            except (aiohttp.ClientError, OSError) as exc:
+                if isinstance(exc, ConnectionResetError) and _client_gone(request):
+                    metrics.disconnects.inc()  # the client went away while we wrote
+                    return out
+                # the engine died mid-answer: headers are sent, so tell the client in-band
+                failure = self._failed(ep, classify(exc))
+                await _error_event(out, failure.message, failure.status)
+            except asyncio.CancelledError:
+                timeout = dog.claimed()
+                if timeout is not None:
+                    self._failed(ep, timeout)
+                    await _error_event(out, timeout.message, 504)
+                elif self.router.draining and not _client_gone(request):
+                    # the drain grace ran out: end the stream in-band rather than cut it
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    metrics.upstream_error(ep.name, "shutdown")
+                    await _error_event(out, SHUTTING_DOWN, 503)
+                else:
+                    raise
+            with contextlib.suppress(ConnectionResetError):
+                await out.write_eof()
+            return out
+        finally:
+            dog.stop()
+            ticket.close()
+            if complete:
+                upstream.release()
+            else:
+                upstream.close()
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        router = self.router
+        assert router.session is not None
+        engine_key = router.engine_key
+        headers = to_engine(request.headers, engine_key.token if engine_key else None)
+        for ep in router.dispatcher.candidates(router.loop_time()):
+            try:
+                async with router.session.get(
+                    ep.url + "/v1/models", headers=headers, timeout=router.client_timeout
+                ) as upstream:
+                    data = await upstream.read()
+                    return self._answer(
+                        web.Response(
+                            body=data, status=upstream.status, headers=to_client(upstream.headers)
+                        )
+                    )
+            except (aiohttp.ClientError, OSError) as exc:
+                failure = self._failed(ep, classify(exc))
+                if not failure.retry:
+                    return self._answer(json_error(failure.status, failure.message))
+        return self._answer(json_error(503, "no engine replica is available; try again later"))
