@@ -1,5 +1,14 @@
 """One level-based reconcile of one LLMService: observe, compare with the desired state, write
-only the difference. Safe to run any number of times; a run with nothing to do writes nothing."""
+only the difference. Safe to run any number of times; a run with nothing to do writes nothing.
+
+Observing reads the operator's cache of watched objects (`controller.cache`), not the API: a
+pass that has nothing to do makes no request at all. Writes are conditional where a stale read
+could do harm (the status carries the resourceVersion it was computed from); a 409 re-reads the
+object and runs the pass again.
+
+The pass, in order: `_observe` (cache -> spec, children, pods), `_converge` (children),
+`_write_status` (status and Events). A new input to the status goes into `Observed`.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +29,8 @@ from halffull.builders import engine as engine_builders
 from halffull.builders import meta
 from halffull.builders.children import Defaults, desired_children
 from halffull.builders.drift import covers
+from halffull.controller.cache import ObjectCache, matches
+from halffull.controller.failures import ApiCallError, Failure
 from halffull.controller.kube import Kube, now_rfc3339
 from halffull.controller.metrics_source import Target
 from halffull.controller.weights import Published, Watch, WeightsLoop
@@ -34,6 +45,7 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 CHILD_KINDS = ("ConfigMap", "Service", "Deployment")
+CONFLICT_RETRIES = 3
 
 
 @dataclass
@@ -87,9 +99,16 @@ def weighted(endpoints: list[RouterEndpoint], weights: Mapping[str, float]) -> l
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, defaults: Defaults, weights: WeightsLoop | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        defaults: Defaults,
+        cache: ObjectCache | None = None,
+        weights: WeightsLoop | None = None,
+    ) -> None:
         self.kube = kube
         self.defaults = defaults
+        self.cache = cache if cache is not None else ObjectCache()
         self.weights = weights
 
     def _watch_metrics(self, svc: LLMService, endpoints: list[RouterEndpoint]) -> Published | None:
@@ -114,7 +133,7 @@ class Reconciler:
     def reconcile(self, namespace: str, name: str) -> Outcome:
         started = time.perf_counter()
         try:
-            outcome = self._reconcile(namespace, name)
+            outcome = self._reconcile_retrying(namespace, name)
         except Exception:
             RECONCILES.labels("error").inc()
             raise
@@ -123,47 +142,113 @@ class Reconciler:
         RECONCILES.labels("invalid" if outcome.problems else "ok").inc()
         return outcome
 
+    def _reconcile_retrying(self, namespace: str, name: str) -> Outcome:
+        for attempt in range(CONFLICT_RETRIES):
+            try:
+                return self._reconcile(namespace, name)
+            except ApiCallError as exc:
+                if exc.status != 409 or attempt == CONFLICT_RETRIES - 1:
+                    raise
+                self.refresh(namespace, name)  # our read was stale: read again, run again
+        raise AssertionError("unreachable")
+
+    def refresh(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The LLMService read from the API server into the cache (after a conflict)."""
+        fresh = self.kube.get_llmservice(namespace, name)
+        if fresh is None:
+            self.cache.drop("LLMService", namespace, name)
+        else:
+            self.cache.put("LLMService", fresh)
+        return fresh
+
+    def _observe(
+        self, body: dict[str, Any], svc: LLMService
+    ) -> tuple[dict[tuple[str, str], dict[str, Any]], list[dict[str, Any]]]:
+        """Our children (owned by this very object, not a predecessor of the same name) and
+        the engine pods, from the cache."""
+        namespace, name = svc.meta.namespace, svc.meta.name
+        live = {
+            (obj["kind"], obj["metadata"]["name"]): obj
+            for obj in self.cache.owned(namespace, name, CHILD_KINDS)
+            if _owned_by(obj, svc.meta.uid)
+        }
+        engine = meta.selector_labels(svc, engine_builders.COMPONENT)
+        pods = [p for p in self.cache.owned(namespace, name, ("Pod",)) if matches(p, engine)]
+        return live, pods
+
     def _reconcile(self, namespace: str, name: str) -> Outcome:
         outcome = Outcome()
-        body = self.kube.get_llmservice(namespace, name)
+        body = self.cache.get("LLMService", namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return outcome  # owner references let the garbage collector remove the children
         svc = LLMService.from_body(body)
-        selector = f"{meta.OWNER_LABEL}={name}"
-        live: dict[tuple[str, str], dict[str, Any]] = {}
-        for kind in CHILD_KINDS:
-            for obj in self.kube.list_children(kind, namespace, selector):
-                if _owned_by(obj, svc.meta.uid):
-                    live[(kind, obj["metadata"]["name"])] = obj
-        pods = self.kube.list_pods(namespace, meta.selector_string(svc, engine_builders.COMPONENT))
+        live, pods = self._observe(body, svc)
 
         outcome.problems = validation.problems(svc)
         endpoints = ready_endpoints(pods)
         table = self._watch_metrics(svc, endpoints)
         if not outcome.problems:
             # An invalid spec leaves the running children as they are: nothing that serves is lost.
-            weights = (
-                dict(table.weights)
-                if table is not None
-                else live_weights(live.get(("ConfigMap", meta.router_name(svc))))
-            )
-            desired = desired_children(svc, self.defaults, weighted(endpoints, weights))
-            wanted = {(d["kind"], d["metadata"]["name"]) for d in desired}
-            for obj in desired:
-                key = (obj["kind"], obj["metadata"]["name"])
-                if needs_apply(obj, live.get(key)):
-                    live[key] = self.kube.apply(obj)
-                    outcome.applied.append("/".join(key))
-            for key in sorted(set(live) - wanted):
-                self.kube.delete(key[0], namespace, key[1])
-                del live[key]
-                outcome.deleted.append("/".join(key))
+            self._converge(svc, live, endpoints, table, outcome)
 
         outcome.status_written = self._write_status(body, svc, live, outcome.problems, table)
         if outcome.applied or outcome.deleted:
             log.info("%s/%s: applied %s deleted %s", namespace, name, outcome.applied,
                      outcome.deleted)  # fmt: skip
         return outcome
+
+    def _converge(
+        self,
+        svc: LLMService,
+        live: dict[tuple[str, str], dict[str, Any]],
+        endpoints: list[RouterEndpoint],
+        table: Published | None,
+        outcome: Outcome,
+    ) -> None:
+        """Apply the children that differ from the desired ones; delete ours it no longer wants."""
+        weights = (
+            dict(table.weights)
+            if table is not None
+            else live_weights(live.get(("ConfigMap", meta.router_name(svc))))
+        )
+        desired = desired_children(svc, self.defaults, weighted(endpoints, weights))
+        wanted = {(d["kind"], d["metadata"]["name"]) for d in desired}
+        for obj in desired:
+            key = (obj["kind"], obj["metadata"]["name"])
+            if needs_apply(obj, live.get(key)):
+                live[key] = self.kube.apply(obj)
+                self.cache.put(key[0], live[key])
+                outcome.applied.append("/".join(key))
+        for key in sorted(set(live) - wanted):
+            self.kube.delete(key[0], svc.meta.namespace, key[1])
+            self.cache.drop(key[0], svc.meta.namespace, key[1])
+            del live[key]
+            outcome.deleted.append("/".join(key))
+
+    def report_failure(self, namespace: str, name: str, failure: Failure) -> None:
+        """A failed pass, in the `Degraded` condition and an Event, once per distinct reason and
+        message (the retries that follow write nothing more)."""
+        body = self.cache.get("LLMService", namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return
+        current = body.get("status") or {}
+        generation = int(body["metadata"].get("generation") or 0)
+        new = with_degraded(current, failure, generation, now_rfc3339())
+        if new == current:
+            return
+        try:
+            self._patch_status(body, current, new)
+        finally:
+            self.kube.post_event(body, failure.reason, failure.message, "Warning")
+
+    def _patch_status(
+        self, body: dict[str, Any], current: Mapping[str, Any], new: dict[str, Any]
+    ) -> None:
+        md = body["metadata"]
+        written = self.kube.patch_status(
+            md["namespace"], md["name"], status_patch(current, new), md.get("resourceVersion")
+        )
+        self.cache.put("LLMService", written)
 
     def _write_status(
         self,
@@ -205,7 +290,7 @@ class Reconciler:
         )
         if new == current:
             return False
-        self.kube.patch_status(svc.meta.namespace, svc.meta.name, new)
+        self._patch_status(body, current, new)
         self._post_transitions(body, current, new)
         return True
 
@@ -228,6 +313,27 @@ class Reconciler:
             self.kube.post_event(body, "TuningApplied", f"scheduler now {new.get('scheduler')}")
         if old.get("router") and old.get("router") != new.get("router"):
             self.kube.post_event(body, "TuningApplied", f"router now {new.get('router')}")
+
+
+def status_patch(current: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch that turns `current` into `new`: keys `new` no longer has are set to None,
+    which a merge patch removes (a merge patch never removes a key it does not name)."""
+    return {**{k: None for k in current if k not in new}, **new}
+
+
+def with_degraded(
+    current: Mapping[str, Any], failure: Failure, generation: int, now: str
+) -> dict[str, Any]:
+    """`current` with the Degraded condition saying why the last pass failed."""
+    conditions = list(current.get("conditions") or [])
+    verdict = status_api.Verdict("True", failure.reason, failure.message[:1024])
+    cond = status_api.set_condition(conditions, status_api.DEGRADED, verdict, generation, now)
+    if not any(c.get("type") == status_api.DEGRADED for c in conditions):
+        conditions.append(cond)
+    return {
+        **current,
+        "conditions": [cond if c.get("type") == status_api.DEGRADED else c for c in conditions],
+    }
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
