@@ -52,7 +52,7 @@ def silent() -> SilentServer:
 
 def test_prometheus_query_has_an_http_timeout(silent: SilentServer) -> None:
     source = PrometheusSource(silent.url, timeout_s=0.5)
-    with pytest.raises(PrometheusError, match="timed out|Timeout"):
+    with pytest.raises(PrometheusError, match=r"timed out|Timeout"):
         source.query(NS, ["pod-a"])
     assert len(silent.accepted) == 1  # the server took the connection; no retry followed
 
