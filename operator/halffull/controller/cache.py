@@ -38,7 +38,8 @@ class ObjectCache:
         self._lock = threading.Lock()
 
     def put(self, kind: str, obj: dict[str, Any]) -> None:
-        md = obj["metadata"]
+        md = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
+        obj = {"kind": kind, **obj, "metadata": md}  # managedFields: large, never read here
         ref = (kind, md.get("namespace") or "", md["name"])
         with self._lock:
             held = self._objects.get(ref)
@@ -47,7 +48,6 @@ class ObjectCache:
                 if new is not None and old is not None and new < old:
                     return
             self._unindex(ref)
-            obj.setdefault("kind", kind)
             self._objects[ref] = obj
             owner = (md.get("labels") or {}).get(OWNER_LABEL)
             if owner:

@@ -24,6 +24,7 @@ import kopf
 from halffull.api.spec import GROUP, PLURAL, VERSION
 from halffull.builders.meta import MANAGED_BY, OWNER_LABEL
 from halffull.controller.cache import ObjectCache
+from halffull.controller.failures import retry_delay
 from halffull.controller.leader import LeaseElector
 from halffull.controller.reconcile import Reconciler
 from halffull.controller.runner import KeyedRunner
@@ -81,6 +82,18 @@ class Operator:
                 for obj in self.reconciler.kube.list_children(kind, ns, CHILD_SELECTOR):
                     self.cache.put(kind, obj)
 
+    async def _prime_until_done(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                await asyncio.to_thread(self.prime)
+                return
+            except Exception as exc:  # the API server may not answer yet
+                attempt += 1
+                delay = retry_delay(attempt)
+                log.warning("listing our children failed (retry in %.1f s): %r", delay, exc)
+                await asyncio.sleep(delay)
+
     def register(self, registry: kopf.OperatorRegistry) -> None:
         @kopf.on.login(registry=registry)
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -94,7 +107,7 @@ class Operator:
             settings.watching.server_timeout = 300
             for group, version, plural, _kind in CHILD_RESOURCES:
                 settings.watching.label_selectors[group, version, plural] = CHILD_SELECTOR
-            await asyncio.to_thread(self.prime)
+            await self._prime_until_done()
             leader = self.elector_factory is None
             self.runner = KeyedRunner(
                 self._reconcile, on_failure=self.reconciler.report_failure, active=leader

@@ -236,10 +236,8 @@ class Reconciler:
         new = with_degraded(current, failure, generation, now_rfc3339())
         if new == current:
             return
-        try:
-            self._patch_status(body, current, new)
-        finally:
-            self.kube.post_event(body, failure.reason, failure.message, "Warning")
+        self._patch_status(body, current, new)
+        self.kube.post_event(body, failure.reason, failure.message, "Warning")
 
     def _patch_status(
         self, body: dict[str, Any], current: Mapping[str, Any], new: dict[str, Any]
