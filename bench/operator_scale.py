@@ -21,7 +21,9 @@ Not a test: it prints tables. A full run takes about 15 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -149,13 +151,13 @@ class Variant:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=20)
+        self.proc.kill()  # nothing happens when it has exited
+        self.proc.wait()
 
     def metrics(self) -> list[prom.Sample]:
         return prom.scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")

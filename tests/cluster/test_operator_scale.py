@@ -37,10 +37,8 @@ def admin_token(cluster: Cluster) -> str:
 
 @pytest.fixture
 def recorder(cluster: Cluster) -> Iterator[ApiRecorder]:
-    rec = ApiRecorder(cluster.kubeconfig)
-    rec.start()
-    yield rec
-    rec.stop()
+    with ApiRecorder(cluster.kubeconfig) as rec:
+        yield rec
 
 
 def proxied(cluster: Cluster, rec: ApiRecorder, path: Path, token: str | None = None) -> Cluster:

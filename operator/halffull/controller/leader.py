@@ -113,13 +113,9 @@ class LeaseElector:
         spec.holder_identity = self.identity
         spec.lease_duration_seconds = self.lease_s
         spec.renew_time = _micro_now()
-        try:  # an update carries the resourceVersion read: a racing replica gets 409
-            self.coord.replace_namespaced_lease(self.name, self.namespace, lease)
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
+        # An update carries the resourceVersion read: a racing replica gets 409.
+        return _unless_conflict(self.coord.replace_namespaced_lease, self.name, self.namespace,
+                                lease)  # fmt: skip
 
     def _create(self) -> bool:
         now = _micro_now()
@@ -135,13 +131,7 @@ class LeaseElector:
                 "leaseTransitions": 0,
             },
         }
-        try:
-            self.coord.create_namespaced_lease(self.namespace, body)
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
-        return True
+        return _unless_conflict(self.coord.create_namespaced_lease, self.namespace, body)
 
     def _release(self) -> None:
         """Hand the Lease over at once: no holder, so the next try of another replica wins."""
@@ -152,3 +142,14 @@ class LeaseElector:
         lease.spec.lease_duration_seconds = 1
         lease.spec.renew_time = _micro_now()
         self.coord.replace_namespaced_lease(self.name, self.namespace, lease)
+
+
+def _unless_conflict(call: Callable[..., Any], *args: Any) -> bool:
+    """True when the write went through, False when another replica's came first (409)."""
+    try:
+        call(*args)
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+    return True
