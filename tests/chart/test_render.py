@@ -251,6 +251,11 @@ def split_leader_election(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [d for d in docs if d not in lease]
 
 
+def test_two_replicas_elect_a_leader(helm: Helm) -> None:
+    dep = one(split_leader_election(helm.template("--set", "replicaCount=2")), "Deployment")
+    assert dep["spec"]["replicas"] == 2
+
+
 def test_rbac_modes(helm: Helm) -> None:
     cluster_docs = split_leader_election(helm.template())
     role = one(cluster_docs, "ClusterRole")

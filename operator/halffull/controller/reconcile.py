@@ -165,16 +165,14 @@ class Reconciler:
         self, body: dict[str, Any], svc: LLMService
     ) -> tuple[dict[tuple[str, str], dict[str, Any]], list[dict[str, Any]]]:
         """Our children (owned by this very object, not a predecessor of the same name) and
-        the engine pods, from the cache."""
+        its pods (engines' and routers'), from the cache."""
         namespace, name = svc.meta.namespace, svc.meta.name
         live = {
             (obj["kind"], obj["metadata"]["name"]): obj
             for obj in self.cache.owned(namespace, name, CHILD_KINDS)
             if _owned_by(obj, svc.meta.uid)
         }
-        engine = meta.selector_labels(svc, engine_builders.COMPONENT)
-        pods = [p for p in self.cache.owned(namespace, name, ("Pod",)) if matches(p, engine)]
-        return live, pods
+        return live, self.cache.owned(namespace, name, ("Pod",))
 
     def _reconcile(self, namespace: str, name: str) -> Outcome:
         outcome = Outcome()
@@ -183,9 +181,11 @@ class Reconciler:
             return outcome  # owner references let the garbage collector remove the children
         svc = LLMService.from_body(body)
         live, pods = self._observe(body, svc)
+        engine = meta.selector_labels(svc, engine_builders.COMPONENT)
+        engine_pods = [p for p in pods if matches(p, engine)]
 
         outcome.problems = validation.problems(svc)
-        endpoints = ready_endpoints(pods)
+        endpoints = ready_endpoints(engine_pods)
         table = self._watch_metrics(svc, endpoints)
         if not outcome.problems:
             # An invalid spec leaves the running children as they are: nothing that serves is lost.
