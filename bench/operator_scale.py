@@ -168,10 +168,11 @@ class Variant:
     def reconciles(self) -> float:
         return prom.total(self.metrics(), "halffull_operator_reconciles_total")
 
-    def rss_mb(self) -> float:
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        """Resident memory now (VmRSS) or at its peak so far (VmHWM)."""
         assert self.proc is not None
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
 
@@ -295,6 +296,59 @@ class Bench:
             list(pool.map(make, range(n_cm + n_pod)))
         return n_cm, n_pod
 
+    def noise_phase(self, args: argparse.Namespace) -> None:
+        """What unrelated objects cost each operator: CPU while they are created (their events),
+        memory, and reconcile latency among them; then they are deleted."""
+        c0 = {v.label: v.cpu_s() for v in self.variants}
+        started = time.monotonic()
+        n_cm, n_pod = self.noise(args.noise_scale)
+        took = time.monotonic() - started
+        print(f"    created {n_cm} ConfigMaps and {n_pod} Pods in {NOISE} in {took:.0f} s",
+              flush=True)  # fmt: skip
+        time.sleep(5)
+        phase = f"+{n_cm} ConfigMaps, {n_pod} Pods unrelated"
+        self.record(phase, "operator CPU while they were created (s)",
+                    {v.label: f"{v.cpu_s() - c0[v.label]:.1f}" for v in self.variants})  # fmt: skip
+        self.record(phase, "operator peak RSS so far (MB)",
+                    {v.label: f"{v.rss_mb('VmHWM'):.0f}" for v in self.variants})  # fmt: skip
+        self.idle(phase, args.idle_seconds)
+        self.singles(phase, max(5, args.tries // 2), "noisy")
+        self.core.delete_namespace(NOISE)
+        while True:
+            try:
+                self.core.read_namespace(NOISE)
+                time.sleep(1)
+            except ApiException:
+                break
+
+    def burst(self, count: int) -> None:
+        for v in self.variants:
+            names = [f"burst-{i:03d}" for i in range(count)]
+            created = self.create(v.namespace, names, lambda i: 1 + i % 3)
+            lat = self.wait_children(v.namespace, created)
+            self.wait_status(v.namespace, names)
+            with self.recorder.lock:
+                st = [self.recorder.status_at[(v.namespace, n)] - created[n] for n in names]
+            for what, vals in (("all 6 children", lat), ("first status", st)):
+                summary = f"{statistics.median(vals):.3f} / {percentile(vals, 0.99):.3f}"
+                self.record(f"burst of {count}", f"create -> {what} p50 / p99 (s)",
+                            {v.label: summary})  # fmt: skip
+
+    def existing(self, args: argparse.Namespace) -> None:
+        phase = f"{args.existing} existing"
+        for v in self.variants:
+            have = len(self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, v.namespace, PLURAL)["items"])  # fmt: skip
+            more = [f"exist-{i:03d}" for i in range(max(0, args.existing - have))]
+            started = time.monotonic()
+            self.wait_children(v.namespace, self.create(v.namespace, more, lambda _: 1))
+            print(f"    {v.label}: {len(more)} more created and served in "
+                  f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+        time.sleep(10)
+        self.singles(phase, args.tries, "single")
+        time.sleep(5)
+        self.idle(phase, args.steady_seconds)
+
     def table(self, load: str) -> None:
         labels = [v.label for v in self.variants]
         print(f"\n| phase | measure | {' | '.join(labels)} |")
@@ -337,7 +391,9 @@ def main() -> int:
     ap.add_argument("--steady-seconds", type=float, default=60)
     ap.add_argument("--idle-seconds", type=float, default=20)
     ap.add_argument("--noise-scale", type=float, default=1.0, help="1.0: 5,000 CMs + 2,000 Pods")
+    ap.add_argument("--phases", default="empty,noise,burst,existing")
     args = ap.parse_args()
+    phases = set(args.phases.split(","))
 
     workdir = Path(tempfile.mkdtemp(prefix="halffull-bench-"))
     here = str(ROOT / "operator")
@@ -358,49 +414,15 @@ def main() -> int:
                 v.start(cluster.kubeconfig)
             bench.recorder.start()
             time.sleep(3)
-            # 1. empty cluster
-            bench.idle("empty cluster", args.idle_seconds)
-            bench.singles("empty cluster", max(5, args.tries // 2), "empty")
-            # 2. unrelated objects
-            started = time.monotonic()
-            n_cm, n_pod = bench.noise(args.noise_scale)
-            print(f"    created {n_cm} ConfigMaps and {n_pod} Pods in {NOISE} in "
-                  f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
-            time.sleep(5)
-            phase = f"+{n_cm} ConfigMaps, {n_pod} Pods unrelated"
-            bench.idle(phase, args.idle_seconds)
-            bench.singles(phase, max(5, args.tries // 2), "noisy")
-            bench.core.delete_namespace(NOISE)
-            while True:
-                try:
-                    bench.core.read_namespace(NOISE)
-                    time.sleep(1)
-                except ApiException:
-                    break
-            # 3. burst
-            for v in variants:
-                names = [f"burst-{i:03d}" for i in range(args.burst)]
-                created = bench.create(v.namespace, names, lambda i: 1 + i % 3)
-                lat = bench.wait_children(v.namespace, created)
-                bench.wait_status(v.namespace, names)
-                with bench.recorder.lock:
-                    st = [bench.recorder.status_at[(v.namespace, n)] - created[n] for n in names]
-                for what, vals in (("all 6 children", lat), ("first status", st)):
-                    summary = f"{statistics.median(vals):.3f} / {percentile(vals, 0.99):.3f}"
-                    bench.record(f"burst of {args.burst}", f"create -> {what} p50 / p99 (s)",
-                                 {v.label: summary})  # fmt: skip
-            # 4. many existing
-            phase = f"{args.existing} existing"
-            for v in variants:
-                more = [f"exist-{i:03d}" for i in range(args.existing - args.burst)]
-                started = time.monotonic()
-                bench.wait_children(v.namespace, bench.create(v.namespace, more, lambda _: 1))
-                print(f"    {v.label}: {len(more)} more created and served in "
-                      f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
-            time.sleep(10)
-            bench.singles(phase, args.tries, "single")
-            time.sleep(5)
-            bench.idle(phase, args.steady_seconds)
+            if "empty" in phases:
+                bench.idle("empty cluster", args.idle_seconds)
+                bench.singles("empty cluster", max(5, args.tries // 2), "empty")
+            if "noise" in phases:
+                bench.noise_phase(args)
+            if "burst" in phases:
+                bench.burst(args.burst)
+            if "existing" in phases:
+                bench.existing(args)
             bench.recorder.stop.set()
         finally:
             for v in variants:

@@ -11,6 +11,7 @@ import pytest
 from halffull.api import status as status_api
 from halffull.controller.cache import ObjectCache, matches
 from halffull.controller.failures import ApiCallError, Failure, classify, retry_delay
+from halffull.controller.memo import ReconcileMemo
 from halffull.controller.reconcile import status_patch, with_degraded
 from halffull.controller.runner import KeyedRunner
 
@@ -146,3 +147,33 @@ def test_runner_gives_up_on_a_terminating_namespace_and_waits_while_inactive() -
 
     asyncio.run(main())
     assert sorted(calls) == ["gone", "kept"]
+
+
+def test_memo_rebuilds_on_new_inputs_and_rechecks_new_versions_only() -> None:
+    memo, owner = ReconcileMemo(), ("ns", "svc")
+    builds: list[int] = []
+
+    def build() -> list[dict[str, Any]]:
+        builds.append(1)
+        return [{"n": len(builds)}]
+
+    assert memo.desired(owner, ("gen", 1), build) == [{"n": 1}]
+    assert memo.desired(owner, ("gen", 1), build) == [{"n": 1}] and len(builds) == 1
+    assert memo.desired(owner, ("gen", 2), build) == [{"n": 2}]
+    checks: list[bool] = []
+
+    def check(result: bool) -> Any:
+        return lambda: checks.append(result) or result
+
+    live = {"kind": "ConfigMap", "metadata": {"name": "a", "resourceVersion": "5"}}
+    assert memo.drift_free(owner, live, "h1", check(True))
+    assert memo.drift_free(owner, live, "h1", check(False))  # same version: not checked again
+    assert len(checks) == 1
+    assert not memo.drift_free(owner, live, "h2", check(False))  # another desired state
+    edited = {"kind": "ConfigMap", "metadata": {"name": "a", "resourceVersion": "6"}}
+    assert not memo.drift_free(owner, edited, "h1", check(False))  # someone edited it
+    assert not memo.drift_free(owner, edited, "h1", check(False))  # drift is never remembered
+    assert len(checks) == 4
+    memo.forget(owner)
+    memo.desired(owner, ("gen", 2), build)
+    assert len(builds) == 3

@@ -140,6 +140,7 @@ class Operator:
             key = (namespace, name)
             if type == "DELETED":
                 self.cache.drop("LLMService", namespace, name)
+                self.reconciler.memo.forget(key)
                 self.known.discard(key)
                 if self.weights is not None:
                     self.weights.forget(key)

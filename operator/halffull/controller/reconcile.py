@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ from halffull.builders.drift import covers
 from halffull.controller.cache import ObjectCache, matches
 from halffull.controller.failures import ApiCallError, Failure
 from halffull.controller.kube import Kube, now_rfc3339
+from halffull.controller.memo import ReconcileMemo
 from halffull.controller.metrics_source import Target
 from halffull.controller.weights import Published, Watch, WeightsLoop
 from halffull.policy.sal import DEFAULT_MAX_TOKENS_PER_BATCH
@@ -56,14 +57,25 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
 
 
-def needs_apply(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
+def needs_apply(
+    desired: Mapping[str, Any],
+    live: Mapping[str, Any] | None,
+    drift_free: Callable[[str, Callable[[], bool]], bool] | None = None,
+) -> bool:
     """Apply when the child is missing, when what we want changed (hash annotation), or when
-    someone changed a field we manage (drift)."""
+    someone changed a field we manage (drift). `drift_free(hash, check)` may skip the check
+    for a live version already checked (`memo.ReconcileMemo.drift_free`)."""
     if live is None:
         return True
     want_hash = desired["metadata"]["annotations"][meta.HASH_ANNOTATION]
     have_hash = (live["metadata"].get("annotations") or {}).get(meta.HASH_ANNOTATION)
-    return want_hash != have_hash or not covers(live, desired)
+    if want_hash != have_hash:
+        return True
+
+    def check() -> bool:
+        return covers(live, desired)
+
+    return not (drift_free(want_hash, check) if drift_free else check())
 
 
 def ready_endpoints(pods: list[dict[str, Any]]) -> list[RouterEndpoint]:
@@ -110,6 +122,7 @@ class Reconciler:
         self.defaults = defaults
         self.cache = cache if cache is not None else ObjectCache()
         self.weights = weights
+        self.memo = ReconcileMemo()
 
     def _watch_metrics(self, svc: LLMService, endpoints: list[RouterEndpoint]) -> Published | None:
         if self.weights is None:
@@ -211,11 +224,25 @@ class Reconciler:
             if table is not None
             else live_weights(live.get(("ConfigMap", meta.router_name(svc))))
         )
-        desired = desired_children(svc, self.defaults, weighted(endpoints, weights))
+        table_in = weighted(endpoints, weights)
+        owner = (svc.meta.namespace, svc.meta.name)
+        inputs = (
+            svc.model_dump_json(),
+            self.defaults,
+            tuple((e.name, e.url, e.weight) for e in table_in),
+        )
+        desired = self.memo.desired(
+            owner, inputs, lambda: desired_children(svc, self.defaults, table_in)
+        )
         wanted = {(d["kind"], d["metadata"]["name"]) for d in desired}
         for obj in desired:
             key = (obj["kind"], obj["metadata"]["name"])
-            if needs_apply(obj, live.get(key)):
+            child = live.get(key)
+
+            def drift_free(want: str, check: Callable[[], bool], c: Any = child) -> bool:
+                return self.memo.drift_free(owner, c, want, check)
+
+            if needs_apply(obj, child, drift_free):
                 live[key] = self.kube.apply(obj)
                 self.cache.put(key[0], live[key])
                 outcome.applied.append("/".join(key))
