@@ -350,8 +350,9 @@ class Bench:
                     created[v.label] |= self.create(v.namespace, [name], lambda _: 1)
         for v in self.variants:
             self.wait_children(v.namespace, created[v.label])
-            print(f"    {v.label}: {len(created[v.label])} more served "
-                  f"{time.monotonic() - started:.0f} s after the first create", flush=True)  # fmt: skip
+            took = time.monotonic() - started
+            print(f"    {v.label}: {len(created[v.label])} more served {took:.0f} s after the "
+                  "first create", flush=True)  # fmt: skip
         time.sleep(10)
         self.singles(phase, args.tries, "single")
         time.sleep(5)
