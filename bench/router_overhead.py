@@ -10,6 +10,10 @@ engine and the router compete, which this table does not hide.
 
     .venv/bin/python bench/router_overhead.py                # rates 100,250,500 req/s, 6 s each
     .venv/bin/python bench/router_overhead.py --rates 500 --seconds 10 --concurrency 32
+
+`halffull` is this checkout's router (its operator/ first on PYTHONPATH). `--also NAME=DIR` adds
+another checkout's router as one more target, e.g. a baseline commit unpacked with
+`git archive REV | tar -x -C /tmp/base`, so that a change is measured side by side with it.
 """
 
 from __future__ import annotations
@@ -52,9 +56,18 @@ class Proc:
 
 
 @contextlib.contextmanager
-def started(name: str, cmd: list[str], url: str, health: str, log_dir: Path) -> Iterator[Proc]:
+def started(
+    name: str,
+    cmd: list[str],
+    url: str,
+    health: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+) -> Iterator[Proc]:
     log = (log_dir / f"{name}.log").open("wb")
-    popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    popen = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+    )
     try:
         deadline = time.monotonic() + 60
         import urllib.request
@@ -81,6 +94,19 @@ def started(name: str, cmd: list[str], url: str, health: str, log_dir: Path) -> 
             os.killpg(popen.pid, signal.SIGKILL)
             popen.wait()
         log.close()
+
+
+def parse_also(value: str) -> tuple[str, Path]:
+    name, sep, tree = value.partition("=")
+    if not sep or not name or not (Path(tree) / "operator" / "halffull").is_dir():
+        raise SystemExit(f"--also {value!r}: expected NAME=DIR with DIR/operator/halffull")
+    return name, Path(tree).resolve()
+
+
+def checkout_env(tree: Path) -> dict[str, str]:
+    """The environment that makes `python -m halffull.cli` run `tree`'s code."""
+    paths = [str(tree / "operator"), str(tree / "dev"), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -206,10 +232,17 @@ def main() -> int:
     ap.add_argument("--slice", type=float, default=1.0, help="seconds per turn")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--no-vllm-router", action="store_true")
+    ap.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="another checkout's router as one more target (DIR holds its operator/)",
+    )
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
 
-    engine_port, router_port, admin_port, vr_port = (free_port() for _ in range(4))
+    engine_port, vr_port = free_port(), free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="router-overhead-"))
     engine_url = f"http://127.0.0.1:{engine_port}"
     with contextlib.ExitStack() as stack:
@@ -220,35 +253,30 @@ def main() -> int:
                 engine_url,
                 engine_url + "/health",
                 log_dir,
+                env=checkout_env(ROOT),
             )
         )
         engine.name = "direct"
         targets = [engine]
-        halffull_bin = str(Path(PY).parent / "halffull")
-        targets.append(
-            stack.enter_context(
-                started(
-                    "halffull",
-                    [
-                        halffull_bin,
-                        "router",
-                        "--endpoint",
-                        engine_url,
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(router_port),
-                        "--admin-port",
-                        str(admin_port),
-                        "--log-level",
-                        "WARNING",
-                    ],
-                    f"http://127.0.0.1:{router_port}",
-                    f"http://127.0.0.1:{admin_port}/ready",
-                    log_dir,
+        routers = [("halffull", ROOT), *(parse_also(a) for a in args.also)]
+        for name, tree in routers:
+            port, admin = free_port(), free_port()
+            targets.append(
+                stack.enter_context(
+                    started(
+                        name,
+                        [
+                            *(PY, "-m", "halffull.cli", "router", "--endpoint", engine_url),
+                            *("--host", "127.0.0.1", "--port", str(port)),
+                            *("--admin-port", str(admin), "--log-level", "WARNING"),
+                        ],
+                        f"http://127.0.0.1:{port}",
+                        f"http://127.0.0.1:{admin}/ready",
+                        log_dir,
+                        env=checkout_env(tree),
+                    )
                 )
             )
-        )
         vr_bin = shutil.which("vllm-router", path=str(Path(PY).parent))
         vr_note = "not installed (pip install vllm-router)"
         if vr_bin and not args.no_vllm_router:

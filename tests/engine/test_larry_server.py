@@ -3,7 +3,6 @@ parameter file mounted the way kubelet mounts a ConfigMap, checked at the defaul
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import time
@@ -15,25 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from halffull_dev.testing import volumes
 from halffull_dev.testing.vllm_engine import PLUGIN, prompt_ids
 from halffull_dev.testing.vllm_server import VllmServer, free_port, running_vllm_server
 
 pytestmark = pytest.mark.engine
 
-_versions = itertools.count()
-
 
 def publish(mount: Path, text: str) -> None:
     """A new ConfigMap version, as kubelet writes it (timestamped dir + `..data` swap)."""
-    version = mount / f"..v{next(_versions)}"
-    version.mkdir()
-    (version / "scheduler.json").write_text(text)
-    tmp = mount / "..data_tmp"
-    tmp.symlink_to(version.name)
-    tmp.replace(mount / "..data")
-    link = mount / "scheduler.json"
-    if not link.is_symlink():
-        link.symlink_to("..data/scheduler.json")
+    volumes.publish(mount, {"scheduler.json": text})
 
 
 def get(url: str) -> str:

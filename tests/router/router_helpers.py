@@ -14,6 +14,7 @@ import aiohttp
 from halffull.api.runtime_config import RouterEndpoint
 from halffull.router.app import Router
 from halffull.router.config import Settings
+from halffull_dev.testing import volumes
 
 
 async def wait_for(condition: Callable[[], bool], what: str, limit_s: float = 60.0) -> None:
@@ -78,15 +79,6 @@ async def read_sse(resp: aiohttp.ClientResponse) -> list[Any]:
     return events
 
 
-def write_configmap(directory: Path, config: dict[str, Any], version: int) -> None:
-    """Lay out a ConfigMap volume the way the kubelet does: a timestamped directory, the `..data`
-    symlink swapped atomically to it, and `router.json` linking through `..data`."""
-    target = directory / f"..{version:04d}"
-    target.mkdir()
-    (target / "router.json").write_text(json.dumps(config))
-    tmp = directory / "..data_tmp"
-    tmp.symlink_to(target.name)
-    tmp.replace(directory / "..data")
-    link = directory / "router.json"
-    if not link.is_symlink():
-        link.symlink_to("..data/router.json")
+def write_configmap(directory: Path, config: dict[str, Any]) -> None:
+    """A new version of the router's ConfigMap volume, written the way the kubelet does."""
+    volumes.publish(directory, {"router.json": json.dumps(config)})

@@ -35,7 +35,7 @@ def test_refused_connection_retries_next_best_and_marks_down() -> None:
                 assert statuses == [200] * 4
                 assert ep_a.down
                 assert b.requests_total == 4
-                retries = router.m_retries._value.get()
+                retries = router.metrics.retries._value.get()
                 assert retries == 1  # only the first request met the dead replica
                 assert ep_a.inflight_requests == 0 and ep_a.prefill_tokens == 0
         finally:
@@ -124,7 +124,7 @@ def test_ten_thousand_aborted_requests_leak_nothing() -> None:
                 assert sum(f.requests_total for f in fakes) == n
                 assert sum(f.engine.aborted_total for f in fakes) == n
                 assert sum(len(f._queues) for f in fakes) == 0
-                assert router.m_disconnects._value.get() == n
+                assert router.metrics.disconnects._value.get() == n
                 # and the router still serves
                 async with s.post(url, json={"prompt": [1], "max_tokens": 2}) as r:
                     assert r.status == 200
@@ -166,7 +166,7 @@ def test_engine_dying_mid_answer() -> None:
                 resp = await plain
                 assert resp.status == 200
                 assert (await resp.json())["usage"]["completion_tokens"] == 200
-                assert router.m_retries._value.get() == 1
+                assert router.metrics.retries._value.get() == 1
                 for ep in router.endpoints.values():
                     assert ep.inflight_requests == 0 and ep.prefill_tokens == 0
         finally:

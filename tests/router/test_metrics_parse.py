@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from halffull.router.metrics_parse import MetricsParseError, parse_engine_metrics
+from halffull.runtime.vllm_metrics import MetricsParseError, parse_engine_metrics
 from halffull_dev.testing.engine_model import EngineShape
 from halffull_dev.testing.fake_engine import FakeEngine
 

@@ -13,8 +13,8 @@ import pytest
 from router_helpers import admin, base, make_settings, read_sse, running_router, wait_for
 
 from halffull.api.runtime_config import RouterDiscovery
-from halffull.policy.routing import POLICIES
-from halffull.router.metrics_parse import parse_engine_metrics
+from halffull.policy.registry import ROUTING_POLICIES
+from halffull.runtime.vllm_metrics import parse_engine_metrics
 from halffull_dev.testing.engine_model import EngineShape, StepCosts
 from halffull_dev.testing.fake_engine import FakeEngine
 
@@ -155,7 +155,9 @@ def test_bearer_token_from_a_file(tmp_path: Path) -> None:
         key.write_text("s3cret\n")
         async with (
             engines(1) as (fake,),
-            running_router(make_settings([fake.url]), api_key_file=key) as router,
+            running_router(
+                make_settings([fake.url]), api_key_file=key, config_check_s=0.0
+            ) as router,
             aiohttp.ClientSession() as s,
         ):
             url = base(router) + "/v1/completions"
@@ -171,7 +173,6 @@ def test_bearer_token_from_a_file(tmp_path: Path) -> None:
                 assert r.status == 200
             # a rotated Secret is picked up
             key.write_text("n3w-key-longer")
-            router._api_key_checked = 0.0
 
             async def status_with(token: str) -> int:
                 async with s.post(url, json=req, headers={"Authorization": f"Bearer {token}"}) as r:
@@ -264,7 +265,7 @@ def test_engine_metrics_names_match_what_the_router_reads() -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("policy", sorted(ROUTING_POLICIES))
 def test_every_policy_serves_through_the_router(policy: str) -> None:
     async def main() -> None:
         async with (

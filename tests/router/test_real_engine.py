@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from router_helpers import admin, base, make_settings, read_sse, running_router
 
-from halffull.router.metrics_parse import parse_engine_metrics
+from halffull.runtime.vllm_metrics import parse_engine_metrics
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -31,7 +31,7 @@ def test_reload_switches_replicas_without_dropping_requests(tmp_path: Path) -> N
         a, b, c = fakes
         mount = tmp_path / "router"
         mount.mkdir()
-        write_configmap(mount, config([a.url, b.url]), 1)
+        write_configmap(mount, config([a.url, b.url]))
         path = resolve_config_path(str(mount))
         settings = merge(load_config_file(path), FlagOverrides(), str(path))
         try:
@@ -53,13 +53,14 @@ def test_reload_switches_replicas_without_dropping_requests(tmp_path: Path) -> N
 
                 clients = [asyncio.create_task(client()) for _ in range(8)]
                 await wait_for(lambda: a.requests_total > 20 and b.requests_total > 20, "traffic")
-                write_configmap(mount, config([c.url], policy="least-requests"), 2)
+                write_configmap(mount, config([c.url], policy="least-requests"))
                 await wait_for(lambda: list(router.endpoints) == [c.url], "the reload")
                 assert router.policy.name == "least-requests"
 
                 def old_choices() -> tuple[float, float]:
                     return tuple(
-                        router.m_choices.labels(n)._value.get() for n in (str(a.port), str(b.port))
+                        router.metrics.choices.labels(n)._value.get()
+                        for n in (str(a.port), str(b.port))
                     )
 
                 before = old_choices()
@@ -68,12 +69,13 @@ def test_reload_switches_replicas_without_dropping_requests(tmp_path: Path) -> N
                 await asyncio.gather(*clients)
                 assert old_choices() == before  # nothing dispatched to the old replicas since
                 assert statuses and set(statuses) == {200}
-                assert router.m_reloads.labels("ok")._value.get() == 1
+                assert router.metrics.reloads.labels("ok")._value.get() == 1
 
                 # a broken file is refused and the running configuration stays
-                write_configmap(mount, {"model": "m", "policy": "fastest"}, 3)
+                write_configmap(mount, {"model": "m", "policy": "fastest"})
                 await wait_for(
-                    lambda: router.m_reloads.labels("error")._value.get() == 1, "the bad reload"
+                    lambda: router.metrics.reloads.labels("error")._value.get() == 1,
+                    "the bad reload",
                 )
                 assert list(router.endpoints) == [c.url]
                 async with s.post(

@@ -1,4 +1,4 @@
-"""The cluster loop runs the production policy and router-accounting code, deterministically."""
+"""The cluster loop runs the production dispatcher (policy, accounting), deterministically."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import halffull.policy.larry
 import halffull.sim.engine
 from halffull.policy import routing
-from halffull.router.endpoints import Endpoint
+from halffull.policy.endpoints import Endpoint
+from halffull.policy.registry import ROUTING_POLICIES
 from halffull.sim.cluster import ClusterConfig, simulate
 from halffull.sim.profiles import EngineShape, Profile, StepModel
 from halffull.sim.workload import Job, LengthFit, synthetic
@@ -80,7 +81,7 @@ def test_router_calls_the_policy_class_and_endpoint_accounting(
 
 def test_every_routing_policy_runs_and_completes() -> None:
     work = jobs(count=150)
-    for name in routing.POLICIES:
+    for name in ROUTING_POLICIES:
         res = simulate(work, ClusterConfig(PROFILE, replicas=3, router=name, seed=1))
         assert res.completed == len(work), name
         assert set(res.replica.tolist()) == {0, 1, 2}, name

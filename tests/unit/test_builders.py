@@ -16,6 +16,7 @@ from halffull.api.spec import LLMService
 from halffull.builders import meta
 from halffull.builders.children import Defaults, desired_children
 from halffull.builders.engine import vllm_args
+from halffull.policy.registry import ROUTING_POLICIES, SCHEDULER_POLICIES
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -92,13 +93,13 @@ tuning = st.fixed_dictionaries(
     {
         "scheduler": st.fixed_dictionaries(
             {
-                "policy": st.sampled_from(["larry", "fcfs", "larry-literal"]),
+                "policy": st.sampled_from(SCHEDULER_POLICIES),
                 "alpha": st.floats(0, 1e6, allow_nan=False),
             }
         ),
         "router": st.fixed_dictionaries(
             {
-                "policy": st.sampled_from(["sal", "round-robin", "least-requests", "least-kv"]),
+                "policy": st.sampled_from(list(ROUTING_POLICIES)),
                 "beta": st.floats(0, 1e6, allow_nan=False),
                 "pollIntervalMs": st.integers(10, 60_000),
             }

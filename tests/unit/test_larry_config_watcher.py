@@ -3,7 +3,6 @@ laid out the way kubelet mounts a ConfigMap."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import os
@@ -13,8 +12,7 @@ import pytest
 
 from halffull.api.runtime_config import SCHEDULER_CONFIG_FILE, SchedulerConfig
 from halffull.engine.config_watcher import FALLBACK, ConfigWatcher, parse_scheduler_config
-
-_versions = itertools.count()
+from halffull_dev.testing import volumes
 
 
 class FakeClock:
@@ -25,18 +23,9 @@ class FakeClock:
         return self.now
 
 
-def publish(mount: Path, text: str) -> None:
-    """Write a new ConfigMap version the way kubelet does: a fresh timestamped directory, then an
-    atomic swap of the `..data` symlink; the file name is a symlink through `..data`."""
-    version = mount / f"..v{next(_versions)}"
-    version.mkdir()
-    (version / SCHEDULER_CONFIG_FILE).write_text(text)
-    tmp = mount / "..data_tmp"
-    tmp.symlink_to(version.name)
-    tmp.replace(mount / "..data")
-    link = mount / SCHEDULER_CONFIG_FILE
-    if not link.is_symlink():
-        link.symlink_to(f"..data/{SCHEDULER_CONFIG_FILE}")
+def publish(mount: Path, text: str | bytes) -> None:
+    """A new ConfigMap version, written the way the kubelet does."""
+    volumes.publish(mount, {SCHEDULER_CONFIG_FILE: text})
 
 
 def config_text(policy: str, alpha: float) -> str:
@@ -112,12 +101,7 @@ def test_invalid_file_keeps_last_good_and_logs_once(
     publish(mount, config_text("larry", 0.5))
     watcher = ConfigWatcher(mount / SCHEDULER_CONFIG_FILE, interval=1.0, clock=clock)
     watcher.current()
-    version = mount / f"..bad{next(_versions)}"
-    version.mkdir()
-    (version / SCHEDULER_CONFIG_FILE).write_bytes(broken.encode("utf-8", "surrogateescape"))
-    tmp = mount / "..data_tmp"
-    tmp.symlink_to(version.name)
-    tmp.replace(mount / "..data")
+    publish(mount, broken.encode("utf-8", "surrogateescape"))
     with caplog.at_level(logging.INFO, logger="halffull.engine"):
         for step in range(1, 6):
             clock.now = float(step)

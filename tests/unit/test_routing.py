@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
+from halffull.policy.registry import ROUTING_POLICIES, make_policy
 from halffull.policy.routing import (
-    POLICIES,
     LeastKvPolicy,
     LeastRequestsPolicy,
     PowerOfTwoPolicy,
@@ -16,13 +16,12 @@ from halffull.policy.routing import (
     ReplicaState,
     RoundRobinPolicy,
     RouteRequest,
-    make_policy,
 )
 
 REQ = RouteRequest(prompt_tokens=100)
 
 
-@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("name", sorted(ROUTING_POLICIES))
 def test_every_policy_returns_a_permutation(name: str) -> None:
     policy = make_policy(name, seed=1)
     replicas = [

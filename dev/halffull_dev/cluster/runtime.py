@@ -10,11 +10,8 @@ by default).
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -26,6 +23,8 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+from halffull_dev.testing.volumes import publish as publish_volume
 
 log = logging.getLogger(__name__)
 
@@ -188,23 +187,7 @@ class ProcessRuntime:
             (current / k).exists() and (current / k).read_text() == v for k, v in data.items()
         ) and len(list(current.iterdir())) == len(data):  # fmt: skip
             return
-        stamp = dt.datetime.now(dt.UTC).strftime("..%Y_%m_%d_%H_%M_%S.%f")
-        fresh = target / stamp
-        fresh.mkdir()
-        for key, value in data.items():
-            (fresh / key).write_text(value)
-        tmp_link = target / "..data_tmp"
-        with contextlib.suppress(FileNotFoundError):
-            tmp_link.unlink()
-        tmp_link.symlink_to(stamp)
-        old = current.readlink() if current.is_symlink() else None
-        tmp_link.replace(current)  # the atomic swap programs see
-        for key in data:
-            link = target / key
-            if not link.is_symlink():
-                link.symlink_to(f"..data/{key}")
-        if old:
-            shutil.rmtree(target / old, ignore_errors=True)
+        publish_volume(target, data)  # the kubelet's atomic `..data` swap
 
     def _sync_loop(self) -> None:
         while not self._stop.wait(self.sync_period_s):

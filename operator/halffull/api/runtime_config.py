@@ -7,9 +7,9 @@ Unknown keys are refused: a typo in a hand-edited file is an error, not a silent
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
+
+from halffull.policy.registry import RoutingPolicyName, SchedulerPolicyName
 
 SCHEDULER_CONFIG_ENV = "HALFFULL_SCHEDULER_CONFIG"
 """Environment variable that gives the engine plugin the path of its parameter file."""
@@ -19,10 +19,9 @@ ENGINE_METRICS_PORT_ENV = "HALFFULL_ENGINE_METRICS_PORT"
 """Environment variable: the port where the engine plugin serves its own gauges."""
 ROUTER_CONFIG_FILE = "router.json"
 
-SchedulerPolicy = Literal["larry", "fcfs", "larry-literal"]
-RouterPolicy = Literal[
-    "sal", "round-robin", "random", "least-requests", "power-of-two", "least-kv", "queue-kv"
-]
+SchedulerPolicy = SchedulerPolicyName
+RouterPolicy = RoutingPolicyName
+"""The names live in `halffull.policy.registry`."""
 
 
 class _Strict(BaseModel):

@@ -17,7 +17,7 @@ from urllib3.util.retry import Retry
 
 from halffull.policy.routing import EngineStats
 from halffull.policy.weights import Sample, sample_problem
-from halffull.router.metrics_parse import MetricsParseError, parse_engine_metrics
+from halffull.runtime.vllm_metrics import MetricsParseError, parse_engine_metrics
 
 MIN_REQUESTS_FOR_MEAN = 20
 """Finished requests an engine must have served before its mean prompt length is trusted."""

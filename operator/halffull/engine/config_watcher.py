@@ -1,11 +1,11 @@
 """The engine plugin's parameter file, re-read when it changes.
 
 The operator mounts a ConfigMap as a directory; kubelet replaces the file by swapping a `..data`
-symlink, so a change shows up as a new inode, size or mtime of the *resolved* path. The scheduler
-asks `current()` at every step; the file is stat-ed at most once per `interval` seconds and read
-only when that stat changed. A missing, unreadable or invalid file is logged once per version and
-the last good parameters stay in force (FCFS when there never were any): the engine never stops
-over its configuration.
+symlink (`halffull.runtime.file_watch` tells a new version). The scheduler asks `current()` at
+every step; the file is checked at most once per `interval` seconds and read only when its version
+changed. A missing, unreadable or invalid file is logged once per version, counted in `errors`
+(the plugin's `halffull_scheduler_config_errors_total`), and the last good parameters stay in
+force (FCFS when there never were any): the engine never stops over its configuration.
 
 This module imports nothing from vLLM so that it can be tested on its own.
 """
@@ -24,6 +24,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from halffull.api.runtime_config import SCHEDULER_CONFIG_ENV, SchedulerConfig
+from halffull.runtime.file_watch import FileWatch
 
 FALLBACK = SchedulerConfig(policy="fcfs", alpha=1.0)
 """In force until a valid file has been read: vLLM's own order."""
@@ -34,8 +35,6 @@ CHECK_INTERVAL_ENV = "HALFFULL_SCHEDULER_CONFIG_CHECK_INTERVAL"
 
 logger = logging.getLogger("halffull.engine")
 
-_FileVersion = tuple[int, int, int, int]
-
 
 @dataclass(frozen=True, slots=True)
 class Change:
@@ -44,11 +43,6 @@ class Change:
     config: SchedulerConfig
     changed: bool
     error: str | None = None
-
-
-def _version(path: Path) -> _FileVersion:
-    st = path.stat()  # follows the `..data` symlinks to the file kubelet wrote
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def parse_scheduler_config(text: str) -> SchedulerConfig:
@@ -78,11 +72,8 @@ class ConfigWatcher:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
-        self.interval = interval
-        self._clock = clock
+        self._watch = FileWatch(path, interval_s=interval, clock=clock) if path else None
         self._config = FALLBACK
-        self._seen: _FileVersion | str | None = "never"
-        self._next_check = float("-inf")
         self.reloads = 0
         self.errors = 0
         self._lock = threading.Lock()
@@ -118,34 +109,25 @@ class ConfigWatcher:
         """The parameters in force, after a check of the file if one is due.
 
         Safe to call from several threads: a check is done by one of them at a time."""
-        if self._clock() >= self._next_check:
-            with self._lock:
-                now = self._clock()
-                if now >= self._next_check:
-                    self._next_check = now + self.interval
-                    self.poll()
+        if self._watch is not None and self._watch.due():
+            with self._lock:  # with interval 0 several threads may be due at once
+                self.poll()
         return self._config
 
     def poll(self) -> Change:
-        """Check the file now. Reads it only if its stat changed since the last check."""
-        if self.path is None:
+        """Check the file now. Reads it only if its version changed since the last check."""
+        if self._watch is None or self.path is None:
             return Change(self._config, changed=False)
-        try:
-            version: _FileVersion | None = _version(self.path)
-        except FileNotFoundError:
-            version = None
-        except OSError as exc:
-            return self._fail(f"cannot stat: {exc}", f"stat-error:{exc.errno}")
-        if version == self._seen:
+        check = self._watch.check()
+        if not check.changed:
             return Change(self._config, changed=False)
-        if version is None:
-            return self._fail("file is missing", None)
+        if check.error is not None:
+            return self._fail(check.error)
         try:
             text = self.path.read_text(encoding="utf-8")
             config = parse_scheduler_config(text)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
-            return self._fail(str(exc), version)
-        self._seen = version
+            return self._fail(str(exc))
         if config == self._config and self.reloads:
             return Change(config, changed=False)
         previous, self._config = self._config, config
@@ -160,8 +142,7 @@ class ConfigWatcher:
         )
         return Change(config, changed=True)
 
-    def _fail(self, reason: str, version: _FileVersion | str | None) -> Change:
-        self._seen = version
+    def _fail(self, reason: str) -> Change:
         self.errors += 1
         logger.error(
             "halffull scheduler: parameter file %s rejected (%s); keeping policy=%s alpha=%g",

@@ -24,7 +24,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from halffull.api.runtime_config import ENGINE_METRICS_PORT_ENV, SchedulerConfig
-from halffull.policy.larry import POLICIES
+from halffull.policy.registry import SCHEDULER_POLICIES
 
 METRICS_PORT_ENV = ENGINE_METRICS_PORT_ENV
 METRICS_HOST_ENV = "HALFFULL_ENGINE_METRICS_HOST"
@@ -87,7 +87,7 @@ class EngineMetrics:
         )
 
     def set_config(self, config: SchedulerConfig) -> None:
-        for name in POLICIES:
+        for name in SCHEDULER_POLICIES:
             self.policy.labels(policy=name).set(1.0 if name == config.policy else 0.0)
         self.alpha.set(config.alpha)
 

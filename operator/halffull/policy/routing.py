@@ -1,8 +1,9 @@
 """Which replica a request goes to: the routing policies over a small typed replica record.
 
-The router, the benchmarks and the simulator run exactly these classes. Each policy is one small
-class with one signature, `rank(request, replicas) -> indices best first`: the router sends to
-the first index and, when that replica refuses the connection, retries down the list.
+The router and the simulator run exactly these classes (through `halffull.policy.dispatch`). Each
+policy is one small class with one signature, `rank(request, replicas) -> indices best first`:
+the router sends to the first index and, when that replica refuses the connection, retries down
+the list. `halffull.policy.registry` maps the configuration names to these classes.
 
 What a policy sees of a replica is a `ReplicaState`: the router's best estimate *now*, built by
 `estimate_replica` from the last poll of the engine's /metrics (`EngineStats`) and the router's
@@ -35,7 +36,7 @@ class RouteRequest:
 
 @dataclass(frozen=True, slots=True)
 class EngineStats:
-    """One poll of an engine's /metrics (vLLM's names: see `halffull.router.metrics_parse`)."""
+    """One poll of an engine's /metrics (vLLM's names: see `halffull.runtime.vllm_metrics`)."""
 
     num_running: int
     num_waiting: int
@@ -304,32 +305,3 @@ class QueueKvPolicy(RoutingPolicy):
             kv_score = 1.0 - min(1.0, r.kv_usage) if r.kv_usage is not None else 0.0
             keys.append(-(self.queue_weight * queue_score + self.kv_weight * kv_score))
         return self._rank_by(keys, replicas)
-
-
-POLICIES: dict[str, type[RoutingPolicy]] = {
-    cls.name: cls
-    for cls in (
-        SalPolicy,
-        RoundRobinPolicy,
-        RandomPolicy,
-        LeastRequestsPolicy,
-        PowerOfTwoPolicy,
-        LeastKvPolicy,
-        QueueKvPolicy,
-    )
-}
-
-
-def make_policy(name: str, *, beta: float = 1.0, seed: int | None = None) -> RoutingPolicy:
-    """A fresh policy instance by its configuration name (`RouterConfig.policy`)."""
-    if name == SalPolicy.name:
-        return SalPolicy(beta=beta)
-    if name == RandomPolicy.name:
-        return RandomPolicy(seed=seed)
-    if name == PowerOfTwoPolicy.name:
-        return PowerOfTwoPolicy(seed=seed)
-    try:
-        cls = POLICIES[name]
-    except KeyError:
-        raise ValueError(f"unknown routing policy {name!r}; known: {', '.join(POLICIES)}") from None
-    return cls()

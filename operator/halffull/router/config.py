@@ -1,9 +1,6 @@
 """The router's settings: `router.json` (written by the operator into a ConfigMap) and/or flags.
 
-The ConfigMap is mounted as a directory; the kubelet swaps its content by repointing the `..data`
-symlink, so a change shows as a different resolved path, inode, size or modification time of
-`router.json`. `ConfigWatcher.changed()` compares those from one `stat` of the resolved path: cheap
-enough to call every second. A file that fails to parse is reported and the previous settings stay.
+Reading and merging only; `halffull.router.reload` notices new versions of the file.
 """
 
 from __future__ import annotations
@@ -95,26 +92,3 @@ def merge(config: RouterConfig | None, flags: FlagOverrides, source: str) -> Set
         discovery=config.discovery if config else None,
         source=source,
     )
-
-
-class ConfigWatcher:
-    """Notices when the file (through any symlinks) was replaced or rewritten."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._seen: tuple[str, int, int, int] | None = None
-
-    def _signature(self) -> tuple[str, int, int, int] | None:
-        try:
-            real = self.path.resolve()
-            st = real.stat()
-        except OSError:
-            return None
-        return (str(real), st.st_ino, st.st_size, st.st_mtime_ns)
-
-    def changed(self) -> bool:
-        sig = self._signature()
-        if sig is None or sig == self._seen:
-            return False
-        self._seen = sig
-        return True

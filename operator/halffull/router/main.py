@@ -9,7 +9,7 @@ import logging
 import signal
 from pathlib import Path
 
-from halffull.policy.routing import POLICIES
+from halffull.policy.registry import ROUTING_POLICIES
 from halffull.router.app import Router
 from halffull.router.config import FlagOverrides, load_config_file, merge, resolve_config_path
 from halffull.router.requests import load_tokenizer
@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admin-port", type=int, default=9000, help="port of /health, /ready, /metrics"
     )
-    parser.add_argument("--policy", choices=sorted(POLICIES), help="overrides the file's policy")
+    parser.add_argument(
+        "--policy", choices=sorted(ROUTING_POLICIES), help="overrides the file's policy"
+    )
     parser.add_argument("--beta", type=float, help="SAL's memory weight; overrides the file")
     parser.add_argument(
         "--poll-interval-ms", type=int, help="engine /metrics poll interval; overrides the file"

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from halffull.policy.routing import POLICIES as ROUTERS
+from halffull.policy.registry import ROUTING_POLICIES as ROUTERS
 from halffull.sim.cluster import ClusterConfig, SimResult, simulate
 from halffull.sim.engine import AdmissionPolicy
 from halffull.sim.profiles import (

@@ -1,12 +1,12 @@
 """N modelled replicas behind the production router code, in one discrete-event loop.
 
-The router side is the code the `halffull router` sidecar runs, not a copy: the routing policy
-classes (`halffull.policy.routing.make_policy`) and the per-replica accounting
-(`halffull.router.endpoints.Endpoint`: a request's prompt tokens are added to its replica at
-dispatch and released at its first token; polled stats replace the estimate every
-`poll_s`; stats older than 3 polls count as stale, as in the router). What the router reads at
-a poll is what vLLM's /metrics would say at that instant: running and waiting requests, KV usage,
-blocks and block size, preemptions. Requests are streamed, so TTFT = first token - arrival and
+The router side is the code the `halffull router` sidecar runs, not a copy: its
+`halffull.policy.dispatch.Dispatcher` (the endpoint table, the dispatch accounting: a request's
+prompt tokens are added to its replica at dispatch and released at its first token; the running
+mean prompt length; the stale-stats rule; the policy class from the registry), driven here on the
+simulated clock, with polled stats every `poll_s`. What the router reads at a poll is what vLLM's
+/metrics would say at that instant: running and waiting requests, KV usage, blocks and block
+size, preemptions. Requests are streamed, so TTFT = first token - arrival and
 TGT (total generation time) = last token - arrival.
 
 Events at the same instant run in this order: step ends, polls, arrivals (an arrival at the end
@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from halffull.policy.routing import EngineStats, RouteRequest, RoutingPolicy, make_policy
-from halffull.router.endpoints import Endpoint, Ticket
+from halffull.api.runtime_config import RouterEndpoint
+from halffull.policy.dispatch import Dispatcher
+from halffull.policy.endpoints import Ticket
+from halffull.policy.registry import make_policy
+from halffull.policy.routing import EngineStats, RouteRequest
 from halffull.sim.engine import AdmissionPolicy, Replica, SimRequest
 from halffull.sim.profiles import Profile
 from halffull.sim.workload import Job
-
-STALE_POLLS = 3
-"""As in the router: stats older than this many poll intervals are stale."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +64,35 @@ class SimResult:
     makespan_s: float = 0.0
     wall_s: float = 0.0
 
+    @classmethod
+    def of_requests(
+        cls,
+        requests: Sequence[SimRequest],
+        *,
+        steps: list[int],
+        busy_s: list[float],
+        makespan_s: float,
+        wall_s: float,
+        max_used_blocks: list[int] | None = None,
+        max_step_tokens: list[int] | None = None,
+    ) -> SimResult:
+        """The per-request arrays read from finished `SimRequest`s, with the run's counters."""
+        return cls(
+            arrival=np.array([r.arrival for r in requests]),
+            prompt=np.array([r.prompt for r in requests]),
+            output=np.array([r.output for r in requests]),
+            ttft=np.array([r.first_token_at - r.arrival for r in requests]),
+            tgt=np.array([r.finished_at - r.arrival for r in requests]),
+            preemptions=np.array([r.preemptions for r in requests]),
+            replica=np.array([r.replica for r in requests]),
+            steps=steps,
+            busy_s=busy_s,
+            max_used_blocks=max_used_blocks or [],
+            max_step_tokens=max_step_tokens or [],
+            makespan_s=makespan_s,
+            wall_s=wall_s,
+        )
+
     @property
     def completed(self) -> int:
         return int(np.isfinite(self.tgt).sum())
@@ -94,18 +123,24 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
         )
         for i in range(config.replicas)
     ]
-    endpoints = [Endpoint(name=f"r{i}", url=f"sim://r{i}") for i in range(config.replicas)]
-    policy: RoutingPolicy | None = None
+    router: Dispatcher | None = None  # one replica needs no router
     if config.replicas > 1:
-        policy = make_policy(config.router, beta=config.beta, seed=config.seed)
-    stale_after = STALE_POLLS * config.poll_s
+        router = Dispatcher(
+            make_policy(config.router, beta=config.beta, seed=config.seed),
+            poll_interval_s=config.poll_s,
+            max_tokens_per_batch=shape.max_num_batched_tokens,
+        )
+        router.set_endpoints(
+            RouterEndpoint(name=f"r{i}", url=f"http://r{i}") for i in range(config.replicas)
+        )
+    endpoints = list(router.endpoints.values()) if router is not None else []
+    replica_of = {ep.url: k for k, ep in enumerate(endpoints)}
     n = len(jobs)
     requests = [SimRequest(i, j.arrival, j.prompt, j.output) for i, j in enumerate(jobs)]
     tickets: list[Ticket | None] = [None] * n
     heap: list[tuple[float, int, int]] = []  # (end time, version, replica)
     versions = [0] * config.replicas
-    mean_prompt = 0.0
-    next_poll = 0.0 if policy is not None else float("inf")
+    next_poll = 0.0 if router is not None else float("inf")
     a = 0  # next arrival
     remaining = n
     now = 0.0
@@ -124,7 +159,7 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
                 continue
             rep = reps[k]
             result = rep.complete()
-            if policy is not None:
+            if router is not None:
                 for req in result.first_tokens:
                     ticket = tickets[req.rid]
                     assert ticket is not None
@@ -146,17 +181,10 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
             req = requests[a]
             a += 1
             k = 0
-            if policy is not None:
-                # the router's running mean of prompt sizes (Router._observe_prompt)
-                mean_prompt = (
-                    float(req.prompt) if a == 1 else mean_prompt + 0.02 * (req.prompt - mean_prompt)
-                )
-                states = [
-                    ep.state(now, stale_after, shape.max_num_batched_tokens, mean_prompt)
-                    for ep in endpoints
-                ]
-                k = policy.rank(RouteRequest(req.prompt, req.output), states)[0]
-                tickets[req.rid] = endpoints[k].dispatch(req.prompt, stream=True)
+            if router is not None:
+                first = router.attempts(RouteRequest(req.prompt, req.output), now)[0]
+                k = replica_of[first.endpoint.url]
+                tickets[req.rid] = first.dispatch(stream=True)
             rep = reps[k]
             if rep.end_at is None:
                 rep.add(req, now)
@@ -165,14 +193,8 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
                 cut = rep.add(req, now)
                 if cut is not None:
                     schedule(k, cut)
-    return SimResult(
-        arrival=np.array([r.arrival for r in requests]),
-        prompt=np.array([r.prompt for r in requests]),
-        output=np.array([r.output for r in requests]),
-        ttft=np.array([r.first_token_at - r.arrival for r in requests]),
-        tgt=np.array([r.finished_at - r.arrival for r in requests]),
-        preemptions=np.array([r.preemptions for r in requests]),
-        replica=np.array([r.replica for r in requests]),
+    return SimResult.of_requests(
+        requests,
         steps=[r.steps for r in reps],
         busy_s=[r.busy_s for r in reps],
         max_used_blocks=[r.max_used_blocks for r in reps],

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from halffull.policy.routing import POLICIES as ROUTERS
+from halffull.policy.registry import ROUTING_POLICIES as ROUTERS
 from halffull.sim.cluster import ClusterConfig, SimResult, simulate
 from halffull.sim.engine import ADMISSION_POLICIES
 from halffull.sim.profiles import PROFILES, get_profile, with_shape

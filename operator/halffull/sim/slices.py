@@ -149,14 +149,8 @@ def simulate_slices(jobs: Sequence[Job], config: SliceConfig) -> SimResult:
                 req.preemptions += 1  # counts slices served without finishing
                 heapq.heappush(returning, (end, req.arrival, req.rid))
     makespan = max(r.finished_at for r in requests) - (requests[0].arrival if requests else 0.0)
-    return SimResult(
-        arrival=np.array([r.arrival for r in requests]),
-        prompt=np.array([r.prompt for r in requests]),
-        output=np.array([r.output for r in requests]),
-        ttft=np.array([r.first_token_at - r.arrival for r in requests]),
-        tgt=np.array([r.finished_at - r.arrival for r in requests]),
-        preemptions=np.array([r.preemptions for r in requests]),
-        replica=np.array([r.replica for r in requests]),
+    return SimResult.of_requests(
+        requests,
         steps=steps,
         busy_s=busy,
         makespan_s=makespan,

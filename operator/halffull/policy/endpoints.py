@@ -1,5 +1,7 @@
 """One engine replica as the router tracks it: polled stats, health, and dispatch accounting.
 
+The router and the simulator keep these in a `halffull.policy.dispatch.Dispatcher`'s table.
+
 Accounting (design.md, "dispatch accounting"): a request's prompt tokens are added to its replica
 at dispatch (`Endpoint.dispatch` returns a `Ticket`) and leave the replica's prefill queue when
 the first token comes back (`Ticket.first_token`), on failure or on client cancel
