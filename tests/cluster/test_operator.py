@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from halffull import defaults as D
 from tests.conftest import ROOT, Cluster, OperatorProcess, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -108,7 +109,7 @@ def test_children_created_with_expected_content_and_collected(
     assert objs["service/svc-a-engine"]["spec"]["clusterIP"] == "None"
     assert objs["service/svc-a"]["spec"]["ports"][0]["port"] == 8000
     sched = json.loads(objs["configmap/svc-a-scheduler"]["data"]["scheduler.json"])
-    assert sched == {"alpha": 0.1, "policy": "larry"}
+    assert sched == {"alpha": D.ALPHA, "maxWaitSeconds": D.MAX_WAIT_SECONDS, "policy": "larry"}
 
     cluster.kubectl("delete", "llms", "svc-a", "-n", namespace)
     wait_for(
