@@ -134,7 +134,8 @@ def test_alpha_patch_changes_only_the_configmap(
         cm = cluster.get("configmap", "svc-b-scheduler", namespace)
         rcm = cluster.get("configmap", "svc-b-router", namespace)
         assert cm and rcm
-        return json.loads(cm["data"]["scheduler.json"]) == {"alpha": 0.25, "policy": "fcfs"} and (
+        sched = json.loads(cm["data"]["scheduler.json"])
+        return sched == {"alpha": 0.25, "maxWaitSeconds": D.MAX_WAIT_SECONDS, "policy": "fcfs"} and (
             json.loads(rcm["data"]["router.json"])["beta"] == 3.5
         )
 

@@ -64,7 +64,9 @@ class InprocEngine:
             ids[rid] = i
             self.engine.add_request(
                 rid,
-                {"prompt_token_ids": prompt_ids(i, n)},
+                # new prompts every burst: vLLM's prefix cache (on by default) would otherwise
+                # hold a repeated burst whole, and LARRY rightly sees no memory need at all
+                {"prompt_token_ids": prompt_ids(1000 * self._bursts + i, n)},
                 SamplingParams(max_tokens=2, ignore_eos=True),
                 arrival_time=start + i * spacing,
             )
