@@ -135,9 +135,11 @@ def test_alpha_patch_changes_only_the_configmap(
         rcm = cluster.get("configmap", "svc-b-router", namespace)
         assert cm and rcm
         sched = json.loads(cm["data"]["scheduler.json"])
-        return sched == {"alpha": 0.25, "maxWaitSeconds": D.MAX_WAIT_SECONDS, "policy": "fcfs"} and (
-            json.loads(rcm["data"]["router.json"])["beta"] == 3.5
-        )
+        return sched == {
+            "alpha": 0.25,
+            "maxWaitSeconds": D.MAX_WAIT_SECONDS,
+            "policy": "fcfs",
+        } and (json.loads(rcm["data"]["router.json"])["beta"] == 3.5)
 
     wait_for(tuned, what="tuned ConfigMaps")
     after = cluster.get("deployment", "svc-b-engine", namespace)
