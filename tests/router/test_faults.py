@@ -189,13 +189,14 @@ def test_overload_is_shed_with_429_and_retry_after() -> None:
         try:
             async with running_router(settings) as router, aiohttp.ClientSession() as s:
 
-                async def one() -> tuple[int, str | None]:
-                    body = {"prompt": list(range(1, 257)), "max_tokens": 1}
+                async def one(n: int) -> tuple[int, str | None]:
+                    # distinct prompts: shedding counts uncached prefill (prefix-aware SAL)
+                    body = {"prompt": [n + 1] * 256, "max_tokens": 1}
                     async with s.post(base(router) + "/v1/completions", json=body) as r:
                         await r.read()
                         return r.status, r.headers.get("Retry-After")
 
-                results = await asyncio.gather(*(one() for _ in range(40)))
+                results = await asyncio.gather(*(one(n) for n in range(40)))
                 codes = [c for c, _ in results]
                 # each replica takes requests until it holds more than 2 x 256 queued tokens: 3
                 assert codes.count(200) >= 6 and codes.count(429) > 0

@@ -109,14 +109,16 @@ def test_burst_between_two_polls_spreads() -> None:
                 aiohttp.ClientSession() as s,
             ):
 
-                async def one() -> int:
+                async def one(n: int) -> int:
+                    # distinct prompts: SAL is prefix-aware, and a replica that was just sent a
+                    # prompt rightly looks less loaded for the same prompt again
                     async with s.post(
                         base(router) + "/v1/completions",
-                        json={"prompt": [1] * 300, "max_tokens": 2},
+                        json={"prompt": [n + 1] * 300, "max_tokens": 2},
                     ) as r:
                         return r.status
 
-                statuses = await asyncio.gather(*(one() for _ in range(12)))
+                statuses = await asyncio.gather(*(one(n) for n in range(12)))
                 assert statuses == [200] * 12
                 queued = [f.requests_total + (1 if i else 0) for i, f in enumerate(fakes)]
                 assert sum(queued) == 14
