@@ -30,12 +30,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+
+from halffull_dev.testing.rollout import wait_http_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -69,21 +70,7 @@ def started(
         cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
     )
     try:
-        deadline = time.monotonic() + 60
-        import urllib.request
-
-        while True:
-            if popen.poll() is not None:
-                raise RuntimeError(f"{name} exited with {popen.returncode}; see {log.name}")
-            try:
-                with urllib.request.urlopen(health, timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not become healthy; see {log.name}")
-            time.sleep(0.2)
+        wait_http_ok(popen, health, f"{name} (log: {log.name})", interval_s=0.2)
         yield Proc(name, url, popen)
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -66,11 +66,18 @@ class Proc:
                 self.popen.wait()
 
 
-def _wait_http(proc: Proc, url: str, limit_s: float = 60.0) -> None:
+def wait_http_ok(
+    popen: subprocess.Popen[bytes],
+    url: str,
+    what: str,
+    limit_s: float = 60.0,
+    interval_s: float = 0.05,
+) -> None:
+    """Wait until `url` answers 200; fail at once if the process behind it exits."""
     deadline = time.monotonic() + limit_s
     while True:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}")
+        if popen.poll() is not None:
+            raise RuntimeError(f"{what} exited with {popen.returncode}")
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
@@ -78,8 +85,8 @@ def _wait_http(proc: Proc, url: str, limit_s: float = 60.0) -> None:
         except OSError:
             pass
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{proc.name}: {url} never answered 200")
-        time.sleep(0.05)
+            raise RuntimeError(f"{what}: {url} never answered 200")
+        time.sleep(interval_s)
 
 
 def _spawn(name: str, cmd: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
@@ -94,7 +101,7 @@ def start_engine(name: str, log_dir: Path, *extra: str) -> Proc:
     port = free_port()
     cmd = [PY, "-m", "halffull_dev.testing.fake_engine", "--port", str(port), *extra]
     proc = Proc(name, _spawn(name, cmd, log_dir), port)
-    _wait_http(proc, proc.url + "/health")
+    wait_http_ok(proc.popen, proc.url + "/health", proc.name)
     return proc
 
 
@@ -105,7 +112,7 @@ def start_router(name: str, engines: Sequence[Proc], log_dir: Path, *extra: str)
     for e in engines:
         cmd += ["--endpoint", e.url]
     proc = Proc(name, _spawn(name, cmd, log_dir), port, admin)
-    _wait_http(proc, f"http://127.0.0.1:{admin}/ready")
+    wait_http_ok(proc.popen, f"http://127.0.0.1:{admin}/ready", proc.name)
     return proc
 
 
