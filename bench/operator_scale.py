@@ -1,37 +1,57 @@
-"""Operator at scale on the local control plane: apply N LLMServices, then watch it idle.
+"""Operator at scale on the local control plane, this checkout against a baseline commit, side by
+side in the same run.
 
-Reports p50/p99 time from create to all six children existing and to the first status write,
-API writes by the operator (its own counter) and by everyone (the apiserver's counter) during a
-steady-state window, and the operator's RSS. Not a test: it prints a table.
+Both operators run at once against one control plane (etcd, kube-apiserver and
+kube-controller-manager on this machine), each serving its own namespace (`-n`) plus a shared
+`noise` namespace that holds no LLMService. There is no node: the pods of the children stay
+Pending, and no LLMService ever becomes Ready. Phases, each taken by both operators in turn:
 
-    .venv/bin/python bench/operator_scale.py --count 50 --steady-seconds 60
+1. idle and reconcile latency (create -> all six children, one at a time) on an empty cluster;
+2. the same with 5,000 unrelated ConfigMaps and 2,000 unrelated Pods (a node selector nothing
+   matches) in `noise`; then `noise` is deleted;
+3. a burst of N LLMServices created at once: p50/p99 create -> all children, -> first status;
+4. with M existing: one more at a time (p99 over the tries), writes in a steady window, RSS.
+
+Not a test: it prints tables. A full run takes about 15 minutes on 2 cores.
+
+    .venv/bin/python bench/operator_scale.py                 # baseline 00f5d19, all phases
+    .venv/bin/python bench/operator_scale.py --existing 100 --steady-seconds 20 --noise-scale 0.1
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
 
 from halffull_dev.cluster.controlplane import free_port
 from halffull_dev.cluster.local import LocalCluster
 from halffull_dev.testing import prom
 
-NS = "bench"
+ROOT = Path(__file__).resolve().parent.parent
+GROUP, VERSION, PLURAL = "serving.halffull.dev", "v1alpha1", "llmservices"
+NOISE = "noise"
 CHILD_SUFFIXES = {
     "Deployment": ("-engine", "-router"),
     "Service": ("-engine", ""),
     "ConfigMap": ("-scheduler", "-router"),
 }
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE"})
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -40,53 +60,311 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Recorder:
-    """Watches children and LLMServices, recording when each first appears."""
+    """Watches children and LLMServices in some namespaces, recording when each first appears.
+    One list, then one long watch per kind and namespace (never a re-list per loop)."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, namespaces: Iterable[str]) -> None:
         self.api = api
-        self.first_seen: dict[tuple[str, str], float] = {}
-        self.status_at: dict[str, float] = {}
+        self.namespaces = list(namespaces)
+        self.first_seen: dict[tuple[str, str, str], float] = {}
+        self.status_at: dict[tuple[str, str], float] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
 
-    def _watch(self, kind: str, fn: Any, *args: Any) -> None:
-        w = watch.Watch()
+    def _watch(self, kind: str, ns: str, fn: Callable[..., Any], *args: Any) -> None:
+        rv = None
         while not self.stop.is_set():
-            for ev in w.stream(fn, *args, timeout_seconds=2, _preload_content=True):
-                obj = ev["object"]
-                now = time.perf_counter()
-                if kind == "LLMService":
-                    if obj.get("status", {}).get("observedGeneration"):
-                        with self.lock:
-                            self.status_at.setdefault(obj["metadata"]["name"], now)
-                    continue
-                with self.lock:
-                    self.first_seen.setdefault((kind, obj.metadata.name), now)
+            w = watch.Watch()
+            try:
+                for ev in w.stream(fn, *args, resource_version=rv, timeout_seconds=30,
+                                   allow_watch_bookmarks=False):  # fmt: skip
+                    obj = ev["object"]
+                    md = obj["metadata"] if isinstance(obj, dict) else obj.metadata.to_dict()
+                    rv = md.get("resource_version") or md.get("resourceVersion")
+                    self._seen(kind, ns, obj, md)
+            except ApiException as exc:
+                if exc.status == 410:
+                    rv = None  # too old: list again
+                else:
+                    time.sleep(0.5)
+
+    def _seen(self, kind: str, ns: str, obj: Any, md: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        with self.lock:
+            if kind == "LLMService":
+                if (obj.get("status") or {}).get("observedGeneration"):
+                    self.status_at.setdefault((ns, md["name"]), now)
+            else:
+                self.first_seen.setdefault((ns, kind, md["name"]), now)
 
     def start(self) -> None:
         core, apps = client.CoreV1Api(self.api), client.AppsV1Api(self.api)
         custom = client.CustomObjectsApi(self.api)
-        targets = [
-            ("Deployment", apps.list_namespaced_deployment, NS),
-            ("Service", core.list_namespaced_service, NS),
-            ("ConfigMap", core.list_namespaced_config_map, NS),
-            ("LLMService", custom.list_namespaced_custom_object,
-             "serving.halffull.dev", "v1alpha1", NS, "llmservices"),
-        ]  # fmt: skip
-        for kind, fn, *args in targets:
-            threading.Thread(target=self._watch, args=(kind, fn, *args), daemon=True).start()
+        for ns in self.namespaces:
+            for kind, fn, *args in (
+                ("Deployment", apps.list_namespaced_deployment, ns),
+                ("Service", core.list_namespaced_service, ns),
+                ("ConfigMap", core.list_namespaced_config_map, ns),
+                ("LLMService", custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL),
+            ):
+                threading.Thread(
+                    target=self._watch, args=(kind, ns, fn, *args), daemon=True
+                ).start()
 
-    def children_done(self, name: str) -> float | None:
+    def children_done(self, ns: str, name: str) -> float | None:
         with self.lock:
             times = [
-                self.first_seen.get((kind, name + suffix))
+                self.first_seen.get((ns, kind, name + suffix))
                 for kind, suffixes in CHILD_SUFFIXES.items()
                 for suffix in suffixes
             ]
         return None if any(t is None for t in times) else max(t for t in times if t)
 
 
-WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE"})
+@dataclass
+class Variant:
+    """One operator under test: its code, namespace and process."""
+
+    label: str
+    pythonpath: str
+    namespace: str
+    workdir: Path
+    metrics_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, kubeconfig: Path) -> None:
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": self.pythonpath}
+        log = (self.workdir / f"operator-{self.label}.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "halffull.cli", "operator", "-n", self.namespace, "-n", NOISE,
+             "--metrics-port", str(self.metrics_port), "--health-port", str(free_port())],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.metrics()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=20)
+        self.proc.kill()  # nothing happens when it has exited
+        self.proc.wait()
+
+    def metrics(self) -> list[prom.Sample]:
+        return prom.scrape(f"http://127.0.0.1:{self.metrics_port}/metrics")
+
+    def writes(self) -> float:
+        return prom.total(self.metrics(), "halffull_operator_api_writes_total")
+
+    def reconciles(self) -> float:
+        return prom.total(self.metrics(), "halffull_operator_reconciles_total")
+
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        """Resident memory now (VmRSS) or at its peak so far (VmHWM)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def cpu_s(self) -> float:
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def body(name: str, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "LLMService",
+        "metadata": {"name": name},
+        "spec": {"model": "Qwen/Qwen2.5-0.5B-Instruct", "replicas": replicas},
+    }
+
+
+class Bench:
+    def __init__(self, cluster: LocalCluster, variants: list[Variant]) -> None:
+        self.cluster = cluster
+        self.variants = variants
+        self.api = config.new_client_from_config(str(cluster.kubeconfig))
+        self.custom = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.recorder = Recorder(self.api, [v.namespace for v in variants])
+        self.rows: list[tuple[str, str, dict[str, str]]] = []  # (phase, measure, by variant)
+
+    def create(self, ns: str, names: list[str], replicas: Callable[[int], int]) -> dict[str, float]:
+        created = {}
+        for i, name in enumerate(names):
+            created[name] = time.perf_counter()
+            self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, body(name, replicas(i))
+            )
+        return created
+
+    def wait_children(
+        self, ns: str, created: dict[str, float], limit_s: float = 600
+    ) -> list[float]:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            done = {n: self.recorder.children_done(ns, n) for n in created}
+            if all(done.values()):
+                return [done[n] - t for n, t in created.items()]  # type: ignore[operator]
+            time.sleep(0.02)
+        raise TimeoutError(f"children in {ns} not complete after {limit_s} s")
+
+    def wait_status(self, ns: str, names: Iterable[str], limit_s: float = 600) -> None:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            with self.recorder.lock:
+                if all((ns, n) in self.recorder.status_at for n in names):
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"status in {ns} not written after {limit_s} s")
+
+    def record(self, phase: str, measure: str, values: dict[str, str]) -> None:
+        self.rows.append((phase, measure, values))
+        print(f"[{time.strftime('%H:%M:%S')}] {phase} | {measure} | {values}", flush=True)
+
+    def singles(self, phase: str, tries: int, tag: str) -> None:
+        """One LLMService at a time, the variants taking turns: create -> all children."""
+        lat: dict[str, list[float]] = {v.label: [] for v in self.variants}
+        for i in range(tries):
+            for v in self.variants:
+                name = f"{tag}-{i:03d}"
+                created = self.create(v.namespace, [name], lambda _: 1)
+                lat[v.label] += self.wait_children(v.namespace, created)
+                time.sleep(0.3)
+        self.record(phase, f"one more, create -> children p50 / p99 over {tries} (s)",
+                    {k: f"{statistics.median(x):.3f} / {percentile(x, 0.99):.3f}"
+                     for k, x in lat.items()})  # fmt: skip
+
+    def idle(self, phase: str, seconds: float) -> None:
+        """RSS, CPU and API writes of each operator over a quiet window."""
+        c0 = {v.label: v.cpu_s() for v in self.variants}
+        w0 = {v.label: v.writes() for v in self.variants}
+        a0 = apiserver_writes(self.cluster)
+        time.sleep(seconds)
+        cpu = {v.label: 100 * (v.cpu_s() - c0[v.label]) / seconds for v in self.variants}
+        writes = {v.label: v.writes() - w0[v.label] for v in self.variants}
+        a1 = apiserver_writes(self.cluster)
+        self.record(
+            phase, "operator RSS (MB)", {v.label: f"{v.rss_mb():.0f}" for v in self.variants}
+        )
+        self.record(phase, f"operator CPU idle, {seconds:.0f} s (% of a core)",
+                    {k: f"{x:.1f}" for k, x in cpu.items()})  # fmt: skip
+        self.record(phase, f"operator API writes in {seconds:.0f} s steady",
+                    {k: f"{x:.0f}" for k, x in writes.items()})  # fmt: skip
+        total = sum(a1[k] - a0.get(k, 0.0) for k in a1)
+        print(f"    all API writes the apiserver counted in the window: {total:.0f}", flush=True)
+
+    def noise(self, scale: float) -> tuple[int, int]:
+        """Unrelated ConfigMaps and Pods (a node selector nothing matches) in `noise`."""
+        n_cm, n_pod = round(5000 * scale), round(2000 * scale)
+        cm = {"data": {"k": "x" * 200}}
+        container = {"name": "c", "image": "example.invalid/none:1"}
+        pod = {
+            "spec": {"nodeSelector": {"bench.halffull.dev/none": "x"}, "containers": [container]}
+        }
+
+        def make(i: int) -> None:
+            if i < n_cm:
+                self.core.create_namespaced_config_map(
+                    NOISE, {"metadata": {"name": f"cm-{i}"}, **cm}, _preload_content=False
+                )
+            else:
+                self.core.create_namespaced_pod(
+                    NOISE, {"metadata": {"name": f"pod-{i}", "labels": {"app": "noise"}}, **pod},
+                    _preload_content=False,
+                )  # fmt: skip
+
+        while True:  # pods need the namespace's default ServiceAccount
+            try:
+                self.core.read_namespaced_service_account("default", NOISE)
+                break
+            except ApiException:
+                time.sleep(0.2)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(make, range(n_cm + n_pod)))
+        return n_cm, n_pod
+
+    def noise_phase(self, args: argparse.Namespace) -> None:
+        """What unrelated objects cost each operator: CPU while they are created (their events),
+        memory, and reconcile latency among them; then they are deleted."""
+        c0 = {v.label: v.cpu_s() for v in self.variants}
+        started = time.monotonic()
+        n_cm, n_pod = self.noise(args.noise_scale)
+        took = time.monotonic() - started
+        print(f"    created {n_cm} ConfigMaps and {n_pod} Pods in {NOISE} in {took:.0f} s",
+              flush=True)  # fmt: skip
+        time.sleep(5)
+        phase = f"+{n_cm} ConfigMaps, {n_pod} Pods unrelated"
+        self.record(phase, "operator CPU while they were created (s)",
+                    {v.label: f"{v.cpu_s() - c0[v.label]:.1f}" for v in self.variants})  # fmt: skip
+        self.record(phase, "operator peak RSS so far (MB)",
+                    {v.label: f"{v.rss_mb('VmHWM'):.0f}" for v in self.variants})  # fmt: skip
+        self.idle(phase, args.idle_seconds)
+        self.singles(phase, max(5, args.tries // 2), "noisy")
+        self.core.delete_namespace(NOISE)
+        while True:
+            try:
+                self.core.read_namespace(NOISE)
+                time.sleep(1)
+            except ApiException:
+                break
+
+    def burst(self, count: int) -> None:
+        for v in self.variants:
+            names = [f"burst-{i:03d}" for i in range(count)]
+            created = self.create(v.namespace, names, lambda i: 1 + i % 3)
+            lat = self.wait_children(v.namespace, created)
+            self.wait_status(v.namespace, names)
+            with self.recorder.lock:
+                st = [self.recorder.status_at[(v.namespace, n)] - created[n] for n in names]
+            for what, vals in (("all 6 children", lat), ("first status", st)):
+                summary = f"{statistics.median(vals):.3f} / {percentile(vals, 0.99):.3f}"
+                self.record(f"burst of {count}", f"create -> {what} p50 / p99 (s)",
+                            {v.label: summary})  # fmt: skip
+
+    def existing(self, args: argparse.Namespace) -> None:
+        phase = f"{args.existing} existing"
+        more: dict[str, list[str]] = {}
+        for v in self.variants:
+            have = len(self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, v.namespace, PLURAL)["items"])  # fmt: skip
+            more[v.label] = [f"exist-{i:03d}" for i in range(max(0, args.existing - have))]
+        started = time.monotonic()
+        created: dict[str, dict[str, float]] = {v.label: {} for v in self.variants}
+        for i in range(max(len(names) for names in more.values())):  # interleaved: same load
+            for v in self.variants:
+                if i < len(more[v.label]):
+                    name = more[v.label][i]
+                    created[v.label] |= self.create(v.namespace, [name], lambda _: 1)
+        for v in self.variants:
+            self.wait_children(v.namespace, created[v.label])
+            took = time.monotonic() - started
+            print(f"    {v.label}: {len(created[v.label])} more served {took:.0f} s after the "
+                  "first create", flush=True)  # fmt: skip
+        time.sleep(10)
+        self.singles(phase, args.tries, "single")
+        time.sleep(5)
+        self.idle(phase, args.steady_seconds)
+
+    def table(self, load: str) -> None:
+        labels = [v.label for v in self.variants]
+        print(f"\n| phase | measure | {' | '.join(labels)} |")
+        print(f"|---|---|{'---|' * len(labels)}")
+        for phase, measure, values in self.rows:
+            print(f"| {phase} | {measure} | {' | '.join(values.get(x, '') for x in labels)} |")
+        print(f"\n{load}")
 
 
 def apiserver_writes(cluster: LocalCluster) -> dict[str, float]:
@@ -100,113 +378,70 @@ def apiserver_writes(cluster: LocalCluster) -> dict[str, float]:
     return out
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def baseline_tree(commit: str, into: Path) -> str:
+    """The baseline's production package, from git, as a PYTHONPATH entry."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "operator"],
+                             check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return str(into / "operator")
+
+
+def machine_load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min) / {five:.1f} (5 min) on {os.cpu_count()} cores"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--count", type=int, default=50)
+    ap.add_argument("--baseline", default="00f5d19", help="commit to compare with ('' for none)")
+    ap.add_argument("--burst", type=int, default=50)
+    ap.add_argument("--existing", type=int, default=500)
+    ap.add_argument("--tries", type=int, default=20)
     ap.add_argument("--steady-seconds", type=float, default=60)
+    ap.add_argument("--idle-seconds", type=float, default=20)
+    ap.add_argument("--noise-scale", type=float, default=1.0, help="1.0: 5,000 CMs + 2,000 Pods")
+    ap.add_argument("--phases", default="empty,noise,burst,existing")
     args = ap.parse_args()
+    phases = set(args.phases.split(","))
 
     workdir = Path(tempfile.mkdtemp(prefix="halffull-bench-"))
-    with LocalCluster(workdir / "cp") as cluster:
-        api = config.new_client_from_config(str(cluster.kubeconfig))
-        client.CoreV1Api(api).create_namespace({"metadata": {"name": NS}})
-        metrics_port = free_port()
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-        log = (workdir / "operator.log").open("wb")
-        op = subprocess.Popen(
-            [sys.executable, "-m", "halffull.cli", "operator", "-n", NS,
-             "--metrics-port", str(metrics_port), "--health-port", str(free_port())],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    here = str(ROOT / "operator")
+    variants = [Variant("this checkout", here, "bench-new", workdir)]
+    if args.baseline:
+        (workdir / "base").mkdir()
+        base = baseline_tree(args.baseline, workdir / "base")
+        variants.insert(0, Variant(f"baseline {args.baseline}", base, "bench-base", workdir))
+    load_before = machine_load()
+    print(f"Machine before: {load_before}; no node: pods stay Pending, nothing becomes Ready",
+          flush=True)  # fmt: skip
+    with LocalCluster(workdir / "cp", with_kubelet=False) as cluster:
+        bench = Bench(cluster, variants)
+        for ns in [NOISE, *(v.namespace for v in variants)]:
+            bench.core.create_namespace({"metadata": {"name": ns}})
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    prom.scrape(metrics_url)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-            time.sleep(2)  # let kopf start its watches
-            recorder = Recorder(api)
-            recorder.start()
-            time.sleep(1)
-            custom = client.CustomObjectsApi(api)
-            created: dict[str, float] = {}
-            for i in range(args.count):
-                name = f"svc-{i:03d}"
-                body = {
-                    "apiVersion": "serving.halffull.dev/v1alpha1",
-                    "kind": "LLMService",
-                    "metadata": {"name": name},
-                    "spec": {"model": "Qwen/Qwen2.5-0.5B-Instruct", "replicas": 1 + i % 3},
-                }
-                created[name] = time.perf_counter()
-                custom.create_namespaced_custom_object(
-                    "serving.halffull.dev", "v1alpha1", NS, "llmservices", body
-                )
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                done = [recorder.children_done(n) for n in created]
-                if all(done) and len(recorder.status_at) == len(created):
-                    break
-                time.sleep(0.1)
-            child_lat = [recorder.children_done(n) - t for n, t in created.items()]  # type: ignore[operator]
-            status_lat = [recorder.status_at[n] - t for n, t in created.items()]
-            # settle: wait until every object reports Ready (kubelet stand-in runs the pods)
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                items = custom.list_namespaced_custom_object(
-                    "serving.halffull.dev", "v1alpha1", NS, "llmservices"
-                )["items"]
-                ready = sum(
-                    any(c["type"] == "Ready" and c["status"] == "True"
-                        for c in it.get("status", {}).get("conditions", []))
-                    for it in items
-                )  # fmt: skip
-                if ready == len(created):
-                    break
-                time.sleep(0.5)
-            time.sleep(5)
-            m0, a0 = prom.scrape(metrics_url), apiserver_writes(cluster)
-            time.sleep(args.steady_seconds)
-            m1, a1 = prom.scrape(metrics_url), apiserver_writes(cluster)
-            w = "halffull_operator_api_writes_total"
-            r = "halffull_operator_reconciles_total"
-            op_writes = prom.total(m1, w) - prom.total(m0, w)
-            reconciles = prom.total(m1, r) - prom.total(m0, r)
-            rss = rss_mb(op.pid)
-            recorder.stop.set()
+            for v in variants:
+                v.start(cluster.kubeconfig)
+            bench.recorder.start()
+            time.sleep(3)
+            if "empty" in phases:
+                bench.idle("empty cluster", args.idle_seconds)
+                bench.singles("empty cluster", max(5, args.tries // 2), "empty")
+            if "noise" in phases:
+                bench.noise_phase(args)
+            if "burst" in phases:
+                bench.burst(args.burst)
+            if "existing" in phases:
+                bench.existing(args)
+            bench.recorder.stop.set()
         finally:
-            op.terminate()
-            op.wait(timeout=20)
-
-    print(f"\nOperator at scale: {args.count} LLMServices on the local control plane "
-          f"(kube-apiserver v1.20.2, {os.cpu_count()} cores)\n")  # fmt: skip
-    print("| measure | p50 | p99 | max |")
-    print("|---|---|---|---|")
-    for label, vals in (("create -> all 6 children exist (s)", child_lat),
-                        ("create -> first status write (s)", status_lat)):  # fmt: skip
-        print(f"| {label} | {statistics.median(vals):.3f} | {percentile(vals, 0.99):.3f} | "
-              f"{max(vals):.3f} |")  # fmt: skip
-    print(f"\n| steady state, {args.steady_seconds:.0f} s | value |")
-    print("|---|---|")
-    print(f"| operator API writes | {op_writes:.0f} |")
-    others = {k: a1[k] - a0.get(k, 0.0) for k in a1 if a1[k] - a0.get(k, 0.0) > 0}
-    print(f"| all API writes seen by the apiserver | {sum(others.values()):.0f} |")
-    for key, n in sorted(others.items(), key=lambda kv: -kv[1])[:4]:
-        print(f"| &nbsp;&nbsp;of which `{key}` | {n:.0f} |")
-    print(f"| reconciles run (periodic resync included) | {reconciles:.0f} |")
-    print(f"| operator RSS (MB) | {rss:.0f} |")
+            for v in variants:
+                v.stop()
+    print(f"\nOperator at scale on the local control plane (kube-apiserver v1.20.2, etcd and "
+          f"kube-controller-manager on the same {os.cpu_count()} cores), no node: pods stay "
+          f"Pending. Operators run side by side, each in its own namespace.")  # fmt: skip
+    bench.table(f"Machine load: before {load_before}; after {machine_load()} (other work shares "
+                "these cores: compare the columns, not runs).")  # fmt: skip
+    print(f"Logs: {workdir}")
     return 0
 
 

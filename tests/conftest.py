@@ -44,10 +44,13 @@ def wait_for(
 
 
 class Cluster:
-    def __init__(self, kubeconfig: Path, workdir: Path, local: bool) -> None:
+    def __init__(
+        self, kubeconfig: Path, workdir: Path, local: bool, control_plane: Any = None
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.workdir = workdir
         self.local = local  # True: our control plane with the kubelet stand-in
+        self.control_plane = control_plane  # the local ControlPlane (fault tests restart it)
 
     def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
         cmd = ["kubectl", "--kubeconfig", str(self.kubeconfig),
@@ -98,7 +101,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     local = LocalCluster(workdir / "control-plane", commands=commands)
     local.start()
     try:
-        yield Cluster(local.kubeconfig, workdir, local=True)
+        yield Cluster(local.kubeconfig, workdir, local=True, control_plane=local.control_plane)
     finally:
         local.stop()
 

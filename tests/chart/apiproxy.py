@@ -155,6 +155,13 @@ class ApiRecorder:
         self._thread.join(timeout=10)
         self._loop.close()
 
+    def __enter__(self) -> ApiRecorder:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def recorded(self) -> list[Request]:
         with self._lock:
             return list(self.requests)

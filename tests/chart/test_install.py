@@ -73,14 +73,15 @@ def test_install_upgrade_uninstall(helm: Helm, chart_cluster: Cluster, tmp_path:
     assert crd_established(chart_cluster)
     wait_for(lambda: available(chart_cluster, ns), timeout=60, what="operator Deployment ready")
     dep = chart_cluster.get("deployment", FULLNAME, ns)
-    assert dep is not None and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert dep is not None and dep["spec"]["strategy"]["type"] == "RollingUpdate"
     labels = dep["metadata"]["labels"]
     assert labels["app.kubernetes.io/managed-by"] == "Helm"
     assert labels["app.kubernetes.io/instance"] == RELEASE
     for kind, name, where in (
         ("serviceaccount", FULLNAME, ns), ("service", f"{FULLNAME}-metrics", ns),
         ("networkpolicy", FULLNAME, ns), ("clusterrole", FULLNAME, ""),
-        ("clusterrolebinding", FULLNAME, ""),
+        ("clusterrolebinding", FULLNAME, ""), ("role", f"{FULLNAME}-leader-election", ns),
+        ("rolebinding", f"{FULLNAME}-leader-election", ns),
     ):  # fmt: skip
         assert chart_cluster.get(kind, name, where or "default") is not None, (kind, name)
     c = container(chart_cluster, ns)
@@ -90,7 +91,8 @@ def test_install_upgrade_uninstall(helm: Helm, chart_cluster: Cluster, tmp_path:
     app = new_namespace(chart_cluster, "app")
     chart_cluster.apply(app, (ROOT / "examples" / "llmservice-basic.yaml").read_text())
 
-    # upgrade: a value changes, the pod is replaced (Recreate), history has two revisions
+    # upgrade: a value changes, the pod is replaced (rolling: the new one is a standby until the
+    # old one releases the leader Lease), history has two revisions
     before = chart_cluster.get("deployment", FULLNAME, ns)
     assert before is not None
     helm.run("upgrade", RELEASE, str(CHART), "-n", ns, "--reuse-values",

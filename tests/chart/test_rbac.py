@@ -48,10 +48,17 @@ class Release:
     sa: str
 
     def rules(self) -> list[dict[str, Any]]:
-        roles = find(self.docs, "ClusterRole") or find(self.docs, "Role")
+        """The rules for the LLMServices' namespaces (the same in each), and leader election's
+        on the Lease in the release namespace."""
+        lease = [r for r in find(self.docs, "Role") if r["metadata"]["name"].endswith(
+            "-leader-election")]  # fmt: skip
+        assert len(lease) == 1
+        roles = find(self.docs, "ClusterRole") or [
+            r for r in find(self.docs, "Role") if r not in lease
+        ]
         first = roles[0]["rules"]
         assert all(r["rules"] == first for r in roles)
-        return list(first)
+        return [*first, *lease[0]["rules"]]
 
 
 def install(helm: Helm, cluster: Cluster, name: str, *values: str) -> Release:
@@ -61,9 +68,13 @@ def install(helm: Helm, cluster: Cluster, name: str, *values: str) -> Release:
     helm.run("install", name, str(CHART), "--wait", "--timeout", "90s", *args,
              kubeconfig=cluster.kubeconfig)  # fmt: skip
     docs = helm.template(*args[2:], namespace=namespace)
-    docs = [d for d in docs if d["kind"] != "CustomResourceDefinition"]
-    for d in docs:
-        d["metadata"]["name"] = d["metadata"]["name"].replace("rel-", f"{name}-", 1)
+    # The release's own name wherever the template has "rel-halffull" (object names, the Lease's
+    # name in the args and in the leader-election Role's resourceNames).
+    docs = [
+        json.loads(json.dumps(d).replace('"rel-', f'"{name}-').replace("=rel-", f"={name}-"))
+        for d in docs
+        if d["kind"] != "CustomResourceDefinition"
+    ]
     sa = one(docs, "ServiceAccount")["metadata"]["name"]
     return Release(name, namespace, docs, sa)
 

@@ -167,7 +167,11 @@ def test_operator_deployment_shape(helm: Helm) -> None:
     docs = helm.template()
     dep = one(docs, "Deployment")
     spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 1
+    # Replicas elect a leader: a rolling update starts the new pod as a standby first.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }  # fmt: skip
     (c,) = pod["containers"]
     assert c["image"] == f"{REGISTRY}/operator:0.1.0"
     assert c["args"][0] == "operator" and "--namespace" not in " ".join(c["args"])
@@ -226,8 +230,34 @@ def rules_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return list(doc["rules"])
 
 
+LEASE_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+     "resourceNames": ["rel-halffull"], "verbs": ["get", "update"]},
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+]  # fmt: skip
+
+
+def split_leader_election(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The docs without the leader-election Role and RoleBinding, after checking those: the one
+    Lease in the release namespace, named, and nothing else."""
+    lease = [d for d in docs if d["metadata"]["name"].endswith("-leader-election")]
+    assert sorted(d["kind"] for d in lease) == ["Role", "RoleBinding"]
+    for d in lease:
+        assert d["metadata"]["namespace"] == "halffull-system"
+    assert one(lease, "Role")["rules"] == LEASE_RULES
+    args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--leader-election-namespace=halffull-system" in args
+    assert "--leader-election-name=rel-halffull" in args
+    return [d for d in docs if d not in lease]
+
+
+def test_two_replicas_elect_a_leader(helm: Helm) -> None:
+    dep = one(split_leader_election(helm.template("--set", "replicaCount=2")), "Deployment")
+    assert dep["spec"]["replicas"] == 2
+
+
 def test_rbac_modes(helm: Helm) -> None:
-    cluster_docs = helm.template()
+    cluster_docs = split_leader_election(helm.template())
     role = one(cluster_docs, "ClusterRole")
     binding = one(cluster_docs, "ClusterRoleBinding")
     assert not find(cluster_docs, "Role") and not find(cluster_docs, "RoleBinding")
@@ -237,7 +267,9 @@ def test_rbac_modes(helm: Helm) -> None:
     ]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
-    ns_docs = helm.template("--set", "operator.watchNamespaces={team-a,team-b}")
+    ns_docs = split_leader_election(
+        helm.template("--set", "operator.watchNamespaces={team-a,team-b}")
+    )
     assert not find(ns_docs, "ClusterRole") and not find(ns_docs, "ClusterRoleBinding")
     roles, bindings = find(ns_docs, "Role"), find(ns_docs, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
@@ -345,7 +377,7 @@ def test_checkov_would_fail_without_the_justifications(
 BAD_VALUES = [
     ("negative-replicas", ["--set", "replicaCount=-1"],
      "replicaCount: Must be greater than or equal to 0"),
-    ("two-replicas", ["--set", "replicaCount=2"], "replicaCount: Must be less than or equal to 1"),
+    ("six-replicas", ["--set", "replicaCount=6"], "replicaCount: Must be less than or equal to 5"),
     ("wrong-type", ["--set", "replicaCount=one"],
      "replicaCount: Invalid type. Expected: integer, given: string"),
     ("unknown-key", ["--set", "replicas=1"], "Additional property replicas is not allowed"),

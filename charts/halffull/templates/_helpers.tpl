@@ -83,11 +83,11 @@ The access the operator uses, namespace-scoped part. Each rule names the code th
 tests/chart/test_rbac.py runs the operator with exactly these rights against a real API server.
 */}}
 {{- define "halffull.namespacedRules" -}}
-# The LLMServices: read and watch (kopf's event handlers, the reconciler's get and the resync's
-# list); the operator writes only their status.
+# The LLMServices: listed and watched (kopf's event handlers feed the operator's cache; a write
+# that met a conflict re-reads one object with a list by name); it writes only their status.
 - apiGroups: ["serving.halffull.dev"]
   resources: ["llmservices"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["serving.halffull.dev"]
   resources: ["llmservices/status"]
   verbs: ["patch"]

@@ -246,6 +246,18 @@ class ControlPlane:
             time.sleep(0.2)
         raise ControlPlaneError(f"{name} not ready after {timeout} s: see {self.workdir}/logs")
 
+    def restart_apiserver(self, down_s: float = 0.0) -> None:
+        """Stop kube-apiserver, keep it down `down_s` seconds, start it again (fault tests)."""
+        proc = self._procs.pop("kube-apiserver")
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        time.sleep(down_s)
+        self._start_apiserver()
+
     def alive(self) -> bool:
         return bool(self._procs) and all(p.poll() is None for p in self._procs.values())
 

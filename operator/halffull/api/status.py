@@ -204,18 +204,15 @@ def conditions(
 def compute_status(
     current: Mapping[str, Any], obs: Observed, selector: str, url: str, now: str
 ) -> dict[str, Any]:
-    """The full status to write. Equal inputs give an equal result, whatever `now` is, as long as
-    no condition changes its status."""
-    out: dict[str, Any] = dict(current)  # keep fields other loops own (e.g. endpoints)
-    out.update(
-        {
-            "observedGeneration": obs.generation,
-            "replicas": obs.engine.replicas if obs.engine else 0,
-            "readyReplicas": obs.engine.ready if obs.engine else 0,
-            "selector": selector,
-            "url": url,
-            "conditions": conditions(current.get("conditions") or [], obs, now),
-            **obs.extra,
-        }
-    )
-    return out
+    """The full status to write, recomputed from the observations alone: a key that no longer
+    applies is absent (`current` only lends the conditions' transition times). Equal inputs give
+    an equal result, whatever `now` is, as long as no condition changes its status."""
+    return {
+        "observedGeneration": obs.generation,
+        "replicas": obs.engine.replicas if obs.engine else 0,
+        "readyReplicas": obs.engine.ready if obs.engine else 0,
+        "selector": selector,
+        "url": url,
+        "conditions": conditions(current.get("conditions") or [], obs, now),
+        **obs.extra,
+    }

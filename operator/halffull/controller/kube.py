@@ -7,10 +7,11 @@ or by users outside what we manage are left alone.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from prometheus_client import Counter
 
 from halffull.api.spec import GROUP, PLURAL, VERSION
 from halffull.builders.meta import FIELD_MANAGER
+from halffull.controller.failures import ApiCallError
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,30 @@ APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 
 
+def _server_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason)
+    except (ValueError, AttributeError):
+        return str(exc.reason)
+
+
+@contextlib.contextmanager
+def calling(verb: str, kind: str) -> Iterator[None]:
+    """Turn the client's exception into one that names what was attempted."""
+    try:
+        yield
+    except ApiException as exc:
+        retry_after = None
+        with contextlib.suppress(TypeError, ValueError, AttributeError):
+            retry_after = float(str((exc.headers or {}).get("Retry-After")))
+        raise ApiCallError(verb, kind, exc.status or 0, _server_message(exc), retry_after) from exc
+
+
 @dataclass(frozen=True)
 class _KindApi:
     api_version: str
     list: Callable[..., Any]
+    list_all: Callable[..., Any]
     patch: Callable[..., Any]
     delete: Callable[..., Any]
 
@@ -60,18 +82,21 @@ class Kube:
             "Deployment": _KindApi(
                 "apps/v1",
                 apps.list_namespaced_deployment,
+                apps.list_deployment_for_all_namespaces,
                 apps.patch_namespaced_deployment,
                 apps.delete_namespaced_deployment,
             ),
             "Service": _KindApi(
                 "v1",
                 core.list_namespaced_service,
+                core.list_service_for_all_namespaces,
                 core.patch_namespaced_service,
                 core.delete_namespaced_service,
             ),
             "ConfigMap": _KindApi(
                 "v1",
                 core.list_namespaced_config_map,
+                core.list_config_map_for_all_namespaces,
                 core.patch_namespaced_config_map,
                 core.delete_namespaced_config_map,
             ),
@@ -87,6 +112,9 @@ class Kube:
         def list_(namespace: str, **kw: Any) -> Any:
             return c.list_namespaced_custom_object(group, version, namespace, plural, **kw)
 
+        def list_all(**kw: Any) -> Any:
+            return c.list_cluster_custom_object(group, version, plural, **kw)
+
         def patch(name: str, namespace: str, body: Any, **kw: Any) -> Any:
             return c.patch_namespaced_custom_object(group, version, namespace, plural, name, body,
                                                     **kw)  # fmt: skip
@@ -94,46 +122,51 @@ class Kube:
         def delete(name: str, namespace: str, **kw: Any) -> Any:
             return c.delete_namespaced_custom_object(group, version, namespace, plural, name, **kw)
 
-        return _KindApi(api_version, list_, patch, delete)
+        return _KindApi(api_version, list_, list_all, patch, delete)
 
     @staticmethod
     def _json(resp: Any) -> Any:
         return json.loads(resp.data)
 
     def get_llmservice(self, namespace: str, name: str) -> dict[str, Any] | None:
-        API_READS.labels("get", "LLMService").inc()
-        try:
-            return self.custom.get_namespaced_custom_object(  # type: ignore[no-any-return]
-                GROUP, VERSION, namespace, PLURAL, name
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def list_llmservices(self, namespace: str | None) -> list[dict[str, Any]]:
+        """One LLMService, fresh from the API server (after a conflict). Read with a list by
+        name: list and watch are the only reads the operator's RBAC grants on LLMServices."""
         API_READS.labels("list", "LLMService").inc()
-        if namespace is None:
-            resp = self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
-        else:
-            resp = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-        return list(resp["items"])
+        with calling("list", "LLMService"):
+            resp = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, field_selector=f"metadata.name={name}"
+            )
+        items = resp.get("items") or []
+        if not items:
+            return None
+        item = dict(items[0])
+        item.setdefault("apiVersion", f"{GROUP}/{VERSION}")
+        item.setdefault("kind", "LLMService")
+        return item
 
-    def list_children(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    def list_children(
+        self, kind: str, namespace: str | None, selector: str
+    ) -> list[dict[str, Any]]:
+        """Children of `kind` in one namespace or in all (None), e.g. to fill the cache."""
         API_READS.labels("list", kind).inc()
-        resp = self.kinds[kind].list(namespace, label_selector=selector, _preload_content=False)
+        if kind == "Pod":
+            api_version, one, every = (
+                "v1", self.core.list_namespaced_pod, self.core.list_pod_for_all_namespaces,
+            )  # fmt: skip
+        else:
+            api_version, one, every = (
+                self.kinds[kind].api_version, self.kinds[kind].list, self.kinds[kind].list_all,
+            )  # fmt: skip
+        with calling("list", kind):
+            if namespace is None:
+                resp = every(label_selector=selector, _preload_content=False)
+            else:
+                resp = one(namespace, label_selector=selector, _preload_content=False)
         items = list(self._json(resp)["items"])
         for item in items:  # list items come without their type
-            item.setdefault("apiVersion", self.kinds[kind].api_version)
+            item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return items
-
-    def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        API_READS.labels("list", "Pod").inc()
-        resp = self.core.list_namespaced_pod(
-            namespace, label_selector=selector, _preload_content=False
-        )
-        return list(self._json(resp)["items"])
 
     def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
         """A merge patch of a pod's metadata (the live-tuning fast path). Never fails the
@@ -154,30 +187,42 @@ class Kube:
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         kind, md = obj["kind"], obj["metadata"]
         API_WRITES.labels("apply", kind).inc()
-        resp = self.kinds[kind].patch(
-            md["name"],
-            md["namespace"],
-            obj,
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type=APPLY,
-            _preload_content=False,
-        )
+        with calling("patch", kind):
+            resp = self.kinds[kind].patch(
+                md["name"],
+                md["namespace"],
+                obj,
+                field_manager=FIELD_MANAGER,
+                force=True,
+                _content_type=APPLY,
+                _preload_content=False,
+            )
         return dict(self._json(resp))
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         API_WRITES.labels("delete", kind).inc()
         try:
-            self.kinds[kind].delete(name, namespace, _preload_content=False)
-        except ApiException as exc:
+            with calling("delete", kind):
+                self.kinds[kind].delete(name, namespace, _preload_content=False)
+        except ApiCallError as exc:
             if exc.status != 404:
                 raise
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_status(
+        self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None
+    ) -> dict[str, Any]:
+        """A merge patch of the status (keys set to None are removed), conditional on
+        `resource_version` when given: a stale read then gets 409 instead of overwriting."""
         API_WRITES.labels("patch-status", "LLMService").inc()
-        self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": status}, _content_type=MERGE
-        )
+        body: dict[str, Any] = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        with calling("patch", "LLMService/status"):
+            resp = self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE,
+                _preload_content=False,
+            )  # fmt: skip
+        return dict(self._json(resp))
 
     def post_event(
         self, owner: dict[str, Any], reason: str, message: str, type_: str = "Normal"
@@ -185,6 +230,12 @@ class Kube:
         """A Kubernetes Event on the LLMService, for transitions users should see."""
         md = owner["metadata"]
         API_WRITES.labels("create", "Event").inc()
+        with calling("create", "Event"):
+            self._create_event(md, owner, reason, message, type_)
+
+    def _create_event(
+        self, md: dict[str, Any], owner: dict[str, Any], reason: str, message: str, type_: str
+    ) -> None:
         self.core.create_namespaced_event(
             md["namespace"],
             {

@@ -11,7 +11,9 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,9 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from halffull.builders.children import Defaults
-from halffull.controller.handlers import Operator
+from halffull.controller.handlers import ElectorFactory, Operator
 from halffull.controller.kube import Kube, served_pdb_api_version
+from halffull.controller.leader import LeaseElector
 from halffull.controller.reconcile import Reconciler
 
 log = logging.getLogger("halffull.operator")
@@ -93,6 +96,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "kubelet projects it at once (needs `patch` on pods); off: up to the kubelet's sync "
         "period (about a minute)",
     )
+    p.add_argument(
+        "--leader-election-namespace",
+        default=env("HALFFULL_LEADER_ELECTION_NAMESPACE"),
+        help="run with leader election on a Lease in this namespace, so several replicas can "
+        "run and one acts; unset: this process always acts (one replica only)",
+    )
+    p.add_argument("--leader-election-name", default="halffull-operator", help="the Lease's name")
+    p.add_argument(
+        "--leader-election-lease-seconds",
+        type=int,
+        default=10,
+        help="how long a Lease lasts unrenewed; takeover after a crash takes about this long",
+    )
     p.add_argument("--verbose", "-v", action="store_true")  # fmt: skip
 
 
@@ -123,6 +139,22 @@ def load_client() -> client.ApiClient:
         return config.new_client_from_config(os.environ.get("KUBECONFIG"))
 
 
+def elector_factory(api: client.ApiClient, args: argparse.Namespace) -> ElectorFactory | None:
+    if not args.leader_election_namespace:
+        return None
+    identity = f"{socket.gethostname()}_{os.getpid()}"
+    lease_s = args.leader_election_lease_seconds
+
+    def make(on_started: Callable[[], None], on_stopped: Callable[[], None]) -> LeaseElector:
+        return LeaseElector(
+            api, args.leader_election_namespace, args.leader_election_name, identity,
+            on_started, on_stopped, lease_s=lease_s, renew_deadline_s=lease_s * 0.7,
+            retry_s=max(0.5, lease_s / 5),
+        )  # fmt: skip
+
+    return make
+
+
 def run_operator(args: argparse.Namespace) -> int:
     api = load_client()
     pdb_version = served_pdb_api_version(api)
@@ -135,8 +167,13 @@ def run_operator(args: argparse.Namespace) -> int:
         scrapers=args.metrics_scrapers,
     )
     kube = Kube(api, pdb_api_version=pdb_version)
-    reconciler = Reconciler(kube, defaults, touch_pods=args.tuning_fast_path)
-    operator = Operator(reconciler, args.resync_seconds, args.prometheus_url)
+    operator = Operator(
+        Reconciler(kube, defaults, touch_pods=args.tuning_fast_path),
+        args.resync_seconds,
+        args.prometheus_url,
+        namespaces=tuple(args.namespace),
+        elector=elector_factory(api, args),
+    )
     registry = kopf.OperatorRegistry()
     operator.register(registry)
     if args.namespace:

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from prometheus_api_client import PrometheusConnect
 from prometheus_client.parser import text_string_to_metric_families
+from urllib3.util.retry import Retry
 
 from halffull.policy.routing import EngineStats
 from halffull.policy.weights import Sample, sample_problem
@@ -100,11 +101,20 @@ class PrometheusError(RuntimeError):
 
 
 class PrometheusSource:
-    """Instant queries for one LLMService's pods. Blocking (requests): call it in a thread."""
+    """Instant queries for one LLMService's pods. Blocking (requests): call it in a thread.
+
+    `timeout_s` bounds each HTTP request (connect and read: a server that accepts and never
+    answers costs that long, once per pass, since the first failed query ends the pass) and is
+    also sent as PromQL's evaluation timeout. No HTTP retries: the next pass is the retry."""
 
     def __init__(self, url: str, timeout_s: float = 3.0) -> None:
         self.url = url
-        self.client = PrometheusConnect(url=url, disable_ssl=True)
+        self.client = PrometheusConnect(
+            url=url,
+            disable_ssl=True,
+            timeout=timeout_s,
+            retry=Retry(total=0),
+        )
         self.timeout_s = timeout_s
 
     def _query(self, promql: str) -> list[dict[str, Any]]:

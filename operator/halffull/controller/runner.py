@@ -3,6 +3,12 @@
 Events arrive in storms (a rollout changes a Deployment, its ReplicaSet and every pod). Each
 trigger marks the object dirty; a worker per object reconciles until it is clean, so a storm of
 N events costs one or two reconciles, never N, and never two at once for the same object.
+
+A failed pass is retried with exponential backoff and jitter (`failures.retry_delay`); triggers
+that arrive meanwhile wait for the retry rather than hammering a failing API server. Reconciles
+run in their own thread pool, so blocking metrics queries elsewhere cannot starve them.
+
+Only an active runner (the leader's) reconciles; an inactive one remembers what is dirty.
 """
 
 from __future__ import annotations
@@ -10,6 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from halffull.controller.failures import Failure, classify, retry_delay
 
 log = logging.getLogger(__name__)
 
@@ -17,30 +26,72 @@ Key = tuple[str, str]  # (namespace, name)
 
 
 class KeyedRunner:
-    def __init__(self, work: Callable[[str, str], object], retry_delay: float = 5.0) -> None:
+    def __init__(
+        self,
+        work: Callable[[str, str], object],
+        on_failure: Callable[[str, str, Failure], None] | None = None,
+        delay: Callable[[int, float | None], float] = retry_delay,
+        workers: int = 8,
+        active: bool = True,
+    ) -> None:
         self._work = work
+        self._on_failure = on_failure
+        self._delay = delay
         self._dirty: set[Key] = set()
         self._workers: dict[Key, asyncio.Task[None]] = {}
-        self._retry_delay = retry_delay
+        self.failures: dict[Key, int] = {}
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="reconcile")
+        self.active = active
 
     def trigger(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         self._dirty.add(key)
-        if key not in self._workers:
+        if self.active and key not in self._workers:
             self._workers[key] = asyncio.create_task(self._drain(key), name=f"reconcile {key}")
 
+    def activate(self) -> None:
+        """Start reconciling (this replica became the leader): everything dirty, at once."""
+        self.active = True
+        for key in sorted(self._dirty):
+            self.trigger(*key)
+
+    def deactivate(self) -> None:
+        """Stop starting reconciles (leadership lost). A pass already in a thread finishes."""
+        self.active = False
+
     async def _drain(self, key: Key) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            while key in self._dirty:
+            while self.active and key in self._dirty:
                 self._dirty.discard(key)
                 try:
-                    await asyncio.to_thread(self._work, *key)
-                except Exception:
-                    log.exception("reconcile of %s/%s failed; retrying", *key)
-                    await asyncio.sleep(self._retry_delay)
-                    self._dirty.add(key)
+                    await loop.run_in_executor(self._pool, self._work, *key)
+                except Exception as exc:
+                    await self._failed(key, exc)
+                else:
+                    self.failures.pop(key, None)
         finally:
             self._workers.pop(key, None)
+
+    async def _failed(self, key: Key, exc: Exception) -> None:
+        failure = classify(exc)
+        if not failure.retry:
+            log.info("reconcile of %s/%s stopped: %s", *key, failure.message)
+            self.failures.pop(key, None)
+            return
+        attempt = self.failures[key] = self.failures.get(key, 0) + 1
+        delay = self._delay(attempt, failure.retry_after)
+        log.warning("reconcile of %s/%s failed (attempt %d, retry in %.1f s): %s: %s",
+                    *key, attempt, delay, failure.reason, failure.message)  # fmt: skip
+        if self._on_failure is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._on_failure, *key, failure
+                )
+            except Exception as report_exc:  # the API may be what is failing
+                log.debug("could not report the failure of %s/%s: %r", *key, report_exc)
+        self._dirty.add(key)
+        await asyncio.sleep(delay)
 
     async def idle(self) -> None:
         """Wait until no reconcile is running or pending (for tests and benchmarks)."""
@@ -51,3 +102,4 @@ class KeyedRunner:
         for task in list(self._workers.values()):
             task.cancel()
         await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)

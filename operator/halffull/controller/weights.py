@@ -7,6 +7,11 @@ once) or when a weight moved by the relative threshold (at most once per `min_pu
 so weights cannot flap through the ConfigMap). The reconcile then writes the router's ConfigMap
 and `status.endpoints` from the published table: the loop itself never writes to the API, and a
 tick where nothing moved costs no write at all.
+
+Each LLMService is sampled by its own task: a source that hangs (a Prometheus that accepts the
+connection and never answers) delays that LLMService's table only, never another's. Prometheus
+queries block (requests), so they run in a bounded pool of their own, at most
+`PER_SOURCE_THREADS` of them per Prometheus, so one hung server cannot take every thread either.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +46,11 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 STALE_INTERVALS = 3
 """A reading older than this many intervals is stale: the endpoint gets the fallback weight."""
+
+QUERY_THREADS = 8
+PER_SOURCE_THREADS = 2
+PASS_TIMEOUT_S = 15.0
+"""A pass that takes longer is abandoned (its source's own timeouts should end it sooner)."""
 
 LOOP_AGE = Gauge(
     "halffull_operator_metrics_loop_last_pass_timestamp_seconds",
@@ -91,13 +102,18 @@ class WeightsLoop:
         default_prometheus_url: str | None = None,
         scraper: DirectScraper | None = None,
         min_publish_interval_s: float = D.WEIGHT_MIN_PUBLISH_INTERVAL_S,
+        prometheus_timeout_s: float = 3.0,
     ) -> None:
         self.trigger = trigger
         self.min_publish_interval_s = min_publish_interval_s
+        self.prometheus_timeout_s = prometheus_timeout_s
         self.default_prometheus_url = default_prometheus_url
         self.scraper = scraper or DirectScraper()
         self._states: dict[Key, _State] = {}
         self._prometheus: dict[str, PrometheusSource] = {}
+        self._per_source: dict[str, asyncio.Semaphore] = {}
+        self._inflight: dict[Key, asyncio.Task[None]] = {}
+        self._pool = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="metrics")
 
     # Called from reconcile threads: plain dict operations, atomic under the GIL.
     def watch(self, key: Key, watch: Watch) -> None:
@@ -111,20 +127,39 @@ class WeightsLoop:
     def forget(self, key: Key) -> None:
         self._states.pop(key, None)
 
+    def clear(self) -> None:
+        """Forget every LLMService (this replica stopped leading)."""
+        self._states.clear()
+
     def published(self, key: Key) -> Published | None:
         state = self._states.get(key)
         return state.published if state else None
 
     async def run(self, tick_s: float = 0.5) -> None:
-        while True:
-            now = time.monotonic()
-            due = [k for k, s in list(self._states.items()) if s.next_at <= now]
-            await asyncio.gather(*(self._pass(k) for k in due), return_exceptions=False)
-            LOOP_AGE.set_to_current_time()
-            await asyncio.sleep(tick_s)
+        """Start each due LLMService's pass as its own task; never wait for one to finish."""
+        try:
+            while True:
+                now = time.monotonic()
+                for key, state in list(self._states.items()):
+                    if state.next_at <= now and key not in self._inflight:
+                        task = asyncio.create_task(self._pass(key), name=f"metrics {key}")
+                        self._inflight[key] = task
+                        task.add_done_callback(self._pass_ended(key))
+                LOOP_AGE.set_to_current_time()
+                await asyncio.sleep(tick_s)
+        finally:
+            for task in list(self._inflight.values()):
+                task.cancel()
+
+    def _pass_ended(self, key: Key) -> Callable[[asyncio.Task[None]], None]:
+        def ended(_: asyncio.Task[None]) -> None:
+            self._inflight.pop(key, None)
+
+        return ended
 
     async def close(self) -> None:
         await self.scraper.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _pass(self, key: Key) -> None:
         state = self._states.get(key)
@@ -133,7 +168,10 @@ class WeightsLoop:
         watch = state.watch
         state.next_at = time.monotonic() + watch.interval_s
         try:
-            samples, problem = await self._sample(key[0], watch)
+            samples, problem = await asyncio.wait_for(self._sample(key[0], watch), PASS_TIMEOUT_S)
+        except TimeoutError:
+            LOOP_FAILURES.labels("timeout").inc()
+            samples, problem = {}, ("MetricsTimeout", f"no reading within {PASS_TIMEOUT_S:.0f} s")
         except Exception:  # the loop must outlive any one bad pass
             log.exception("metrics pass for %s/%s failed", *key)
             LOOP_FAILURES.labels("internal").inc()
@@ -160,10 +198,16 @@ class WeightsLoop:
         url = watch.prometheus_url or self.default_prometheus_url
         problem = None
         if url:
-            source = self._prometheus.setdefault(url, PrometheusSource(url))
+            source = self._prometheus.get(url) or self._prometheus.setdefault(
+                url, PrometheusSource(url, self.prometheus_timeout_s)
+            )
+            limit = self._per_source.setdefault(url, asyncio.Semaphore(PER_SOURCE_THREADS))
             pods = [t.pod for t in watch.targets]
+            loop = asyncio.get_running_loop()
             try:
-                return await asyncio.to_thread(source.query, namespace, pods), None
+                async with limit:
+                    samples = await loop.run_in_executor(self._pool, source.query, namespace, pods)
+                return samples, None
             except PrometheusError as exc:
                 LOOP_FAILURES.labels("prometheus").inc()
                 problem = ("PrometheusUnavailable", f"{exc}; reading the pods' /metrics directly")

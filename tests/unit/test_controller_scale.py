@@ -1,0 +1,179 @@
+"""The operator's pure parts for scale and failure: backoff, what a failure means, status
+patches that remove stale keys, the watch cache and the keyed runner."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from halffull.api import status as status_api
+from halffull.controller.cache import ObjectCache, matches
+from halffull.controller.failures import ApiCallError, Failure, classify, retry_delay
+from halffull.controller.memo import ReconcileMemo
+from halffull.controller.reconcile import status_patch, with_degraded
+from halffull.controller.runner import KeyedRunner
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
+    lows = [retry_delay(n, rand=lambda: 0.0) for n in range(1, 12)]
+    highs = [retry_delay(n, rand=lambda: 1.0) for n in range(1, 12)]
+    assert highs[:4] == [0.5, 1.0, 2.0, 4.0]
+    assert lows[:4] == [0.25, 0.5, 1.0, 2.0]
+    assert max(highs) == 120.0 and highs[-1] == 120.0 and lows[-1] == 60.0
+    assert retry_delay(1, retry_after=7.0, rand=lambda: 0.5) == 7.0
+    assert retry_delay(1, retry_after=1e6) == 120.0  # a silly Retry-After is capped too
+
+
+def test_failures_name_verb_and_kind_and_namespace_deletion_stops_retries() -> None:
+    forbidden = classify(ApiCallError("patch", "Deployment", 403, 'cannot patch "deployments"'))
+    assert forbidden.reason == "Forbidden" and forbidden.retry
+    assert "patch Deployment" in forbidden.message
+    terminating = classify(ApiCallError("patch", "ConfigMap", 403, "ns x is being terminated"))
+    assert terminating == Failure("NamespaceTerminating", "ns x is being terminated", False)
+    busy = classify(ApiCallError("patch", "Service", 429, "slow down", retry_after=3.0))
+    assert (busy.reason, busy.retry_after) == ("ApiServerBusy", 3.0)
+    assert classify(ApiCallError("get", "LLMService", 503, "x")).reason == "ApiServerError"
+    assert classify(ConnectionRefusedError()).reason == "ApiServerUnreachable"
+    assert classify(KeyError("spec")).reason == "ReconcileError"
+
+
+def _observed(router: bool) -> status_api.Observed:
+    extra: dict[str, Any] = {"scheduler": {"policy": "larry", "alpha": 0.1}, "endpoints": []}
+    if router:
+        extra["router"] = {"policy": "sal", "beta": 256}
+    return status_api.Observed(
+        generation=2, desired_replicas=1, router_enabled=router, engine=None, router=None,
+        extra=extra,
+    )  # fmt: skip
+
+
+def test_status_is_recomputed_and_stale_keys_are_patched_away() -> None:
+    now = "2026-01-01T00:00:00Z"
+    with_router = status_api.compute_status({}, _observed(True), "sel", "url", now)
+    current = {**with_router, "somethingOld": 1}
+    new = status_api.compute_status(current, _observed(False), "sel", "url", now)
+    assert "router" not in new and "somethingOld" not in new
+    patch = status_patch(current, new)
+    assert patch["router"] is None and patch["somethingOld"] is None
+    assert {k: v for k, v in patch.items() if v is not None} == new
+    assert status_patch(new, new) == new
+
+
+def test_degraded_by_a_failure_is_written_once() -> None:
+    now = "2026-01-01T00:00:00Z"
+    current = status_api.compute_status({}, _observed(True), "sel", "url", now)
+    failure = Failure("Forbidden", "the operator may not patch Deployment: no")
+    once = with_degraded(current, failure, 2, now)
+    cond = {c["type"]: c for c in once["conditions"]}[status_api.DEGRADED]
+    assert (cond["status"], cond["reason"]) == ("True", "Forbidden")
+    assert [c["type"] for c in once["conditions"]] == [c["type"] for c in current["conditions"]]
+    assert with_degraded(once, failure, 2, "2026-01-02T00:00:00Z") == once
+
+
+def _obj(name: str, rv: str, owner: str | None, uid: str = "u1") -> dict[str, Any]:
+    labels = {"serving.halffull.dev/llmservice": owner} if owner else {}
+    return {"metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": rv,
+                         "labels": labels}}  # fmt: skip
+
+
+def test_cache_keeps_the_newest_version_and_indexes_by_owner() -> None:
+    cache = ObjectCache()
+    cache.put("ConfigMap", _obj("a", "10", "svc"))
+    cache.put("ConfigMap", _obj("a", "9", "svc"))  # a watch event older than a write's answer
+    assert cache.get("ConfigMap", "ns", "a")["metadata"]["resourceVersion"] == "10"  # type: ignore[index]
+    cache.put("Pod", _obj("p", "11", "svc"))
+    assert [o["metadata"]["name"] for o in cache.owned("ns", "svc", ("ConfigMap",))] == ["a"]
+    assert len(cache.owned("ns", "svc", ("ConfigMap", "Pod"))) == 2
+    cache.put("ConfigMap", _obj("a", "12", "other"))  # relabelled: moves to its new owner
+    assert cache.owned("ns", "svc", ("ConfigMap",)) == []
+    cache.put("ConfigMap", _obj("a", "3", "svc", uid="u2"))  # recreated: a new object wins
+    assert cache.owned("ns", "svc", ("ConfigMap",))[0]["metadata"]["uid"] == "u2"
+    cache.drop("ConfigMap", "ns", "a")
+    assert cache.get("ConfigMap", "ns", "a") is None and len(cache) == 1
+    assert matches(_obj("p", "1", "svc"), {"serving.halffull.dev/llmservice": "svc"})
+
+
+def test_runner_backs_off_reports_and_recovers() -> None:
+    calls: list[tuple[str, str]] = []
+    reported: list[Failure] = []
+    attempts: list[int] = []
+    outcomes = [ApiCallError("patch", "Deployment", 500, "etcd"), ApiCallError("patch",
+                "Deployment", 429, "busy", retry_after=0.0), None]  # fmt: skip
+
+    def work(ns: str, name: str) -> None:
+        calls.append((ns, name))
+        exc = outcomes.pop(0)
+        if exc is not None:
+            raise exc
+
+    def delay(attempt: int, retry_after: float | None) -> float:
+        attempts.append(attempt)
+        return 0.01
+
+    async def main() -> KeyedRunner:
+        runner = KeyedRunner(work, lambda ns, n, f: reported.append(f), delay=delay)
+        runner.trigger("ns", "svc")
+        runner.trigger("ns", "svc")  # coalesced with the first
+        await runner.idle()
+        await runner.close()
+        return runner
+
+    runner = asyncio.run(main())
+    assert calls == [("ns", "svc")] * 3
+    assert attempts == [1, 2]  # the second failure waits longer than the first
+    assert [f.reason for f in reported] == ["ApiServerError", "ApiServerBusy"]
+    assert runner.failures == {}
+
+
+def test_runner_gives_up_on_a_terminating_namespace_and_waits_while_inactive() -> None:
+    calls: list[str] = []
+
+    def work(ns: str, name: str) -> None:
+        calls.append(name)
+        if name == "gone":
+            raise ApiCallError("patch", "Service", 403, "namespace ns is being terminated")
+
+    async def main() -> None:
+        runner = KeyedRunner(work, active=False, delay=lambda a, r: pytest.fail("no retry"))
+        runner.trigger("ns", "gone")
+        runner.trigger("ns", "kept")
+        await runner.idle()
+        assert calls == []  # a follower only remembers
+        runner.activate()
+        await runner.idle()
+        await runner.close()
+
+    asyncio.run(main())
+    assert sorted(calls) == ["gone", "kept"]
+
+
+def test_memo_rebuilds_on_new_inputs_and_rechecks_new_versions_only() -> None:
+    memo, owner = ReconcileMemo(), ("ns", "svc")
+    builds: list[int] = []
+
+    def build() -> list[dict[str, Any]]:
+        builds.append(1)
+        return [{"n": len(builds)}]
+
+    assert memo.desired(owner, ("gen", 1), build) == [{"n": 1}]
+    assert memo.desired(owner, ("gen", 1), build) == [{"n": 1}] and len(builds) == 1
+    assert memo.desired(owner, ("gen", 2), build) == [{"n": 2}]
+    checks: list[bool] = []
+
+    def check(result: bool) -> Any:
+        return lambda: checks.append(result) or result
+
+    live = {"kind": "ConfigMap", "metadata": {"name": "a", "resourceVersion": "5"}}
+    assert memo.drift_free(owner, live, "h1", check(True))
+    assert memo.drift_free(owner, live, "h1", check(False))  # same version: not checked again
+    assert len(checks) == 1
+    assert not memo.drift_free(owner, live, "h2", check(False))  # another desired state
+    edited = {"kind": "ConfigMap", "metadata": {"name": "a", "resourceVersion": "6"}}
+    assert not memo.drift_free(owner, edited, "h1", check(False))  # someone edited it
+    assert not memo.drift_free(owner, edited, "h1", check(False))  # drift is never remembered
+    assert len(checks) == 4
+    memo.forget(owner)
+    memo.desired(owner, ("gen", 2), build)
+    assert len(builds) == 3
