@@ -168,21 +168,27 @@ class Kube:
             item.setdefault("kind", kind)
         return items
 
-    def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
-        """A merge patch of a pod's metadata (the live-tuning fast path). Never fails the
-        reconcile: a pod gone meanwhile needs nothing, and a refused patch (RBAC without `patch`
-        on pods) only leaves the pod on the kubelet's periodic sync; False then."""
+    def patch_pod(
+        self, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """A merge patch of a pod's metadata (the live-tuning fast path): the patched pod, for
+        the cache, so the next pass does not touch it again before the watch event arrives.
+        Never fails the reconcile: a pod gone meanwhile needs nothing, and a refused patch (RBAC
+        without `patch` on pods) only leaves the pod on the kubelet's periodic sync; None then."""
         API_WRITES.labels("patch", "Pod").inc()
         try:
-            self.core.patch_namespaced_pod(
+            resp = self.core.patch_namespaced_pod(
                 name, namespace, patch, _content_type=MERGE, _preload_content=False
             )
         except ApiException as exc:
             if exc.status != 404:
                 log.warning("pod %s/%s not touched (%s %s): tuning arrives at the kubelet's "
                             "next sync", namespace, name, exc.status, exc.reason)  # fmt: skip
-            return False
-        return True
+            return None
+        pod = dict(self._json(resp))
+        pod.setdefault("apiVersion", "v1")
+        pod.setdefault("kind", "Pod")
+        return pod
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         kind, md = obj["kind"], obj["metadata"]

@@ -218,7 +218,11 @@ class Reconciler:
             if self.touch_pods:  # after the ConfigMaps, so the kubelet projects the new content
                 digests = live_config.digests(svc, endpoints, self.defaults.cluster_domain)
                 for pod_name, digest in live_config.pods_to_touch(pods, digests):
-                    if self.kube.patch_pod(namespace, pod_name, live_config.touch_patch(digest)):
+                    touched = self.kube.patch_pod(
+                        namespace, pod_name, live_config.touch_patch(digest)
+                    )
+                    if touched is not None:
+                        self.cache.put("Pod", touched)
                         outcome.touched.append(pod_name)
 
         outcome.status_written = self._write_status(
