@@ -14,7 +14,7 @@ Pending, and no LLMService ever becomes Ready. Phases, each taken by both operat
 
 Not a test: it prints tables. A full run takes about 15 minutes on 2 cores.
 
-    .venv/bin/python bench/operator_scale.py                 # baseline 00f5d19, all phases
+    .venv/bin/python bench/operator_scale.py                 # baseline main, all phases
     .venv/bin/python bench/operator_scale.py --existing 100 --steady-seconds 20 --noise-scale 0.1
 """
 
@@ -165,6 +165,15 @@ class Variant:
     def writes(self) -> float:
         return prom.total(self.metrics(), "halffull_operator_api_writes_total")
 
+    def writes_by_kind(self) -> dict[str, float]:
+        """Writes so far by "verb kind" (child applies apart from status patches and Events)."""
+        out: dict[str, float] = {}
+        for s in self.metrics():
+            if s.name == "halffull_operator_api_writes_total":
+                key = f"{s.labels.get('verb')} {s.labels.get('kind')}"
+                out[key] = out.get(key, 0.0) + s.value
+        return out
+
     def reconciles(self) -> float:
         return prom.total(self.metrics(), "halffull_operator_reconciles_total")
 
@@ -250,11 +259,18 @@ class Bench:
     def idle(self, phase: str, seconds: float) -> None:
         """RSS, CPU and API writes of each operator over a quiet window."""
         c0 = {v.label: v.cpu_s() for v in self.variants}
-        w0 = {v.label: v.writes() for v in self.variants}
+        w0 = {v.label: v.writes_by_kind() for v in self.variants}
         a0 = apiserver_writes(self.cluster)
         time.sleep(seconds)
         cpu = {v.label: 100 * (v.cpu_s() - c0[v.label]) / seconds for v in self.variants}
-        writes = {v.label: v.writes() - w0[v.label] for v in self.variants}
+        by_kind = {
+            v.label: {k: n - w0[v.label].get(k, 0.0) for k, n in v.writes_by_kind().items()}
+            for v in self.variants
+        }
+        writes = {label: sum(kinds.values()) for label, kinds in by_kind.items()}
+        for label, kinds in by_kind.items():
+            named = ", ".join(f"{k}: {n:.0f}" for k, n in sorted(kinds.items()) if n)
+            print(f"    {label}: writes in the window by kind: {named or 'none'}", flush=True)
         a1 = apiserver_writes(self.cluster)
         self.record(
             phase, "operator RSS (MB)", {v.label: f"{v.rss_mb():.0f}" for v in self.variants}
@@ -393,7 +409,7 @@ def machine_load() -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--baseline", default="00f5d19", help="commit to compare with ('' for none)")
+    ap.add_argument("--baseline", default="main", help="commit to compare with ('' for none)")
     ap.add_argument("--burst", type=int, default=50)
     ap.add_argument("--existing", type=int, default=500)
     ap.add_argument("--tries", type=int, default=20)
