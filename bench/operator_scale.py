@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import signal
 import statistics
@@ -191,6 +192,11 @@ class Variant:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def spread(i: int, _: int) -> int:
+    """Replicas 1, 2, 3, 1, ... for the i-th LLMService of a burst."""
+    return 1 + i % 3
+
+
 def body(name: str, replicas: int) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -338,13 +344,19 @@ class Bench:
                 break
 
     def burst(self, count: int) -> None:
+        """N LLMServices per operator, created interleaved (a, b, a, b, ...) so that both see
+        the same load; a burst run after the other's would meet its pods and ReplicaSets."""
+        names = [f"burst-{i:03d}" for i in range(count)]
+        created: dict[str, dict[str, float]] = {v.label: {} for v in self.variants}
+        for i, name in enumerate(names):
+            for v in self.variants:
+                created[v.label] |= self.create(v.namespace, [name], functools.partial(spread, i))
         for v in self.variants:
-            names = [f"burst-{i:03d}" for i in range(count)]
-            created = self.create(v.namespace, names, lambda i: 1 + i % 3)
-            lat = self.wait_children(v.namespace, created)
+            lat = self.wait_children(v.namespace, created[v.label])
             self.wait_status(v.namespace, names)
             with self.recorder.lock:
-                st = [self.recorder.status_at[(v.namespace, n)] - created[n] for n in names]
+                st = [self.recorder.status_at[(v.namespace, n)] - created[v.label][n]
+                      for n in names]  # fmt: skip
             for what, vals in (("all 6 children", lat), ("first status", st)):
                 summary = f"{statistics.median(vals):.3f} / {percentile(vals, 0.99):.3f}"
                 self.record(f"burst of {count}", f"create -> {what} p50 / p99 (s)",

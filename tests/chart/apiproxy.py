@@ -14,6 +14,7 @@ import asyncio
 import base64
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host", "content-length",
 }  # fmt: skip
+
+
+RETRY_AFTER_S = 2
+"""The Retry-After the proxy sends with an injected 429."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,8 @@ class ApiRecorder:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._lock = threading.Lock()
+        self.fault: Callable[[str, str], int | None] | None = None
+        """(method, path) -> an HTTP status to answer instead of forwarding (fault tests)."""
 
     @staticmethod
     def _ssl_context(cluster: dict[str, Any], base: Path) -> ssl.SSLContext | bool:
@@ -206,6 +213,16 @@ class ApiRecorder:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
+        refused = self.fault(request.method, request.path) if self.fault else None
+        if refused is not None:
+            with self._lock:
+                self.requests.append(
+                    Request(request.method, request.path, request.query_string, refused)
+                )
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": refused,
+                      "message": f"HTTP {refused} injected by the test proxy"}  # fmt: skip
+            headers = {"Retry-After": str(RETRY_AFTER_S)} if refused == 429 else {}
+            return web.json_response(status, status=refused, headers=headers)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         body = await request.read()
         async with self._session.request(

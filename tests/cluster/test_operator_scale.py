@@ -4,6 +4,7 @@ replicas with a leader, an API server restart, a deleted namespace, RBAC refusal
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -18,11 +19,14 @@ import pytest
 import yaml
 from kubernetes import client, config, watch
 
+from halffull.builders.children import Defaults
+from halffull.controller.kube import API_READS, Kube, served_pdb_api_version
+from halffull.controller.reconcile import Reconciler
 from halffull_dev.testing import prom
-from tests.chart.apiproxy import ApiRecorder, Request, token_kubeconfig
+from tests.chart.apiproxy import RETRY_AFTER_S, ApiRecorder, Request, token_kubeconfig
 from tests.chart.conftest import sa_kubeconfig
 from tests.cluster.test_operator import all_children, manifest
-from tests.conftest import Cluster, OperatorProcess, wait_for
+from tests.conftest import INERT_IMAGES, Cluster, OperatorProcess, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -144,8 +148,8 @@ def test_two_replicas_one_leads_and_the_other_takes_over_without_double_writes(
         assert writes_to(recs[1], namespace) == []
 
         def engine_pods() -> list[str]:
-            out = cluster.kubectl("get", "pods", "-n", namespace, "-o", "name", "-l",
-                                  f"{OWNER_LABEL}=ha,app.kubernetes.io/component=engine")  # fmt: skip
+            selector = f"{OWNER_LABEL}=ha,app.kubernetes.io/component=engine"
+            out = cluster.kubectl("get", "pods", "-n", namespace, "-o", "name", "-l", selector)
             return sorted(line.removeprefix("pod/") for line in out.split())
 
         def alpha_is(value: float) -> bool:
@@ -293,3 +297,76 @@ def test_forbidden_child_kind_is_degraded_with_verb_and_kind(
         assert op.reconciles() - reconciles <= 4
     finally:
         op.stop()
+
+
+def test_busy_or_failing_api_server_is_retried_with_backoff(
+    cluster: Cluster, namespace: str, recorder: ApiRecorder, tmp_path: Path
+) -> None:
+    """The proxy answers the first writes of a Deployment with 429 (Retry-After), 503 and 500:
+    each is retried, after at least the Retry-After and then with growing waits, and said in
+    Degraded and a Warning Event; the pass that succeeds clears Degraded."""
+    injected = [429, 503, 500]
+    refused_at: list[float] = []
+
+    def fault(method: str, path: str) -> int | None:
+        if method == "PATCH" and "/deployments/" in path and len(refused_at) < len(injected):
+            refused_at.append(time.monotonic())
+            return injected[len(refused_at) - 1]
+        return None
+
+    recorder.fault = fault
+    op = OperatorProcess(proxied(cluster, recorder, tmp_path / "kc"), namespace,
+                         tmp_path / "operator.log")  # fmt: skip
+    op.start()
+    try:
+        cluster.apply(namespace, manifest("busy"))
+        all_children(cluster, namespace, "busy")
+        retried_at = next(
+            r for r in recorder.recorded()
+            if r.method == "PATCH" and "/deployments/" in r.path and r.status < 300
+        )  # fmt: skip
+        assert retried_at and len(refused_at) == 3
+
+        def clear() -> bool:
+            obj = cluster.get("llms", "busy", namespace) or {}
+            conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+            return (conds.get("Degraded") or {}).get("status") == "False"
+
+        wait_for(clear, what="Degraded cleared by the pass that succeeded")
+    finally:
+        op.stop()
+    # Waits: at least the Retry-After after the 429; then attempt 2 (0.5-1 s) and 3 (1-2 s).
+    gaps = [b - a for a, b in itertools.pairwise(refused_at)]
+    assert gaps[0] >= RETRY_AFTER_S and gaps[1] >= 0.5, gaps
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                             "involvedObject.name=busy,type=Warning")  # fmt: skip
+    assert "ApiServerBusy" in events and "ApiServerError" in events, events
+    assert "patch Deployment" in events
+
+
+def test_conflict_rereads_the_llmservice_and_runs_the_pass_again(
+    cluster: Cluster, namespace: str
+) -> None:
+    """A reconcile from a stale cached LLMService: its status write is refused (409, it carries
+    the old resourceVersion), the object is read again and the pass succeeds on the new one."""
+    cluster.apply(namespace, manifest("cf"))
+    api = config.new_client_from_config(str(cluster.kubeconfig))
+    pdb = served_pdb_api_version(api)
+    kube = Kube(api, pdb_api_version=pdb)
+    reconciler = Reconciler(kube, Defaults(*INERT_IMAGES, pdb_api_version=pdb), touch_pods=False)
+    stale = kube.get_llmservice(namespace, "cf")
+    assert stale is not None
+    cluster.patch("llms", "cf", namespace, {"metadata": {"labels": {"edited": "yes"}}})
+    reconciler.cache.put("LLMService", stale)
+    reads = API_READS.labels("list", "LLMService")._value.get()
+
+    outcome = reconciler.reconcile(namespace, "cf")
+
+    assert outcome.status_written and not outcome.problems
+    assert API_READS.labels("list", "LLMService")._value.get() == reads + 1  # one re-read
+    fresh = cluster.get("llms", "cf", namespace) or {}
+    assert fresh["metadata"]["labels"] == {"edited": "yes"}
+    assert fresh["status"]["observedGeneration"] == fresh["metadata"]["generation"]
+    cached = reconciler.cache.get("LLMService", namespace, "cf") or {}
+    assert cached["metadata"]["resourceVersion"] == fresh["metadata"]["resourceVersion"]
+    all_children(cluster, namespace, "cf")

@@ -4,6 +4,7 @@ patches that remove stale keys, the watch cache and the keyed runner."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from halffull.controller.failures import ApiCallError, Failure, classify, retry_
 from halffull.controller.memo import ReconcileMemo
 from halffull.controller.reconcile import status_patch, with_degraded
 from halffull.controller.runner import KeyedRunner
+from halffull.controller.writes import ChildWriter, waves
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
@@ -177,3 +179,48 @@ def test_memo_rebuilds_on_new_inputs_and_rechecks_new_versions_only() -> None:
     memo.forget(owner)
     memo.desired(owner, ("gen", 2), build)
     assert len(builds) == 3
+
+
+def _child(kind: str, name: str) -> dict[str, Any]:
+    return {"kind": kind, "metadata": {"name": name}}
+
+
+def test_children_are_written_in_two_waves_deployments_last() -> None:
+    objs = [_child("ConfigMap", "s"), _child("Deployment", "e"), _child("Service", "e"),
+            _child("Deployment", "r"), _child("PodDisruptionBudget", "e")]  # fmt: skip
+    assert [[o["metadata"]["name"] + o["kind"][0] for o in w] for w in waves(objs)] == [
+        ["sC", "eS", "eP"],
+        ["eD", "rD"],
+    ]
+    assert waves([_child("Deployment", "e")]) == [[_child("Deployment", "e")]]
+    assert waves([]) == []
+
+
+def test_child_writer_records_what_went_through_and_stops_at_a_failed_wave() -> None:
+    sent: list[str] = []
+    # The first wave's writes are all in flight at once (else the barrier times out).
+    first_wave_in = [threading.Barrier(3, timeout=5)]
+
+    def apply(obj: dict[str, Any]) -> dict[str, Any]:
+        name = obj["kind"] + "/" + obj["metadata"]["name"]
+        sent.append(name)
+        if obj["kind"] != "Deployment":
+            first_wave_in[0].wait()
+        if obj["metadata"]["name"] == "bad":
+            raise ApiCallError("patch", obj["kind"], 403, "no")
+        return {**obj, "written": True}
+
+    writer = ChildWriter(apply)
+    done: list[str] = []
+    objs = [_child("ConfigMap", "a"), _child("Service", "bad"), _child("ConfigMap", "b"),
+            _child("Deployment", "d")]  # fmt: skip
+    with pytest.raises(ApiCallError, match="patch Service"):
+        writer.apply_all(objs, lambda o, w: done.append(o["metadata"]["name"]) or None)
+    assert done == ["a", "b"]  # the writes that went through, in order
+    assert "Deployment/d" not in sent  # the second wave waits for the first
+    done.clear()
+    first_wave_in[0] = threading.Barrier(2, timeout=5)
+    writer.apply_all([o for o in objs if o["metadata"]["name"] != "bad"],
+                     lambda o, w: done.append(o["metadata"]["name"]) or None)  # fmt: skip
+    assert done == ["a", "b", "d"]
+    writer.close()

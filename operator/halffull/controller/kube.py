@@ -168,9 +168,7 @@ class Kube:
             item.setdefault("kind", kind)
         return items
 
-    def patch_pod(
-        self, namespace: str, name: str, patch: dict[str, Any]
-    ) -> dict[str, Any] | None:
+    def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any] | None:
         """A merge patch of a pod's metadata (the live-tuning fast path): the patched pod, for
         the cache, so the next pass does not touch it again before the watch event arrives.
         Never fails the reconcile: a pod gone meanwhile needs nothing, and a refused patch (RBAC

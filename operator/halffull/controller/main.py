@@ -26,11 +26,14 @@ from halffull.controller.handlers import ElectorFactory, Operator
 from halffull.controller.kube import Kube, served_pdb_api_version
 from halffull.controller.leader import LeaseElector
 from halffull.controller.reconcile import Reconciler
+from halffull.controller.runner import RECONCILE_THREADS
+from halffull.controller.writes import WRITE_THREADS
 
 log = logging.getLogger("halffull.operator")
 
 DEFAULT_ENGINE_IMAGE = "ghcr.io/halffull/vllm-larry:0.1.0"
 DEFAULT_ROUTER_IMAGE = "ghcr.io/halffull/router:0.1.0"
+API_CONNECTIONS = RECONCILE_THREADS + WRITE_THREADS + 4  # + leader election, priming, slack
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -132,11 +135,15 @@ def cluster_configured() -> bool:
 
 
 def load_client() -> client.ApiClient:
+    """The API client, with a connection pool for every thread that calls the API at once
+    (the client's default, 5 per CPU, would open and drop extra connections on a small node)."""
+    cfg = client.Configuration()
     try:
-        config.load_incluster_config()
-        return client.ApiClient()
+        config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        return config.new_client_from_config(os.environ.get("KUBECONFIG"))
+        config.load_kube_config(os.environ.get("KUBECONFIG"), client_configuration=cfg)
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize, API_CONNECTIONS)
+    return client.ApiClient(cfg)
 
 
 def elector_factory(api: client.ApiClient, args: argparse.Namespace) -> ElectorFactory | None:

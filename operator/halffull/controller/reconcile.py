@@ -35,6 +35,7 @@ from halffull.controller.kube import Kube, now_rfc3339
 from halffull.controller.memo import ReconcileMemo
 from halffull.controller.metrics_source import Target
 from halffull.controller.weights import Published, Watch, WeightsLoop
+from halffull.controller.writes import ChildWriter
 from halffull.policy.sal import DEFAULT_MAX_TOKENS_PER_BATCH
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class Reconciler:
         self.weights = weights
         self.touch_pods = touch_pods  # the live-tuning fast path (builders.live_config)
         self.memo = ReconcileMemo()
+        self.writer = ChildWriter(kube.apply)
 
     def _watch_metrics(self, svc: LLMService, endpoints: list[RouterEndpoint]) -> Published | None:
         if self.weights is None:
@@ -258,17 +260,24 @@ class Reconciler:
             owner, inputs, lambda: desired_children(svc, self.defaults, table_in)
         )
         wanted = {(d["kind"], d["metadata"]["name"]) for d in desired}
-        for obj in desired:
+
+        def stale(obj: dict[str, Any]) -> bool:
+            child = live.get((obj["kind"], obj["metadata"]["name"]))
+            if child is None:
+                return True
+
+            def drift_free(want: str, check: Callable[[], bool]) -> bool:
+                return self.memo.drift_free(owner, child, want, check)
+
+            return needs_apply(obj, child, drift_free)
+
+        def written(obj: dict[str, Any], result: dict[str, Any]) -> None:
             key = (obj["kind"], obj["metadata"]["name"])
-            child = live.get(key)
+            live[key] = result
+            self.cache.put(key[0], result)
+            outcome.applied.append("/".join(key))
 
-            def drift_free(want: str, check: Callable[[], bool], c: Any = child) -> bool:
-                return self.memo.drift_free(owner, c, want, check)
-
-            if needs_apply(obj, child, drift_free):
-                live[key] = self.kube.apply(obj)
-                self.cache.put(key[0], live[key])
-                outcome.applied.append("/".join(key))
+        self.writer.apply_all([obj for obj in desired if stale(obj)], written)
         for key in sorted(set(live) - wanted):
             self.kube.delete(key[0], svc.meta.namespace, key[1])
             self.cache.drop(key[0], svc.meta.namespace, key[1])

@@ -23,6 +23,8 @@ from halffull.controller.failures import Failure, classify, retry_delay
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+RECONCILE_THREADS = 8
+"""Reconciles of different LLMServices that run at once."""
 
 
 class KeyedRunner:
@@ -31,7 +33,7 @@ class KeyedRunner:
         work: Callable[[str, str], object],
         on_failure: Callable[[str, str, Failure], None] | None = None,
         delay: Callable[[int, float | None], float] = retry_delay,
-        workers: int = 8,
+        workers: int = RECONCILE_THREADS,
         active: bool = True,
     ) -> None:
         self._work = work
