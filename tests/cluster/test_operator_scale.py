@@ -302,14 +302,15 @@ def test_forbidden_child_kind_is_degraded_with_verb_and_kind(
 def test_busy_or_failing_api_server_is_retried_with_backoff(
     cluster: Cluster, namespace: str, recorder: ApiRecorder, tmp_path: Path
 ) -> None:
-    """The proxy answers the first writes of a Deployment with 429 (Retry-After), 503 and 500:
-    each is retried, after at least the Retry-After and then with growing waits, and said in
-    Degraded and a Warning Event; the pass that succeeds clears Degraded."""
+    """The proxy answers the first writes of the engine Deployment with 429 (Retry-After), 503
+    and 500: each is retried, after at least the Retry-After and then with growing waits, and
+    said in Degraded and a Warning Event; the pass that succeeds clears Degraded."""
     injected = [429, 503, 500]
     refused_at: list[float] = []
 
     def fault(method: str, path: str) -> int | None:
-        if method == "PATCH" and "/deployments/" in path and len(refused_at) < len(injected):
+        engine = path.endswith("/deployments/busy-engine")  # one refusal per pass
+        if method == "PATCH" and engine and len(refused_at) < len(injected):
             refused_at.append(time.monotonic())
             return injected[len(refused_at) - 1]
         return None
