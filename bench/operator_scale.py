@@ -214,7 +214,8 @@ class Bench:
         self.custom = client.CustomObjectsApi(self.api)
         self.core = client.CoreV1Api(self.api)
         self.recorder = Recorder(self.api, [v.namespace for v in variants])
-        self.rows: list[tuple[str, str, dict[str, str]]] = []  # (phase, measure, by variant)
+        # (phase, measure, by variant, the machine's 1-minute load average when measured)
+        self.rows: list[tuple[str, str, dict[str, str], float]] = []
 
     def create(self, ns: str, names: list[str], replicas: Callable[[int], int]) -> dict[str, float]:
         created = {}
@@ -246,8 +247,10 @@ class Bench:
         raise TimeoutError(f"status in {ns} not written after {limit_s} s")
 
     def record(self, phase: str, measure: str, values: dict[str, str]) -> None:
-        self.rows.append((phase, measure, values))
-        print(f"[{time.strftime('%H:%M:%S')}] {phase} | {measure} | {values}", flush=True)
+        load = os.getloadavg()[0]
+        self.rows.append((phase, measure, values, load))
+        print(f"[{time.strftime('%H:%M:%S')}] {phase} | {measure} | {values} | load {load:.1f}",
+              flush=True)  # fmt: skip
 
     def singles(self, phase: str, tries: int, tag: str) -> None:
         """One LLMService at a time, the variants taking turns: create -> all children."""
@@ -388,10 +391,11 @@ class Bench:
 
     def table(self, load: str) -> None:
         labels = [v.label for v in self.variants]
-        print(f"\n| phase | measure | {' | '.join(labels)} |")
-        print(f"|---|---|{'---|' * len(labels)}")
-        for phase, measure, values in self.rows:
-            print(f"| {phase} | {measure} | {' | '.join(values.get(x, '') for x in labels)} |")
+        print(f"\n| phase | measure | {' | '.join(labels)} | load (1 min) |")
+        print(f"|---|---|{'---|' * len(labels)}---|")
+        for phase, measure, values, load in self.rows:
+            cells = " | ".join(values.get(x, "") for x in labels)
+            print(f"| {phase} | {measure} | {cells} | {load:.1f} |")
         print(f"\n{load}")
 
 
