@@ -393,9 +393,9 @@ class Bench:
         labels = [v.label for v in self.variants]
         print(f"\n| phase | measure | {' | '.join(labels)} | load (1 min) |")
         print(f"|---|---|{'---|' * len(labels)}---|")
-        for phase, measure, values, load in self.rows:
+        for phase, measure, values, at in self.rows:
             cells = " | ".join(values.get(x, "") for x in labels)
-            print(f"| {phase} | {measure} | {cells} | {load:.1f} |")
+            print(f"| {phase} | {measure} | {cells} | {at:.1f} |")
         print(f"\n{load}")
 
 
