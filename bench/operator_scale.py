@@ -386,8 +386,28 @@ class Bench:
                   "first create", flush=True)  # fmt: skip
         time.sleep(10)
         self.singles(phase, args.tries, "single")
-        time.sleep(5)
+        self.settle()
+        print(f"    steady window starts {time.monotonic() - started:.0f} s after the first create "
+              "(engine Deployments without a node pass their 600 s progress deadline later, "
+              "which the status reports)", flush=True)  # fmt: skip
         self.idle(phase, args.steady_seconds)
+
+    def settle(self, quiet: float = 20, window_s: float = 10, limit_s: float = 300) -> None:
+        """Wait until the cluster has settled: the controller-manager still works through the
+        new Deployments (ReplicaSets, pods, their status) long after the operator is done, and
+        each Deployment status it writes is a real change to the LLMService's status. Settled:
+        at most `quiet` writes by anyone in `window_s`."""
+        started = time.monotonic()
+        while time.monotonic() - started < limit_s:
+            before = sum(apiserver_writes(self.cluster).values())
+            time.sleep(window_s)
+            writes = sum(apiserver_writes(self.cluster).values()) - before
+            if writes <= quiet:
+                print(f"    settled after {time.monotonic() - started:.0f} s ({writes:.0f} writes "
+                      f"in {window_s:.0f} s)", flush=True)  # fmt: skip
+                return
+        print(f"    NOT settled after {limit_s:.0f} s ({writes:.0f} writes in the last "
+              f"{window_s:.0f} s)", flush=True)  # fmt: skip
 
     def table(self, load: str) -> None:
         labels = [v.label for v in self.variants]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from halffull.api import status as status_api
-from halffull.controller.cache import ObjectCache, matches
+from halffull.controller.cache import ObjectCache, matches, slim
 from halffull.controller.failures import ApiCallError, Failure, classify, retry_delay
 from halffull.controller.memo import ReconcileMemo
 from halffull.controller.reconcile import status_patch, with_degraded
@@ -224,3 +224,24 @@ def test_child_writer_records_what_went_through_and_stops_at_a_failed_wave() -> 
                      lambda o, w: done.append(o["metadata"]["name"]) or None)  # fmt: skip
     assert done == ["a", "b", "d"]
     writer.close()
+
+
+def test_cache_holds_of_a_pod_only_what_a_reconcile_reads() -> None:
+    pod = _obj("p", "7", "svc")
+    pod["metadata"]["managedFields"] = [{"manager": "kubelet"}]
+    pod["spec"] = {"nodeName": "n1", "containers": [{"name": "engine", "args": ["--x"] * 50}]}
+    pod["status"] = {"podIP": "10.0.0.5", "conditions": [{"type": "Ready", "status": "True"}],
+                     "containerStatuses": [{"image": "i"}], "hostIP": "10.0.0.1",
+                     "qosClass": "Burstable"}  # fmt: skip
+    cache = ObjectCache()
+    cache.put("Pod", pod)
+    held = cache.get("Pod", "ns", "p")
+    assert held == {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {k: v for k, v in pod["metadata"].items() if k != "managedFields"},
+        "spec": {"nodeName": "n1"},
+        "status": {k: pod["status"][k] for k in ("podIP", "conditions", "containerStatuses")},
+    }  # fmt: skip
+    assert slim("Pod", {"metadata": {"name": "q"}, "spec": {}})["spec"] == {}  # not yet bound
+    cm = {**_obj("c", "1", "svc"), "data": {"k": "v"}}
+    assert slim("ConfigMap", cm) == {"kind": "ConfigMap", **cm}  # children: whole, for drift

@@ -28,6 +28,28 @@ def _version(obj: Mapping[str, Any]) -> int | None:
         return None
 
 
+POD_STATUS_KEYS = ("phase", "conditions", "podIP", "containerStatuses")
+"""What a reconcile reads of a pod's status: readiness, address, image pulls."""
+
+
+def slim(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """`obj` as held: without managedFields (large, never read here); a pod also without its
+    spec but the node it is bound to and without the status a reconcile never reads. With 500
+    LLMServices, their pods' full specs (the engine's arguments, probes, volumes) were the
+    largest part of the operator's memory."""
+    md = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
+    if kind != "Pod":
+        return {"kind": kind, **obj, "metadata": md}
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    return {
+        "apiVersion": obj.get("apiVersion", "v1"),
+        "kind": kind,
+        "metadata": md,
+        "spec": {"nodeName": spec["nodeName"]} if spec.get("nodeName") else {},
+        "status": {k: status[k] for k in POD_STATUS_KEYS if k in status},
+    }
+
+
 class ObjectCache:
     """Objects by kind, namespace and name, and children by owner. Fed from kopf's event
     handlers on the event loop and from reconciles in worker threads, hence the lock."""
@@ -38,8 +60,8 @@ class ObjectCache:
         self._lock = threading.Lock()
 
     def put(self, kind: str, obj: dict[str, Any]) -> None:
-        md = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
-        obj = {"kind": kind, **obj, "metadata": md}  # managedFields: large, never read here
+        obj = slim(kind, obj)
+        md = obj["metadata"]
         ref = (kind, md.get("namespace") or "", md["name"])
         with self._lock:
             held = self._objects.get(ref)
