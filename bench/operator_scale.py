@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
@@ -88,6 +89,8 @@ class Recorder:
                     rv = None  # too old: list again
                 else:
                     time.sleep(0.5)
+            except (OSError, urllib3.exceptions.HTTPError):  # the control plane stops at the end
+                time.sleep(0.5)
 
     def _seen(self, kind: str, ns: str, obj: Any, md: dict[str, Any]) -> None:
         now = time.perf_counter()
