@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         inproc_engine(
             Path(tmp),
             scheduler_config='{"policy": "larry", "alpha": 0.1}',
-            kv_cache_memory_bytes=8 * 1024 * 1024,
+            kv_cache_memory_bytes=16 * 1024 * 1024,  # a few prompts: eviction while they wait
             max_model_len=4096,
             engine_kwargs={"max_num_seqs": 16, "enable_prefix_caching": True, "block_size": 32},
             scheduler_cls="halffull.engine.scheduler.Probe",
