@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from router_helpers import base, make_settings, running_router, wait_for
 
-from halffull_dev.testing.engine_model import StepCosts
+from halffull.sim.profiles import StepModel
 from halffull_dev.testing.fake_engine import FakeEngine
 
 
@@ -86,8 +86,8 @@ def test_ten_thousand_aborted_requests_leak_nothing() -> None:
     upstream request is cancelled in the engine and the router's accounting returns to zero."""
 
     async def main() -> None:
-        costs = StepCosts(step_base_s=0.005)
-        fakes = [FakeEngine(costs=costs) for _ in range(2)]
+        costs = StepModel.flat(0.005)
+        fakes = [FakeEngine(step_model=costs) for _ in range(2)]
         for f in fakes:
             await f.start()
         n, concurrency = 10_000, 64
@@ -141,7 +141,7 @@ def test_engine_dying_mid_answer() -> None:
     request that crashes its engine must not crash the next replica too)."""
 
     async def main() -> None:
-        dying = FakeEngine(costs=StepCosts(step_base_s=0.05))
+        dying = FakeEngine(step_model=StepModel.flat(0.05))
         healthy = FakeEngine()
         await dying.start()
         await healthy.start()

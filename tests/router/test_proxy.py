@@ -15,7 +15,7 @@ from router_helpers import admin, base, make_settings, read_sse, running_router,
 from halffull.api.runtime_config import RouterDiscovery
 from halffull.policy.registry import ROUTING_POLICIES
 from halffull.runtime.vllm_metrics import parse_engine_metrics
-from halffull_dev.testing.engine_model import EngineShape, StepCosts
+from halffull.sim.profiles import EngineShape, StepModel
 from halffull_dev.testing.fake_engine import FakeEngine
 
 
@@ -71,9 +71,9 @@ def test_stream_is_relayed_chunk_by_chunk() -> None:
     router does not buffer the stream."""
 
     async def main() -> None:
-        costs = StepCosts(step_base_s=0.02)  # 50 steps/s: a 200-token answer takes seconds
+        costs = StepModel.flat(0.02)  # 50 steps/s: a 200-token answer takes seconds
         async with (
-            engines(1, costs=costs) as (fake,),
+            engines(1, step_model=costs) as (fake,),
             running_router(make_settings([fake.url])) as router,
             aiohttp.ClientSession() as s,
             s.post(
@@ -98,8 +98,8 @@ def test_burst_between_two_polls_spreads() -> None:
     accounting all twelve would go to engine 0; with it, they even out the queues."""
 
     async def main() -> None:
-        costs = StepCosts(step_base_s=0.5)  # nothing finishes while the burst is dispatched
-        async with engines(3, costs=costs) as fakes:
+        costs = StepModel.flat(0.5)  # nothing finishes while the burst is dispatched
+        async with engines(3, step_model=costs) as fakes:
             for f in fakes[1:]:
                 f.engine.add("earlier", 300, 2, 0.0)  # waiting; the scheduler is not woken
             async with (
@@ -213,7 +213,7 @@ def test_stale_stats_are_visible_and_routing_falls_back() -> None:
     async def main() -> None:
         async with (
             engines(1) as (good,),
-            engines(1, serve_metrics=False, costs=StepCosts(step_base_s=0.02)) as (blind,),
+            engines(1, serve_metrics=False, step_model=StepModel.flat(0.02)) as (blind,),
         ):
             settings = make_settings([good.url, blind.url], policy="sal")
             async with (
@@ -248,8 +248,8 @@ def test_engine_metrics_names_match_what_the_router_reads() -> None:
     """The fake engine's /metrics has the vLLM names the router parses, with the live state."""
 
     async def main() -> None:
-        shape = EngineShape(num_gpu_blocks=64, block_size=16, max_model_len=1024)
-        async with FakeEngine(shape=shape, costs=StepCosts(step_base_s=10)) as fake:
+        shape = EngineShape(num_blocks=64, block_size=16, max_model_len=1024)
+        async with FakeEngine(shape=shape, step_model=StepModel.flat(10)) as fake:
             async with aiohttp.ClientSession() as s:
                 task = asyncio.create_task(
                     s.post(fake.url + "/v1/completions", json={"prompt": [1] * 40})

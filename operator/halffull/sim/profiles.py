@@ -69,6 +69,27 @@ class StepModel:
     kv_s: float
     overlap: bool
 
+    @classmethod
+    def flat(
+        cls, step_s: float = 0.0, seq_s: float = 0.0, token_s: float = 0.0, kv_s: float = 0.0
+    ) -> StepModel:
+        """Costs that simply add up: per step, per scheduled sequence, per computed token and
+        per KV token read (tests and the fake engine; all 0: every step is instantaneous)."""
+        return cls(step_s, seq_s, token_s, 0.0, 0.0, kv_s, overlap=False)
+
+    def scaled(self, factor: float) -> StepModel:
+        """Every step `factor` times as long (each term is linear, and max commutes with it)."""
+        f = factor
+        return replace(
+            self,
+            overhead_s=self.overhead_s * f,
+            seq_s=self.seq_s * f,
+            token_s=self.token_s * f,
+            attn_s=self.attn_s * f,
+            weights_s=self.weights_s * f,
+            kv_s=self.kv_s * f,
+        )
+
     def step(self, prefill: int, decode: int, ctx: int, attended: float, seqs: int) -> float:
         compute = self.token_s * (prefill + decode) + self.attn_s * attended
         memory = self.weights_s + self.kv_s * ctx
