@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     from vllm.v1.core.sched.scheduler import Scheduler
 
     import halffull.engine.scheduler as after_mod
-    from halffull_dev.testing.vllm_engine import inproc_engine
+    from halffull_dev.testing.vllm_engine import PLUGIN, inproc_engine
+    from halffull_dev.testing.vllm_launch import VllmSpec
 
     after_mod.STATS_INTERVAL_S = 3600.0
     config = json.dumps({"policy": "larry", "alpha": 0.1})
@@ -192,10 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     with (
         tempfile.TemporaryDirectory() as tmp,
         inproc_engine(
+            VllmSpec(
+                kv_cache_memory_bytes=256 * 1024 * 1024,
+                max_model_len=4096,
+                scheduler_cls=PLUGIN,
+                engine_args={"max_num_seqs": 256, "max_num_batched_tokens": 8192},
+            ),
             Path(tmp),
             scheduler_config=config,
-            kv_cache_memory_bytes=256 * 1024 * 1024,
-            engine_kwargs={"max_num_seqs": 256, "max_num_batched_tokens": 8192},
         ) as inproc,
     ):
         core = inproc.engine.engine_core.engine_core

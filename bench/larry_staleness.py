@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     import halffull.engine.scheduler as plugin
     from halffull.policy.larry_queue import WaitingIndex
     from halffull_dev.testing.vllm_engine import inproc_engine
+    from halffull_dev.testing.vllm_launch import VllmSpec
 
     stats = {"steps": 0, "differ": 0, "err": 0.0, "keys": 0}
 
@@ -84,12 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     with (
         tempfile.TemporaryDirectory() as tmp,
         inproc_engine(
+            VllmSpec(
+                kv_cache_memory_bytes=8 * 1024 * 1024,
+                max_model_len=4096,
+                scheduler_cls="halffull.engine.scheduler.Probe",
+                engine_args={"max_num_seqs": 16, "enable_prefix_caching": True, "block_size": 32},
+            ),
             Path(tmp),
             scheduler_config='{"policy": "larry", "alpha": 0.1}',
-            kv_cache_memory_bytes=8 * 1024 * 1024,
-            max_model_len=4096,
-            engine_kwargs={"max_num_seqs": 16, "enable_prefix_caching": True, "block_size": 32},
-            scheduler_cls="halffull.engine.scheduler.Probe",
         ) as inproc,
     ):
         engine = inproc.engine

@@ -21,13 +21,7 @@ from halffull_dev.testing.fake_engine import FakeEngine
 from tests.metrics.conftest import Prometheus
 
 NS = "llm"
-SHAPE = EngineShape(
-    num_blocks=512,
-    block_size=16,
-    max_num_batched_tokens=512,
-    max_num_seqs=2,
-    max_model_len=4096,
-)
+SHAPE = EngineShape(num_blocks=512, max_num_batched_tokens=512, max_num_seqs=2, max_model_len=4096)
 
 
 async def load(engine: FakeEngine, n: int, prompt_tokens: int) -> list[asyncio.Task[None]]:

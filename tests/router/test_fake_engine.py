@@ -7,9 +7,8 @@ import asyncio
 import json
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
-
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from halffull.sim.profiles import CPU_TINY, EngineShape
 from halffull_dev.testing.fake_engine import FakeEngine, add_arguments, engine_from_args

@@ -38,8 +38,8 @@ vllm:time_to_first_token_seconds_bucket{engine="0",le="0.001",model_name="m"} 0.
 vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 0.0
 # HELP vllm:cache_config_info Information of the LLMEngine CacheConfig
 # TYPE vllm:cache_config_info gauge
-vllm:cache_config_info{block_size="16",cache_dtype="auto",engine="0",num_blocks="1000"} 1.0
-vllm:cache_config_info{block_size="16",cache_dtype="auto",engine="1",num_blocks="1000"} 1.0
+vllm:cache_config_info{block_size="16",cache_dtype="auto",engine="0",num_gpu_blocks="1000"} 1.0
+vllm:cache_config_info{block_size="16",cache_dtype="auto",engine="1",num_gpu_blocks="1000"} 1.0
 """
 
 
@@ -76,7 +76,7 @@ def test_reads_the_fake_engine() -> None:
     async def main() -> None:
         shape = EngineShape(num_blocks=100, block_size=16, max_model_len=1000)
         async with FakeEngine(shape=shape) as fake:
-            fake.engine.add("x", 100, 5, 0.0)  # the scheduler loop is not woken: it stays waiting
+            fake.add_waiting(100, 5)  # the scheduler loop is not woken: it stays waiting
             async with (
                 aiohttp.ClientSession() as s,
                 s.get(fake.url + "/metrics") as r,

@@ -83,7 +83,7 @@ def test_stream_is_relayed_chunk_by_chunk() -> None:
         ):
             first = await r.content.readuntil(b"\n\n")
             assert json.loads(first[len(b"data: ") :])["choices"][0]["text"] == " tok"
-            assert fake.engine.num_running == 1  # still generating
+            assert fake.replica.num_running == 1  # still generating
             ep = next(iter(router.endpoints.values()))
             assert ep.inflight_requests == 1 and ep.prefill_tokens == 0  # released at 1st token
             events = await read_sse(r)
@@ -101,7 +101,7 @@ def test_burst_between_two_polls_spreads() -> None:
         costs = StepModel.flat(0.5)  # nothing finishes while the burst is dispatched
         async with engines(3, step_model=costs) as fakes:
             for f in fakes[1:]:
-                f.engine.add("earlier", 300, 2, 0.0)  # waiting; the scheduler is not woken
+                f.add_waiting(300, 2)  # waiting; the scheduler is not woken
             async with (
                 running_router(
                     make_settings([f.url for f in fakes], poll_interval_ms=60_000)
@@ -136,7 +136,7 @@ def test_sal_follows_polled_queue() -> None:
             engines(2) as fakes,
         ):
             for i in range(6):  # waiting requests the scheduler is never woken for
-                fakes[0].engine.add(f"q{i}", 3000, 5, 0.0)
+                fakes[0].add_waiting(3000, 5)
             async with (
                 running_router(make_settings([f.url for f in fakes])) as router,
                 aiohttp.ClientSession() as s,
@@ -254,7 +254,7 @@ def test_engine_metrics_names_match_what_the_router_reads() -> None:
                 task = asyncio.create_task(
                     s.post(fake.url + "/v1/completions", json={"prompt": [1] * 40})
                 )
-                await wait_for(lambda: fake.engine.num_running == 1, "the request to start")
+                await wait_for(lambda: fake.replica.num_running == 1, "the request to start")
                 async with s.get(fake.url + "/metrics") as r:
                     stats = parse_engine_metrics(await r.text())
                 task.cancel()

@@ -347,6 +347,13 @@ class FakeEngine:
         self._wake.set()
         return req, queue
 
+    def add_waiting(self, prompt_tokens: int, max_tokens: int) -> SimRequest:
+        """Queue a request that no client waits for, without waking the scheduler: it stays
+        waiting until a request over HTTP arrives (tests set up the state the router reads)."""
+        req = SimRequest(next(_ids), time.monotonic(), prompt_tokens, max_tokens)
+        self.replica.add(req, req.arrival)
+        return req
+
     def _release(self, req: SimRequest) -> None:
         self._queues.pop(req.rid, None)
         self.replica.abort(req)  # no-op when it finished
