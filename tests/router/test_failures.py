@@ -145,7 +145,7 @@ def test_engine_dying_mid_answer() -> None:
         healthy = FakeEngine()
         await dying.start()
         await healthy.start()
-        for i in range(3):  # a queue that makes SAL prefer the dying replica
+        for _ in range(3):  # a queue that makes SAL prefer the dying replica
             healthy.add_waiting(2000, 1)
         settings = make_settings([dying.url, healthy.url], poll_interval_ms=60_000)
         try:

@@ -135,7 +135,7 @@ def test_sal_follows_polled_queue() -> None:
         async with (
             engines(2) as fakes,
         ):
-            for i in range(6):  # waiting requests the scheduler is never woken for
+            for _ in range(6):  # waiting requests the scheduler is never woken for
                 fakes[0].add_waiting(3000, 5)
             async with (
                 running_router(make_settings([f.url for f in fakes])) as router,
