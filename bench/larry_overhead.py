@@ -33,25 +33,27 @@ REPO = Path(__file__).resolve().parents[1]
 BEFORE = "00f5d19"
 
 
+def module_before(name: str, path: str, replace: tuple[str, str] | None = None) -> Any:
+    """The module at `path` as of commit BEFORE, imported under `name` (with one text
+    replacement, e.g. to make it import another module of that commit)."""
+    src = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{BEFORE}:{path}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    if replace:
+        src = src.replace(*replace)
+    mod = types.ModuleType(name)
+    sys.modules[name] = mod  # dataclasses look their module up
+    exec(compile(src, f"{BEFORE}:{path}", "exec"), mod.__dict__)
+    return mod
+
+
 def load_before() -> type:
     """The plugin class as of commit 00f5d19, with the policy module of that commit."""
-
-    def module(name: str, path: str, replace: tuple[str, str] | None = None) -> Any:
-        src = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{BEFORE}:{path}"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        if replace:
-            src = src.replace(*replace)
-        mod = types.ModuleType(name)
-        sys.modules[name] = mod  # dataclasses look their module up
-        exec(compile(src, f"{BEFORE}:{path}", "exec"), mod.__dict__)
-        return mod
-
-    module("halffull_before_larry", "operator/halffull/policy/larry.py")
-    sched = module(
+    module_before("halffull_before_larry", "operator/halffull/policy/larry.py")
+    sched = module_before(
         "halffull_before_scheduler",
         "operator/halffull/engine/scheduler.py",
         ("from halffull.policy.larry import", "from halffull_before_larry import"),
@@ -155,16 +157,7 @@ class _Item:
 
 
 def load_before_policy() -> Any:
-    src = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{BEFORE}:operator/halffull/policy/larry.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    mod = types.ModuleType("halffull_before_policy")
-    sys.modules[mod.__name__] = mod
-    exec(compile(src, "before", "exec"), mod.__dict__)
-    return mod
+    return module_before("halffull_before_policy", "operator/halffull/policy/larry.py")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,18 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     after_mod.STATS_INTERVAL_S = 3600.0
     config = json.dumps({"policy": "larry", "alpha": 0.1})
     rows = []
+    spec = VllmSpec(
+        kv_cache_memory_bytes=256 * 1024 * 1024,
+        max_model_len=4096,
+        scheduler_cls=PLUGIN,
+        engine_args={"max_num_seqs": 256, "max_num_batched_tokens": 8192},
+    )
     with (
         tempfile.TemporaryDirectory() as tmp,
-        inproc_engine(
-            VllmSpec(
-                kv_cache_memory_bytes=256 * 1024 * 1024,
-                max_model_len=4096,
-                scheduler_cls=PLUGIN,
-                engine_args={"max_num_seqs": 256, "max_num_batched_tokens": 8192},
-            ),
-            Path(tmp),
-            scheduler_config=config,
-        ) as inproc,
+        inproc_engine(spec, Path(tmp), scheduler_config=config) as inproc,
     ):
         core = inproc.engine.engine_core.engine_core
         classes = {

@@ -82,18 +82,16 @@ def main(argv: list[str] | None = None) -> int:
 
     plugin.Probe = Probe  # type: ignore[attr-defined]  # importable by vLLM's class loader
     rows = []
+    spec = VllmSpec(
+        kv_cache_memory_bytes=8 * 1024 * 1024,
+        max_model_len=4096,
+        scheduler_cls="halffull.engine.scheduler.Probe",
+        engine_args={"max_num_seqs": 16, "enable_prefix_caching": True, "block_size": 32},
+    )
+    config = '{"policy": "larry", "alpha": 0.1}'
     with (
         tempfile.TemporaryDirectory() as tmp,
-        inproc_engine(
-            VllmSpec(
-                kv_cache_memory_bytes=8 * 1024 * 1024,
-                max_model_len=4096,
-                scheduler_cls="halffull.engine.scheduler.Probe",
-                engine_args={"max_num_seqs": 16, "enable_prefix_caching": True, "block_size": 32},
-            ),
-            Path(tmp),
-            scheduler_config='{"policy": "larry", "alpha": 0.1}',
-        ) as inproc,
+        inproc_engine(spec, Path(tmp), scheduler_config=config) as inproc,
     ):
         engine = inproc.engine
         for p, refresh in enumerate(args.refresh):

@@ -18,8 +18,8 @@ from router_helpers import admin, base, make_settings, read_sse, running_router,
 
 from halffull.api.runtime_config import RouterTimeouts
 from halffull.sim.profiles import StepModel
+from halffull_dev.cluster.controlplane import free_port
 from halffull_dev.testing.fake_engine import FakeEngine
-from halffull_dev.testing.rollout import free_port
 
 HERE = Path(__file__).resolve().parent
 
