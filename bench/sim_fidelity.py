@@ -38,8 +38,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from halffull.sim.traces import TRACE_FILES, TRACES_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-CONV = REPO.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
+CONV = TRACES_DIR / TRACE_FILES["conv"]
 KV_BYTES_PER_TOKEN = 2 * 2 * 128 * 4  # K and V x 2 layers x hidden 128 x float32: the tiny model
 
 
