@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import math
 import signal
 import time
 from collections.abc import Iterable
@@ -44,66 +43,25 @@ from halffull import defaults as D
 from halffull.policy.prefix_index import text_block_hashes, token_block_hashes
 from halffull.sim.engine import ADMISSION_POLICIES, AdmissionPolicy, Replica, SimRequest, StepResult
 from halffull.sim.profiles import PROFILES, EngineShape, StepModel, get_profile
+from halffull_dev.testing.openai_api import (
+    CHARS_PER_TOKEN,
+    BadRequest,
+    answer,
+    chat_message_tokens,
+    count_text_tokens,
+    error_response,
+    max_tokens,
+    stream_chunk,
+    usage_chunk,
+)
 
 _ids = itertools.count(1)
 DEFAULT_SHAPE = EngineShape(num_blocks=8192, block_size=16, max_model_len=32768)
 """A roomy replica: 131,072 KV tokens, vLLM's default budget of 2,048 tokens and 256 sequences."""
 INSTANT = StepModel.flat()
-CHARS_PER_TOKEN = 4
 
 TokenEvent = tuple[int, bool]
 """(new tokens, finished) for one request after one step."""
-
-
-def count_text_tokens(text: str) -> int:
-    """The fake engine's tokenizer: one token per 4 UTF-8 bytes, at least one."""
-    return max(1, math.ceil(len(text.encode("utf-8")) / CHARS_PER_TOKEN))
-
-
-class _BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def chat_message_tokens(m: object) -> int:
-    """Prompt tokens of one chat message, as vLLM's chat API takes it: `content` a string, a list
-    of parts (text parts count; image and audio parts are accepted and cost nothing here) or
-    null (an assistant turn with `tool_calls`); tool calls count their name and arguments; 4
-    tokens for the role and template markers. Roles are not checked (system, developer, user,
-    assistant, tool)."""
-    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-        raise _BadRequest("each message needs a role")
-    content = m.get("content")
-    texts: list[str] = []
-    if isinstance(content, str):
-        texts.append(content)
-    elif isinstance(content, list):
-        for part in content:
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise _BadRequest("each content part needs a type")
-            if isinstance(part.get("text"), str):
-                texts.append(part["text"])
-    elif content is not None:
-        raise _BadRequest("content must be a string, a list of parts or null")
-    calls = m.get("tool_calls") or []
-    if not isinstance(calls, list):
-        raise _BadRequest("tool_calls must be a list")
-    for call in calls:
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            texts += [str(function.get("name") or ""), str(function.get("arguments") or "")]
-    if content is None and not calls:
-        raise _BadRequest("a message without content needs tool_calls")
-    return 4 + sum(count_text_tokens(t) for t in texts if t)
-
-
-def _error(message: str, status: int) -> web.Response:
-    kind = "NotFoundError" if status == 404 else "BadRequestError"
-    return web.json_response(
-        {"error": {"message": message, "type": kind, "param": None, "code": status}},
-        status=status,
-    )
 
 
 class _StateCollector(Collector):
@@ -393,20 +351,12 @@ class FakeEngine:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _BadRequest(f"invalid JSON body: {exc}") from None
+            raise BadRequest(f"invalid JSON body: {exc}") from None
         if not isinstance(body, dict):
-            raise _BadRequest("the request body must be a JSON object")
+            raise BadRequest("the request body must be a JSON object")
         if body.get("model", self.model) != self.model:
-            raise _BadRequest(f"The model `{body.get('model')}` does not exist.", 404)
+            raise BadRequest(f"The model `{body.get('model')}` does not exist.", 404)
         return body
-
-    def _max_tokens(self, body: dict[str, Any], key: str = "max_tokens") -> int:
-        value = body.get(key, body.get("max_completion_tokens", 16))
-        if value is None:
-            value = 16
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise _BadRequest(f"{key} must be a positive integer")
-        return value
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -421,61 +371,28 @@ class FakeEngine:
             ):
                 tokens = len(prompt)
             else:
-                raise _BadRequest("prompt must be a string or a non-empty list of token ids")
+                raise BadRequest("prompt must be a string or a non-empty list of token ids")
             keys = self.prefix_keys(prompt)
             return await self._serve(request, body, tokens, keys, chat=False)
-        except _BadRequest as exc:
-            return _error(str(exc), exc.status)
+        except BadRequest as exc:
+            return error_response(str(exc), exc.status)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await self._body(request)
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
-                raise _BadRequest("messages must be a non-empty list")
+                raise BadRequest("messages must be a non-empty list")
             tokens = sum(chat_message_tokens(m) for m in messages)
             tools = body.get("tools")
             if tools is not None:
                 if not isinstance(tools, list):
-                    raise _BadRequest("tools must be a list")
+                    raise BadRequest("tools must be a list")
                 tokens += count_text_tokens(json.dumps(tools, separators=(",", ":")))
             keys = self.prefix_keys(json.dumps(messages))
             return await self._serve(request, body, tokens, keys, chat=True)
-        except _BadRequest as exc:
-            return _error(str(exc), exc.status)
-
-    def _chunk(
-        self, rid: str, created: int, chat: bool, text: str | None, finish: str | None, first: bool
-    ) -> dict[str, Any]:
-        if chat:
-            delta: dict[str, Any] = {}
-            if first:
-                delta["role"] = "assistant"
-            if text is not None:
-                delta["content"] = text
-            choice: dict[str, Any] = {
-                "index": 0,
-                "delta": delta,
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-            kind = "chat.completion.chunk"
-        else:
-            choice = {
-                "index": 0,
-                "text": text or "",
-                "logprobs": None,
-                "finish_reason": finish,
-                "stop_reason": None,
-            }
-            kind = "text_completion"
-        return {
-            "id": rid,
-            "object": kind,
-            "created": created,
-            "model": self.model,
-            "choices": [choice],
-        }
+        except BadRequest as exc:
+            return error_response(str(exc), exc.status)
 
     async def _serve(
         self,
@@ -485,13 +402,13 @@ class FakeEngine:
         keys: list[int] | None,
         chat: bool,
     ) -> web.StreamResponse:
-        max_tokens = self._max_tokens(body)
+        wanted = max_tokens(body)
         limit = self.replica.shape.max_model_len
-        if prompt_tokens + max_tokens > limit:
-            raise _BadRequest(
+        if prompt_tokens + wanted > limit:
+            raise BadRequest(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
-                f"{max_tokens} in the completion). Please reduce the length of the messages or "
+                f"{prompt_tokens + wanted} tokens ({prompt_tokens} in the messages, "
+                f"{wanted} in the completion). Please reduce the length of the messages or "
                 "completion."
             )
         stream = body.get("stream", False) is True
@@ -501,7 +418,7 @@ class FakeEngine:
             await asyncio.sleep(self.extra_latency_s)
         rid = ("chatcmpl-" if chat else "cmpl-") + f"{next(_ids):x}"
         created = int(time.time())
-        req, queue = self._submit(prompt_tokens, max_tokens, keys)
+        req, queue = self._submit(prompt_tokens, wanted, keys)
         usage = {
             "prompt_tokens": prompt_tokens,
             "total_tokens": prompt_tokens,
@@ -517,32 +434,8 @@ class FakeEngine:
                         break
                 usage["completion_tokens"] = generated
                 usage["total_tokens"] = prompt_tokens + generated
-                text = " tok" * generated
-                if chat:
-                    choice: dict[str, Any] = {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "logprobs": None,
-                        "finish_reason": "length",
-                    }
-                else:
-                    choice = {
-                        "index": 0,
-                        "text": text,
-                        "logprobs": None,
-                        "finish_reason": "length",
-                        "stop_reason": None,
-                    }
-                return web.json_response(
-                    {
-                        "id": rid,
-                        "object": "chat.completion" if chat else "text_completion",
-                        "created": created,
-                        "model": self.model,
-                        "choices": [choice],
-                        "usage": usage,
-                    }
-                )
+                body = answer(rid, created, self.model, chat, " tok" * generated, usage)
+                return web.json_response(body)
             resp = web.StreamResponse(
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
             )
@@ -553,7 +446,9 @@ class FakeEngine:
                 new_tokens, finished = await queue.get()
                 generated += new_tokens
                 finish = "length" if finished else None
-                chunk = self._chunk(rid, created, chat, " tok" * new_tokens, finish, first)
+                chunk = stream_chunk(
+                    rid, created, self.model, chat, " tok" * new_tokens, finish, first
+                )
                 first = False
                 await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                 if finished:
@@ -561,14 +456,7 @@ class FakeEngine:
             if include_usage:
                 usage["completion_tokens"] = generated
                 usage["total_tokens"] = prompt_tokens + generated
-                tail: dict[str, Any] = {
-                    "id": rid,
-                    "object": "chat.completion.chunk" if chat else "text_completion",
-                    "created": created,
-                    "model": self.model,
-                    "choices": [],
-                    "usage": usage,
-                }
+                tail = usage_chunk(rid, created, self.model, chat, usage)
                 await resp.write(b"data: " + json.dumps(tail).encode() + b"\n\n")
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
