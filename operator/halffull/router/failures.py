@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from halffull.router import upstream
+
 
 @dataclass(frozen=True, slots=True)
 class Failure:
@@ -30,6 +32,20 @@ class Failure:
 def classify(exc: BaseException) -> Failure:
     """Sort an exception from sending a request or reading its answer."""
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, upstream.ConnectFailed):
+        if exc.dns:
+            return Failure("dns", 503, True, True, f"the replica's name does not resolve: {text}")
+        return Failure("connect", 503, True, True, f"cannot connect to the replica: {text}")
+    if isinstance(exc, upstream.ConnectTimeout):
+        return Failure("connect_timeout", 503, True, False, f"connecting timed out: {text}")
+    if isinstance(exc, upstream.Disconnected):
+        return Failure(
+            "disconnected", 502, False, False,
+            "the replica closed the connection before answering (the request may have been "
+            "processed; it was not retried)",
+        )  # fmt: skip
+    if isinstance(exc, upstream.BodyBroken):
+        return Failure("body_broken", 502, False, False, text)
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return Failure("dns", 503, True, True, f"the replica's name does not resolve: {text}")
     if isinstance(exc, aiohttp.ClientConnectorError):  # refused, unreachable, TLS handshake
