@@ -62,3 +62,16 @@ def classify(exc: BaseException) -> Failure:
             f"the connection to the replica failed after the request was sent: {text}",
         )  # fmt: skip
     return Failure("upstream", 502, False, False, f"the replica failed to answer: {text}")
+
+
+def timed_out(first_byte: bool, seconds: float) -> Failure:
+    """A replica that took the request and went quiet: 504, endpoint suspect."""
+    if first_byte:
+        return Failure(
+            "first_byte_timeout", 504, False, False,
+            f"the replica sent no answer within {seconds:g} s (first-byte timeout)",
+        )  # fmt: skip
+    return Failure(
+        "stream_idle_timeout", 504, False, False,
+        f"the replica's answer stalled for {seconds:g} s (stream-idle timeout)",
+    )  # fmt: skip
