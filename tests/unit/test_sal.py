@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from halffull.api.runtime_config import RouterEndpoint
@@ -53,39 +55,21 @@ def test_rejects_non_positive_batch(bad: int) -> None:
 
 
 def estimate(
-    name: str = "a",
-    stats: EngineStats | None = None,
-    own: OwnLoad | None = None,
-    *,
-    weight: float = 1.0,
-    budget: int = 2048,
-    mean_prompt: float = 500,
-    last_capacity_tokens: int | None = None,
+    name: str, stats: EngineStats | None, own: OwnLoad | None = None, **more: Any
 ) -> ReplicaState:
-    """`estimate_replica` with fresh stats when given, stale ones (None) otherwise."""
+    """`estimate_replica` with fresh stats when given, stale ones (None) otherwise; weight 1, a
+    budget of 2,048 tokens and 500-token prompts unless `more` says otherwise."""
+    args = {"weight": 1.0, "max_tokens_per_batch": 2048, "mean_prompt_tokens": 500, **more}
     return estimate_replica(
-        name=name,
-        weight=weight,
-        stats=stats,
-        fresh=stats is not None,
-        own=own or OwnLoad(),
-        max_tokens_per_batch=budget,
-        mean_prompt_tokens=mean_prompt,
-        last_capacity_tokens=last_capacity_tokens,
+        name=name, stats=stats, fresh=stats is not None, own=own or OwnLoad(), **args
     )
 
 
 IDLE = EngineStats(num_running=0, num_waiting=0, kv_usage=0.0)
 # the router has 5 requests in flight: 3 not started (900 tokens), 1 of them (200 tokens) sent
 # after the last poll
-OWN = OwnLoad(
-    inflight_requests=5,
-    inflight_tokens=1500,
-    prefill_requests=3,
-    prefill_tokens=900,
-    since_poll_requests=1,
-    since_poll_tokens=200,
-)
+OWN = OwnLoad(inflight_requests=5, inflight_tokens=1500, prefill_requests=3, prefill_tokens=900,
+              since_poll_requests=1, since_poll_tokens=200)  # fmt: skip
 
 
 def test_memory_bound_choice_prefers_replica_where_request_fits() -> None:
@@ -146,8 +130,8 @@ def test_the_herding_case_routes_by_sal() -> None:
                            block_size=16)  # fmt: skip
 
     states = [
-        estimate("empty", full(0), weight=0.0, mean_prompt=2048),
-        estimate("queued", full(440), weight=0.01, mean_prompt=2048),
+        estimate("empty", full(0), weight=0.0, mean_prompt_tokens=2048),
+        estimate("queued", full(440), weight=0.01, mean_prompt_tokens=2048),
     ]
     assert states[1].queued_tokens >= 900_000
     assert SalPolicy(beta=256).rank(RouteRequest(prompt_tokens=2048), states)[0] == 0
@@ -157,7 +141,7 @@ def test_weights_price_a_replica_whose_polls_are_stale() -> None:
     """The fallback: without fresh stats, a low operator weight stands for a queue."""
 
     def stale(weight: float) -> ReplicaState:
-        return estimate(str(weight), weight=weight, mean_prompt=1024)
+        return estimate(str(weight), None, weight=weight, mean_prompt_tokens=1024)
 
     idle, loaded = stale(0.67), stale(0.02)
     assert idle.queued_tokens == 0 and loaded.queued_tokens > 40 * 2048
@@ -192,7 +176,7 @@ def test_fresh_estimate_combines_poll_and_accounting() -> None:
     stats = EngineStats(
         num_running=3, num_waiting=4, kv_usage=0.5, num_gpu_blocks=100, block_size=16
     )
-    s = estimate("a", stats, OWN, budget=512, mean_prompt=100)
+    s = estimate("a", stats, OWN, max_tokens_per_batch=512, mean_prompt_tokens=100)
     # engine counted 4 waiting, 2 of them ours -> 2 foreign at 100 tokens each
     assert s.queued_tokens == pytest.approx(900 + 200)
     assert s.free_kv_tokens == pytest.approx(1600 * 0.5 - 200)
@@ -202,10 +186,12 @@ def test_fresh_estimate_combines_poll_and_accounting() -> None:
 
 
 def test_stale_estimate_uses_own_accounting_and_last_capacity() -> None:
-    s = estimate("a", None, OWN, budget=512, mean_prompt=100, last_capacity_tokens=1600)
+    s = estimate(
+        "a", None, OWN, max_tokens_per_batch=512, mean_prompt_tokens=100, last_capacity_tokens=1600
+    )
     assert not s.fresh
     assert s.queued_tokens == 900
     assert s.free_kv_tokens == 100
     assert s.num_running == 2
-    unknown = estimate("a", None, OWN, budget=512, mean_prompt=100)
+    unknown = estimate("a", None, OWN, max_tokens_per_batch=512, mean_prompt_tokens=100)
     assert unknown.free_kv_tokens is None and unknown.kv_usage is None
