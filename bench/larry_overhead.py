@@ -40,25 +40,27 @@ REPO = Path(__file__).resolve().parents[1]
 BEFORE = "00f5d19"
 
 
+def module_before(name: str, path: str, replace: tuple[str, str] | None = None) -> Any:
+    """The module at `path` as of commit BEFORE, imported under `name` (with one text
+    replacement, e.g. to make it import another module of that commit)."""
+    src = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{BEFORE}:{path}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    if replace:
+        src = src.replace(*replace)
+    mod = types.ModuleType(name)
+    sys.modules[name] = mod  # dataclasses look their module up
+    exec(compile(src, f"{BEFORE}:{path}", "exec"), mod.__dict__)
+    return mod
+
+
 def load_before() -> type:
     """The plugin class as of commit 00f5d19, with the policy module of that commit."""
-
-    def module(name: str, path: str, replace: tuple[str, str] | None = None) -> Any:
-        src = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{BEFORE}:{path}"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        if replace:
-            src = src.replace(*replace)
-        mod = types.ModuleType(name)
-        sys.modules[name] = mod  # dataclasses look their module up
-        exec(compile(src, f"{BEFORE}:{path}", "exec"), mod.__dict__)
-        return mod
-
-    module("halffull_before_larry", "operator/halffull/policy/larry.py")
-    sched = module(
+    module_before("halffull_before_larry", "operator/halffull/policy/larry.py")
+    sched = module_before(
         "halffull_before_scheduler",
         "operator/halffull/engine/scheduler.py",
         ("from halffull.policy.larry import", "from halffull_before_larry import"),
@@ -186,16 +188,7 @@ class _Item:
 
 
 def load_before_policy() -> Any:
-    src = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{BEFORE}:operator/halffull/policy/larry.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    mod = types.ModuleType("halffull_before_policy")
-    sys.modules[mod.__name__] = mod
-    exec(compile(src, "before", "exec"), mod.__dict__)
-    return mod
+    return module_before("halffull_before_policy", "operator/halffull/policy/larry.py")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,19 +215,21 @@ def main(argv: list[str] | None = None) -> int:
 
     import halffull.engine.scheduler as after_mod
     from halffull.engine.config_watcher import CHECK_INTERVAL_ENV, DEFAULT_CHECK_INTERVAL_S
-    from halffull_dev.testing.vllm_engine import inproc_engine
+    from halffull_dev.testing.vllm_engine import PLUGIN, inproc_engine
+    from halffull_dev.testing.vllm_launch import VllmSpec
 
     after_mod.STATS_INTERVAL_S = 3600.0
     config = json.dumps({"policy": "larry", "alpha": 0.1})
     rows = []
+    spec = VllmSpec(
+        kv_cache_memory_bytes=256 * 1024 * 1024,
+        max_model_len=4096,
+        scheduler_cls=PLUGIN,
+        engine_args={"max_num_seqs": args.slots, "max_num_batched_tokens": 8192},
+    )
     with (
         tempfile.TemporaryDirectory() as tmp,
-        inproc_engine(
-            Path(tmp),
-            scheduler_config=config,
-            kv_cache_memory_bytes=256 * 1024 * 1024,
-            engine_kwargs={"max_num_seqs": args.slots, "max_num_batched_tokens": 8192},
-        ) as inproc,
+        inproc_engine(spec, Path(tmp), scheduler_config=config) as inproc,
     ):
         core = inproc.engine.engine_core.engine_core
         # the measured schedulers check their parameter file as deployed (once a second), not at

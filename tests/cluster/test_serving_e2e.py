@@ -38,8 +38,7 @@ def router_metric(ip: str, name: str) -> float:
 
 @pytest.fixture
 def e2e_operator(cluster: Cluster, namespace: str, tmp_path: Path) -> OperatorProcess:
-    if not cluster.local:
-        pytest.skip("needs the kubelet stand-in's process runtime")
+    cluster.require_local("needs the kubelet stand-in's process runtime")
     op = OperatorProcess(cluster, namespace, tmp_path / "operator.log", images=E2E_IMAGES)
     op.start()
     yield op  # type: ignore[misc]

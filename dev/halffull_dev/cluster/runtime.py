@@ -24,6 +24,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from halffull_dev.processes import stop_process
 from halffull_dev.testing.volumes import publish as publish_volume
 
 log = logging.getLogger(__name__)
@@ -160,12 +161,7 @@ class ProcessRuntime:
             running = self._pods.pop(uid, None)
         if running is None:
             return
-        running.proc.terminate()
-        try:
-            running.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            running.proc.kill()
-            running.proc.wait()
+        stop_process(running.proc, timeout=10)
 
     def close(self) -> None:
         self._stop.set()
