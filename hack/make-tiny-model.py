@@ -7,7 +7,8 @@ The tokenizer is real: a byte-level BPE trained here (the `tokenizers` library, 
 dependencies bring) on TEXT_FILEs, saved as tokenizer.json, so that text prompts are encoded and
 completions decoded to text. The weights are not stored: the engine runs with
 `--load-format dummy` (random weights), so completions are text but not sense.
-Run by images/vllm-larry/Dockerfile.cpu; the output is the same for the same input files.
+Run by images/vllm-larry/Dockerfile.cpu on this file's own text (which changes only with the
+script, so that image layer stays cached); the output is the same for the same input files.
 """
 
 from __future__ import annotations
