@@ -155,7 +155,7 @@ image_vllm_cpu() {
       "set TORCH_WHEELS to one" >&2
     exit 1
   }
-  tag=$(echo "$BASE_TAG $(ls "$wheels" | grep '^torch-' | sort | tr '\n' ' ') $(hash_inputs images/vllm-larry/Dockerfile.cpu hack/make-tiny-model.py hack/versions.env "${PY_SOURCES[@]}")" \
+  tag=$(echo "$BASE_TAG $(ls "$wheels" | grep '^torch-' | sort | tr '\n' ' ') $(hash_inputs images/vllm-larry/Dockerfile.cpu hack/make-tiny-model.py hack/versions.env hack/install-vllm.sh "${PY_SOURCES[@]}")" \
     | sha256sum | cut -c1-16)
   cached vllm-cpu "$tag" && return 0
   build vllm-cpu "$tag" images/vllm-larry/Dockerfile.cpu . \
