@@ -30,6 +30,7 @@ DEFAULT_BIN_DIR = Path(
 CONTROLLERS = (
     "garbagecollector,namespace,deployment,replicaset,endpoint,serviceaccount,serviceaccount-token"
 )
+NODE_CONTROLLERS = ",nodelifecycle,endpointslice"
 SERVICE_CIDR = "10.96.0.0/16"
 
 
@@ -212,7 +213,9 @@ class ControlPlane:
             "--kubeconfig", str(self.client_kubeconfig("-cm", "kcm")),
             # With a node, its lifecycle controller lifts the kubelet's not-ready taint (and
             # marks the node NotReady if the kubelet stops); the stand-in sends no heartbeats.
-            "--controllers", CONTROLLERS + (",nodelifecycle" if self.node_name else ""),
+            # kube-proxy 1.20 reads EndpointSlices, not Endpoints: without their controller it
+            # rejects every connection to a Service's cluster IP (no endpoints).
+            "--controllers", CONTROLLERS + (NODE_CONTROLLERS if self.node_name else ""),
             "--leader-elect=false", "--use-service-account-credentials=true",
             "--port", "0", "--secure-port", "0",
             "--service-account-private-key-file", str(pki / "sa.key"),

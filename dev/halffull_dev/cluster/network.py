@@ -4,7 +4,8 @@ Pods get addresses on `POD_CIDR` from the CNI bridge plugin (host-local IPAM). T
 address, `GATEWAY`, is the node's address: the kubelet and the apiserver listen there, so pods
 reach both. Nothing is routed off the machine: the bridge plugin turns IPv4 forwarding on, so a
 chain of ours in the filter table's FORWARD drops everything that enters or leaves the bridge
-through any other interface, and nothing masquerades pod traffic to the outside.
+through any other interface, and nothing masquerades pod traffic to the outside. The host's own
+packets to the service range or the pod range never take the default route either (OUTPUT).
 
 Everything here is undone by `teardown()`, which also runs before each start, so a node that
 crashed leaves nothing behind for long: the bridge, our iptables chain, kube-proxy's and the
@@ -27,6 +28,7 @@ GATEWAY = "10.244.77.1"
 SERVICE_CIDR = "10.96.0.0/16"
 CNI_NETWORK = "halffull"
 FORWARD_CHAIN = "HALFFULL-FWD"
+OUTPUT_CHAIN = "HALFFULL-OUT"
 SYSCTLS = {
     # Pod -> Service -> pod on the same bridge: bridged frames must pass iptables (DNAT).
     "net/bridge/bridge-nf-call-iptables": "1",
@@ -94,6 +96,17 @@ def forward_rules() -> list[list[str]]:
     ]
 
 
+def output_rules() -> list[list[str]]:
+    """The OUTPUT chain of ours: the host's own packets to a cluster IP that kube-proxy has not
+    translated (a Service it has not synced yet) or to a pod address off the bridge are refused
+    here, never sent out of the default route. The filter table sees packets after kube-proxy's
+    DNAT, so translated ones carry a pod address on the bridge by then."""
+    return [
+        ["-d", SERVICE_CIDR, "-j", "REJECT"],
+        ["-d", POD_CIDR, "!", "-o", BRIDGE, "-j", "REJECT"],
+    ]
+
+
 def setup(state_dir: Path) -> None:
     """Check the subnets are free, create the bridge with the gateway address, guard FORWARD,
     set the sysctls (saving the old values in `state_dir`)."""
@@ -124,6 +137,10 @@ def setup(state_dir: Path) -> None:
     for rule in forward_rules():
         sh("iptables", "-A", FORWARD_CHAIN, *rule)
     sh("iptables", "-I", "FORWARD", "1", "-j", FORWARD_CHAIN)
+    sh("iptables", "-N", OUTPUT_CHAIN)
+    for rule in output_rules():
+        sh("iptables", "-A", OUTPUT_CHAIN, *rule)
+    sh("iptables", "-I", "OUTPUT", "1", "-j", OUTPUT_CHAIN)
 
 
 def _kube_chains(table: str) -> list[str]:
@@ -144,7 +161,7 @@ def teardown(state_dir: Path) -> None:
     for table in ("nat", "filter", "mangle"):
         chains = set(_kube_chains(table))
         if table == "filter":
-            chains.add(FORWARD_CHAIN)
+            chains |= {FORWARD_CHAIN, OUTPUT_CHAIN}
         _delete_jumps(table, chains)
         for chain in chains:
             sh("iptables", "-t", table, "-F", chain, check=False)
