@@ -7,6 +7,7 @@ is restarted by the kubelet while the router routes around it."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -64,6 +65,11 @@ def test_serving_on_the_real_node(
         return [a for s in eps.get("subsets") or [] for a in s.get("addresses") or []]
 
     wait_for(router_endpoints, timeout=120, what="the router in its Service's Endpoints")
+    # a cluster IP that no Service holds is refused on this machine, never routed off it
+    taken = cluster.kubectl("get", "svc", "-A", "-o", "jsonpath={.items[*].spec.clusterIP}")
+    unused = next(f"10.96.255.{i}" for i in range(254, 0, -1) if f"10.96.255.{i}" not in taken)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((unused, 8000), timeout=10).close()
     status, body = post(f"{url}/v1/completions", {"model": MODEL, "prompt": [1, 2, 3, 4],
                                                   "max_tokens": 3})  # fmt: skip
     assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 3

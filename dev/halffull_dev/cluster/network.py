@@ -5,7 +5,7 @@ address, `GATEWAY`, is the node's address: the kubelet and the apiserver listen 
 reach both. Nothing is routed off the machine: the bridge plugin turns IPv4 forwarding on, so a
 chain of ours in the filter table's FORWARD drops everything that enters or leaves the bridge
 through any other interface, and nothing masquerades pod traffic to the outside. The host's own
-packets to the service range or the pod range never take the default route either (OUTPUT).
+packets to the service range never take the default route either (OUTPUT).
 
 Everything here is undone by `teardown()`, which also runs before each start, so a node that
 crashed leaves nothing behind for long: the bridge, our iptables chain, kube-proxy's and the
@@ -98,13 +98,11 @@ def forward_rules() -> list[list[str]]:
 
 def output_rules() -> list[list[str]]:
     """The OUTPUT chain of ours: the host's own packets to a cluster IP that kube-proxy has not
-    translated (a Service it has not synced yet) or to a pod address off the bridge are refused
-    here, never sent out of the default route. The filter table sees packets after kube-proxy's
-    DNAT, so translated ones carry a pod address on the bridge by then."""
-    return [
-        ["-d", SERVICE_CIDR, "-j", "REJECT"],
-        ["-d", POD_CIDR, "!", "-o", BRIDGE, "-j", "REJECT"],
-    ]
+    translated (a Service it has not synced yet, or none) are refused here, never sent out of
+    the default route. The filter table sees packets after kube-proxy's DNAT, so translated
+    ones carry a pod address on the bridge by then. (Pod addresses need no rule: the bridge's
+    route holds them while the node runs.)"""
+    return [["-d", SERVICE_CIDR, "-j", "REJECT"]]
 
 
 def setup(state_dir: Path) -> None:
