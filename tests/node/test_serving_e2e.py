@@ -102,6 +102,16 @@ def test_serving_on_the_real_node(
     assert router_now["status"]["containerStatuses"][0]["restartCount"] == 0
 
 
+def refused(ip: str, port: int) -> bool:
+    try:
+        socket.create_connection((ip, port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        pass
+    return False
+
+
 def test_killed_engine_is_restarted_while_the_router_routes_around_it(
     node_cluster: Cluster, node_namespace: str, node_operator: OperatorProcess
 ) -> None:
@@ -131,7 +141,9 @@ def test_killed_engine_is_restarted_while_the_router_routes_around_it(
                 text = body.decode()
                 ok = status == 200 and text.rstrip().endswith("data: [DONE]")
                 outcome = "ok" if ok and '"error"' not in text else "in-band-error"
-            except (OSError, urllib.error.HTTPError) as exc:
+            except urllib.error.HTTPError as exc:
+                outcome = f"http-{exc.code}"
+            except OSError as exc:
                 outcome = f"failed: {exc!r}"
             results.append((started, outcome))
 
@@ -141,6 +153,9 @@ def test_killed_engine_is_restarted_while_the_router_routes_around_it(
     time.sleep(2)
     killed_at = time.monotonic()
     kill_container(victim)
+    wait_for(lambda: refused(victim_ip, 8000), timeout=10, interval=0.02,
+             what="the engine container dead (its port refused)")  # fmt: skip
+    dead_at = time.monotonic()
 
     def ready_addresses() -> list[str]:
         eps = cluster.get("endpoints", "kill-engine", namespace) or {}
@@ -162,10 +177,12 @@ def test_killed_engine_is_restarted_while_the_router_routes_around_it(
     for t in threads:
         t.join(timeout=30)
 
-    after = [outcome for started, outcome in results if started > killed_at]
-    during = [outcome for started, outcome in results if killed_at - 1.0 <= started <= killed_at]
+    after = [outcome for started, outcome in results if started > dead_at]
+    during = [outcome for started, outcome in results if killed_at - 1.0 <= started <= dead_at]
     assert len(after) > 10
     # zero failures among requests that started after the engine died (the router routes
-    # around it); those in flight at the kill may end with an in-band error, never a hang
+    # around it). Those in flight at the kill end with an in-band error once their stream had
+    # started, or the router's 502 before that (not retried: the engine may have run them;
+    # see operator/halffull/router/failures.py); never a hang or a dropped connection.
     assert [o for o in after if o != "ok"] == []
-    assert all(o in ("ok", "in-band-error") for o in during), during
+    assert all(o in ("ok", "in-band-error", "http-502") for o in during), during
