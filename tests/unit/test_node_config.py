@@ -31,6 +31,8 @@ def test_cni_network_is_a_private_bridge_without_masquerade(tmp_path: Path) -> N
     (rng,) = bridge["ipam"]["ranges"][0]
     assert rng == {"subnet": network.POD_CIDR, "gateway": network.GATEWAY}
     assert bridge["ipam"]["dataDir"] == str(tmp_path)
+    assert bridge["ipam"]["routes"] == [{"dst": network.SERVICE_CIDR, "gw": network.GATEWAY}]
+    assert bridge.get("isDefaultGateway") is not True
 
 
 def test_forward_guard_accepts_only_bridge_to_bridge() -> None:

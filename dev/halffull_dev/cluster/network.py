@@ -80,6 +80,10 @@ def cni_config(ipam_dir: Path) -> dict[str, object]:
                 "ipam": {
                     "type": "host-local",
                     "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
+                    # Pods reach the pod subnet (on the bridge) and the Services' cluster IPs
+                    # (through the node, where kube-proxy translates them), nothing else: no
+                    # default route.
+                    "routes": [{"dst": SERVICE_CIDR, "gw": GATEWAY}],
                     "dataDir": str(ipam_dir),
                 },
             }

@@ -18,6 +18,7 @@ import kopf
 
 from halffull.api.spec import GROUP, PLURAL, VERSION
 from halffull.builders.meta import MANAGED_BY, OWNER_LABEL
+from halffull.controller.login import login
 from halffull.controller.reconcile import Reconciler
 from halffull.controller.runner import KeyedRunner
 from halffull.controller.weights import WeightsLoop
@@ -54,9 +55,7 @@ class Operator:
             log.warning("%s/%s is invalid: %s", namespace, name, "; ".join(outcome.problems))
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
-        @kopf.on.login(registry=registry)
-        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        kopf.on.login(registry=registry)(login)
 
         @kopf.on.startup(registry=registry)
         async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
