@@ -28,8 +28,12 @@ from tests.node.test_serving_e2e import FAKE_ENGINE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.slow]
 
-PREVIOUS_RELEASE = "00f5d19"
-"""The commit of the previous release's chart (the layout before the real node)."""
+PREVIOUS_RELEASE = "763e9b3"
+"""The commit of the previous chart: the last one before the CRD's newest fields, and the first
+whose RBAC grants what today's operator watches (PodDisruptionBudgets, pod patches). The chart
+has had no numbered release yet. Both releases run today's operator image: an operator image
+from before `halffull.controller.login` cannot run on the local node at all (it logs in by the
+DNS name `kubernetes.default.svc`, and the node has no cluster DNS)."""
 
 
 def previous_chart(tmp_path: Path) -> Path:
