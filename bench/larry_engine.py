@@ -219,7 +219,8 @@ def replay(
 
 
 def run(args: argparse.Namespace) -> list[RunResult]:
-    from halffull_dev.testing.vllm_engine import inproc_engine
+    from halffull_dev.testing.vllm_engine import PLUGIN, inproc_engine
+    from halffull_dev.testing.vllm_launch import VllmSpec
 
     policies = [parse_policy(p) for p in args.policies]
     results: list[RunResult] = []
@@ -230,13 +231,14 @@ def run(args: argparse.Namespace) -> list[RunResult]:
     }
     if args.block_size:
         engine_kwargs["block_size"] = args.block_size
-    with inproc_engine(
-        work,
+    spec = VllmSpec(
         kv_cache_memory_bytes=args.kv_tokens * args.kv_bytes_per_token,
         max_model_len=args.max_model_len,
-        engine_kwargs=engine_kwargs,
+        scheduler_cls=PLUGIN,
+        engine_args=engine_kwargs,
         model=args.model,
-    ) as inproc:
+    )
+    with inproc_engine(spec, work) as inproc:
         engine = inproc.engine
         sched = inproc.scheduler
         print(

@@ -8,10 +8,17 @@ dummy model; the model never runs): vanilla vLLM's `Scheduler`, the plugin as of
 of 32 to 2,000 tokens that arrived over the last 30 s) and nothing running, with policy larry,
 alpha 0.1 and the default tail bound. A round is one `schedule()`, then the requests it admitted
 are aborted and as many new ones added, so the queue stays at `n` and something can be admitted
-at every step: the case where LARRY must order the queue every time. The rounds of the three
-alternate; the table gives the median round of each plugin minus vanilla's at the same `n`.
-The plugins' metrics threads are parked during the measurement (they run every 50 ms, outside
-`schedule()`).
+at every step: the case where LARRY must order the queue every time. `max_num_seqs` is the
+number of free slots per step (`--slots`, default 8: an engine admits a few requests per step,
+not hundreds). Only the `schedule()` call is timed (making and adding requests is not: the
+plugin computes a request's keys when it enters the queue, a cost once per request, not per
+step). The rounds of the three alternate. The table gives, per `n`, the median of the plugins'
+own reorder (timed inside `schedule()`: what LARRY adds to the engine's critical path), and the
+medians of whole `schedule()` calls for context: those differ from vanilla's also because LARRY
+admits other requests, with other allocation and prefix-cache work in vLLM's own code.
+Times are the thread's CPU time (`time.thread_time`), not wall time, so that other load on the
+machine (waiting for a core) does not enter them. The plugins' metrics threads are parked during
+the measurement (they run every 50 ms, outside `schedule()`).
 """
 
 from __future__ import annotations
@@ -33,25 +40,27 @@ REPO = Path(__file__).resolve().parents[1]
 BEFORE = "00f5d19"
 
 
+def module_before(name: str, path: str, replace: tuple[str, str] | None = None) -> Any:
+    """The module at `path` as of commit BEFORE, imported under `name` (with one text
+    replacement, e.g. to make it import another module of that commit)."""
+    src = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{BEFORE}:{path}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    if replace:
+        src = src.replace(*replace)
+    mod = types.ModuleType(name)
+    sys.modules[name] = mod  # dataclasses look their module up
+    exec(compile(src, f"{BEFORE}:{path}", "exec"), mod.__dict__)
+    return mod
+
+
 def load_before() -> type:
     """The plugin class as of commit 00f5d19, with the policy module of that commit."""
-
-    def module(name: str, path: str, replace: tuple[str, str] | None = None) -> Any:
-        src = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{BEFORE}:{path}"],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        if replace:
-            src = src.replace(*replace)
-        mod = types.ModuleType(name)
-        sys.modules[name] = mod  # dataclasses look their module up
-        exec(compile(src, f"{BEFORE}:{path}", "exec"), mod.__dict__)
-        return mod
-
-    module("halffull_before_larry", "operator/halffull/policy/larry.py")
-    sched = module(
+    module_before("halffull_before_larry", "operator/halffull/policy/larry.py")
+    sched = module_before(
         "halffull_before_scheduler",
         "operator/halffull/engine/scheduler.py",
         ("from halffull.policy.larry import", "from halffull_before_larry import"),
@@ -61,25 +70,45 @@ def load_before() -> type:
     return cls
 
 
-def make_request(rid: str, length: int, arrival: float, rng: random.Random) -> Any:
+def make_request(rid: str, length: int, arrival: float, rng: random.Random, hasher: Any) -> Any:
+    """A request as the engine core makes one: with its block hasher, which the prefix cache
+    (on by default) needs to cache the blocks of an admitted request."""
     from vllm import SamplingParams
     from vllm.v1.request import Request
 
     ids = [rng.randrange(10, 4000) for _ in range(length)]
-    return Request(rid, ids, SamplingParams(max_tokens=16), None, arrival_time=arrival)
+    return Request(
+        rid, ids, SamplingParams(max_tokens=16), None, arrival_time=arrival, block_hasher=hasher
+    )
+
+
+def timed_reorder(s: Any, into: list[float]) -> None:
+    """Wrap a plugin scheduler's `_larry_reorder` (what it runs before vLLM's own `schedule()`)
+    so that each call's duration lands in `into`."""
+    reorder = s._larry_reorder
+
+    def timed() -> None:
+        t0 = time.thread_time()
+        reorder()
+        into.append(time.thread_time() - t0)
+
+    s._larry_reorder = timed
 
 
 def measure(core: Any, classes: dict[str, type], n: int, rounds: int) -> dict[str, float]:
-    """Median seconds per round for each scheduler class, rounds interleaved."""
+    """Median seconds per round, rounds interleaved: `NAME` is the whole `schedule()` of each
+    scheduler class, `NAME/reorder` the plugin's own work within it."""
     from vllm.v1.request import RequestStatus
 
     base = core.scheduler
+    hasher = core.request_block_hasher
     rng = random.Random(n)
     schedulers: dict[str, Any] = {}
     counters = {}
     now = time.time()
     lengths = [rng.randint(32, 2000) for _ in range(n)]
     arrivals = sorted(now - 30.0 * rng.random() for _ in range(n))
+    times: dict[str, list[float]] = {}
     for name, cls in classes.items():
         s = cls(
             vllm_config=core.vllm_config,
@@ -89,21 +118,25 @@ def measure(core: Any, classes: dict[str, type], n: int, rounds: int) -> dict[st
             hash_block_size=base.hash_block_size,
         )
         for i, (length, arrival) in enumerate(zip(lengths, arrivals, strict=True)):
-            s.add_request(make_request(f"{name}-{i}", length, arrival, rng))
+            s.add_request(make_request(f"{name}-{i}", length, arrival, rng, hasher))
         schedulers[name] = s
         counters[name] = n
-    times: dict[str, list[float]] = {name: [] for name in classes}
+        times[name] = []
+        if hasattr(s, "_larry_reorder"):
+            timed_reorder(s, times.setdefault(f"{name}/reorder", []))
     for _ in range(rounds):
         for name, s in schedulers.items():
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             out = s.schedule()
+            times[name].append(time.thread_time() - t0)
             admitted = [r.req_id for r in out.scheduled_new_reqs]
             s.finish_requests(admitted, RequestStatus.FINISHED_ABORTED)
             for _ in admitted:
                 counters[name] += 1
                 length = rng.randint(32, 2000)
-                s.add_request(make_request(f"{name}-{counters[name]}", length, time.time(), rng))
-            times[name].append(time.perf_counter() - t0)
+                s.add_request(
+                    make_request(f"{name}-{counters[name]}", length, time.time(), rng, hasher)
+                )
             assert len(s.waiting) == n, (name, len(s.waiting))
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -130,17 +163,17 @@ def policy_only(lengths: list[int], rounds: int, k: int = 8) -> None:
         after: list[float] = []
         for i in range(max(rounds * 100 // max(n, 100), 20)):
             now = 1031.0 + i * 0.01
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             views = [old.WaitingRequest(kv_tokens=r.tokens, arrival_time=r.arrival) for r in items]
             perm = old.order(views, policy="larry", now=now, capacity=cap, alpha=0.1)
             items = [items[j] for j in perm]
-            t1 = time.perf_counter()
+            t1 = time.thread_time()
             head = q.larry.select(
                 policy="larry", now=now, num_blocks=4096, alpha=0.1, max_wait=3.0, k=k
             )
             q = IndexedDeque(head + q.larry.others(head), larry=q.larry)
             q.append(q.popleft())  # one admission, one arrival
-            t2 = time.perf_counter()
+            t2 = time.thread_time()
             before.append(t1 - t0)
             after.append(t2 - t1)
         b, a = statistics.median(before), statistics.median(after)
@@ -155,22 +188,19 @@ class _Item:
 
 
 def load_before_policy() -> Any:
-    src = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{BEFORE}:operator/halffull/policy/larry.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    mod = types.ModuleType("halffull_before_policy")
-    sys.modules[mod.__name__] = mod
-    exec(compile(src, "before", "exec"), mod.__dict__)
-    return mod
+    return module_before("halffull_before_policy", "operator/halffull/policy/larry.py")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--lengths", type=int, nargs="+", default=[10, 100, 1000, 10000])
     ap.add_argument("--rounds", type=int, default=300)
+    ap.add_argument(
+        "--slots",
+        type=int,
+        default=8,
+        help="free sequence slots per step (max_num_seqs; every admitted request is aborted)",
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument(
         "--policy-only", action="store_true", help="only the policy's work per step, no vLLM"
@@ -184,21 +214,27 @@ def main(argv: list[str] | None = None) -> int:
     from vllm.v1.core.sched.scheduler import Scheduler
 
     import halffull.engine.scheduler as after_mod
-    from halffull_dev.testing.vllm_engine import inproc_engine
+    from halffull.engine.config_watcher import CHECK_INTERVAL_ENV, DEFAULT_CHECK_INTERVAL_S
+    from halffull_dev.testing.vllm_engine import PLUGIN, inproc_engine
+    from halffull_dev.testing.vllm_launch import VllmSpec
 
     after_mod.STATS_INTERVAL_S = 3600.0
     config = json.dumps({"policy": "larry", "alpha": 0.1})
     rows = []
+    spec = VllmSpec(
+        kv_cache_memory_bytes=256 * 1024 * 1024,
+        max_model_len=4096,
+        scheduler_cls=PLUGIN,
+        engine_args={"max_num_seqs": args.slots, "max_num_batched_tokens": 8192},
+    )
     with (
         tempfile.TemporaryDirectory() as tmp,
-        inproc_engine(
-            Path(tmp),
-            scheduler_config=config,
-            kv_cache_memory_bytes=256 * 1024 * 1024,
-            engine_kwargs={"max_num_seqs": 256, "max_num_batched_tokens": 8192},
-        ) as inproc,
+        inproc_engine(spec, Path(tmp), scheduler_config=config) as inproc,
     ):
         core = inproc.engine.engine_core.engine_core
+        # the measured schedulers check their parameter file as deployed (once a second), not at
+        # every step as the test engine's does
+        os.environ[CHECK_INTERVAL_ENV] = str(DEFAULT_CHECK_INTERVAL_S)
         classes = {
             "vanilla": Scheduler,
             "before": load_before(),
@@ -208,24 +244,25 @@ def main(argv: list[str] | None = None) -> int:
             rounds = max(args.rounds * 100 // max(n, 100), 20)
             med = measure(core, classes, n, rounds)
             rows.append((n, rounds, med))
-            print(
-                f"n={n}: vanilla {med['vanilla'] * 1e6:.0f} us, before +"
-                f"{(med['before'] - med['vanilla']) * 1e6:.0f}, after +"
-                f"{(med['after'] - med['vanilla']) * 1e6:.0f} ({rounds} rounds)",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"n={n}: {rounds} rounds, medians (us): "
+                  + ", ".join(f"{k} {v * 1e6:.0f}" for k, v in med.items()),
+                  file=sys.stderr, flush=True)  # fmt: skip
     print(
-        "| waiting requests | vanilla schedule() (us) | LARRY adds, before (00f5d19) (us) "
-        "| LARRY adds, now (us) | rounds |"
+        "| waiting requests | vanilla schedule() (us) | LARRY's reorder per schedule(), before "
+        "(00f5d19) (us) | LARRY's reorder per schedule(), now (us) | whole schedule() with "
+        "LARRY now (us) | rounds |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for n, rounds, med in rows:
-        v = med["vanilla"]
         print(
-            f"| {n} | {v * 1e6:.0f} | {(med['before'] - v) * 1e6:.0f} | "
-            f"{(med['after'] - v) * 1e6:.0f} | {rounds} |"
+            f"| {n} | {med['vanilla'] * 1e6:.0f} | {med['before/reorder'] * 1e6:.0f} | "
+            f"{med['after/reorder'] * 1e6:.0f} | {med['after'] * 1e6:.0f} | {rounds} |"
         )
+    print(
+        "\nThe reorder is the plugin's own work before vLLM's `schedule()`; the whole `schedule()` "
+        "also differs from vanilla's because LARRY admits other (shorter) requests, whose "
+        "allocation and prefix-cache work vLLM does either way."
+    )
     if args.json:
         args.json.write_text(json.dumps([{"n": n, **m} for n, _, m in rows]))
     return 0

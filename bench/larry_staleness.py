@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     import halffull.engine.scheduler as plugin
     from halffull.policy.larry_queue import WaitingIndex
     from halffull_dev.testing.vllm_engine import inproc_engine
+    from halffull_dev.testing.vllm_launch import VllmSpec
 
     stats = {"steps": 0, "differ": 0, "err": 0.0, "keys": 0}
 
@@ -81,16 +82,16 @@ def main(argv: list[str] | None = None) -> int:
 
     plugin.Probe = Probe  # type: ignore[attr-defined]  # importable by vLLM's class loader
     rows = []
+    spec = VllmSpec(
+        kv_cache_memory_bytes=16 * 1024 * 1024,  # a few prompts: eviction while they wait
+        max_model_len=4096,
+        scheduler_cls="halffull.engine.scheduler.Probe",
+        engine_args={"max_num_seqs": 16, "enable_prefix_caching": True, "block_size": 32},
+    )
+    config = '{"policy": "larry", "alpha": 0.1}'
     with (
         tempfile.TemporaryDirectory() as tmp,
-        inproc_engine(
-            Path(tmp),
-            scheduler_config='{"policy": "larry", "alpha": 0.1}',
-            kv_cache_memory_bytes=8 * 1024 * 1024,
-            max_model_len=4096,
-            engine_kwargs={"max_num_seqs": 16, "enable_prefix_caching": True, "block_size": 32},
-            scheduler_cls="halffull.engine.scheduler.Probe",
-        ) as inproc,
+        inproc_engine(spec, Path(tmp), scheduler_config=config) as inproc,
     ):
         engine = inproc.engine
         for p, refresh in enumerate(args.refresh):

@@ -25,7 +25,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,17 +35,12 @@ from pathlib import Path
 
 import aiohttp
 
+from halffull_dev.cluster.controlplane import free_port
 from halffull_dev.testing.rollout import wait_http_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 BODY = {"model": "fake-model", "prompt": list(range(1, 33)), "max_tokens": 4}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -42,7 +42,7 @@ async def scenario(
                 "1",
                 "--step-ms",
                 "10",
-                "--decode-seq-ms",
+                "--seq-ms",
                 "0.05",
             )
             for i in range(engines_n)

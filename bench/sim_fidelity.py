@@ -38,8 +38,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from halffull.sim.traces import TRACE_FILES, TRACES_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-CONV = REPO.parent / "shared" / "traces" / "azure_llm_2023_conv.csv"
+CONV = TRACES_DIR / TRACE_FILES["conv"]
 KV_BYTES_PER_TOKEN = 2 * 2 * 128 * 4  # K and V x 2 layers x hidden 128 x float32: the tiny model
 
 
@@ -224,17 +226,19 @@ def main() -> int:
     ap.add_argument("--skip-calibration", action="store_true")
     args = ap.parse_args()
 
-    from halffull_dev.testing.vllm_engine import inproc_engine
+    from halffull_dev.testing.vllm_engine import PLUGIN, inproc_engine
+    from halffull_dev.testing.vllm_launch import VllmSpec
 
     base = load_slice(args.start, args.requests, args.length_scale, args.max_model_len)
     span = base[-1][0]
     result: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": []}
-    with inproc_engine(
-        Path(tempfile.mkdtemp(prefix="sim-fidelity-")),
+    spec = VllmSpec(
         kv_cache_memory_bytes=args.kv_tokens * KV_BYTES_PER_TOKEN,
         max_model_len=args.max_model_len,
-        engine_kwargs={"enable_prefix_caching": False, "max_num_seqs": args.max_num_seqs},
-    ) as inproc:
+        scheduler_cls=PLUGIN,
+        engine_args={"enable_prefix_caching": False, "max_num_seqs": args.max_num_seqs},
+    )
+    with inproc_engine(spec, Path(tempfile.mkdtemp(prefix="sim-fidelity-"))) as inproc:
         engine, sched = inproc.engine, inproc.scheduler
         budget = engine.vllm_config.scheduler_config.max_num_batched_tokens
         result["engine"] = {

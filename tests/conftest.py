@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from halffull_dev.processes import stop_process
 from halffull_dev.testing import prom
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +49,11 @@ class Cluster:
         self.kubeconfig = kubeconfig
         self.workdir = workdir
         self.local = local  # True: our control plane (with the stand-in or a real node)
+
+    def require_local(self, why: str) -> None:
+        """Skip the calling test on a user's cluster (KUBECONFIG), saying `why` it needs ours."""
+        if not self.local:
+            pytest.skip(why)
 
     def kubectl(self, *args: str, check: bool = True, stdin: str | None = None) -> str:
         cmd = ["kubectl", "--kubeconfig", str(self.kubeconfig),
@@ -185,12 +191,7 @@ class OperatorProcess:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
             self.proc = None
 
     def metrics(self) -> list[prom.Sample] | None:

@@ -14,7 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dev": ("halffull_dev.cluster.main", "local control plane: up, down, env, demo"),
     "router": ("halffull.router.main", "the SAL routing sidecar in front of the vLLM replicas"),
     "sim": ("halffull.sim.main", "simulate vLLM replicas under LARRY/SAL on a trace (no GPU)"),
-    "bench": ("halffull.sim.bench", "simulator sweeps: markdown tables + plots; alpha/beta tuning"),
+    "bench": ("halffull.sim.bench", "alpha/beta tuning on your trace; simulator vs real engine"),
 }
 
 

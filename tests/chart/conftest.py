@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from halffull_dev.processes import stop_process
 from tests.chart.apiproxy import token_kubeconfig
 from tests.conftest import ROOT, Cluster, free_port, wait_for
 
@@ -204,12 +205,7 @@ class ChartOperator:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
 

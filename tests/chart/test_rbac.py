@@ -153,6 +153,26 @@ def can_i(cluster: Cluster, release: Release, *args: str) -> bool:
     return proc.stdout.strip() == "yes"
 
 
+def serve_with_exact_rbac(
+    cluster: Cluster, ns: str, op: ChartOperator, recorder: ApiRecorder, release: Release
+) -> set[Access]:
+    """Serve the example as the release's service account: nothing it asked was refused and it
+    used every access it was granted. Returns those accesses."""
+    op.start()
+    try:
+        serve_example_end_to_end(cluster, ns, op, recorder)
+    finally:
+        op.stop()
+    used = set(recorder.accesses())
+    assert refusals(recorder) == {}, op.log()[-3000:]
+    allowed = granted(release.rules())
+    assert used == allowed, (
+        f"granted but never used: {sorted(allowed - used)}; "
+        f"used but not granted: {sorted(used - allowed)}"
+    )
+    return allowed
+
+
 def test_cluster_wide_rbac_is_sufficient_and_exact(
     helm: Helm, chart_cluster: Cluster, recorder: ApiRecorder, tmp_path: Path
 ) -> None:
@@ -162,19 +182,7 @@ def test_cluster_wide_rbac_is_sufficient_and_exact(
                                tmp_path / "sa.kubeconfig", server=recorder.server)  # fmt: skip
     op = ChartOperator(one(release.docs, "Deployment"), kubeconfig, tmp_path / "operator.log")
     assert not any(a.startswith("--namespace") for a in op.args)
-    op.start()
-    try:
-        serve_example_end_to_end(chart_cluster, app_ns, op, recorder)
-    finally:
-        op.stop()
-
-    used = recorder.accesses()
-    assert refusals(recorder) == {}, op.log()[-3000:]
-    allowed = granted(release.rules())
-    assert set(used) == allowed, (
-        f"granted but never used: {sorted(allowed - set(used))}; "
-        f"used but not granted: {sorted(set(used) - allowed)}"
-    )
+    allowed = serve_with_exact_rbac(chart_cluster, app_ns, op, recorder, release)
     assert allowed >= CLUSTER_OBSERVERS
     assert "Forbidden" not in op.log()
 
@@ -192,19 +200,7 @@ def test_namespaced_rbac_is_sufficient_and_exact(
     assert f"--namespace={app_ns}" in op.args
     # An LLMService in a namespace it does not watch: it must be left alone (and cannot be read).
     chart_cluster.apply(other_ns, EXAMPLE)
-    op.start()
-    try:
-        serve_example_end_to_end(chart_cluster, app_ns, op, recorder)
-    finally:
-        op.stop()
-
-    used = recorder.accesses()
-    assert refusals(recorder) == {}, op.log()[-3000:]
-    allowed = granted(release.rules())
-    assert set(used) == allowed, (
-        f"granted but never used: {sorted(allowed - set(used))}; "
-        f"used but not granted: {sorted(set(used) - allowed)}"
-    )
+    allowed = serve_with_exact_rbac(chart_cluster, app_ns, op, recorder, release)
     assert not CLUSTER_OBSERVERS & allowed
     assert chart_cluster.get("deployment", f"{NAME}-engine", other_ns) is None
     assert not can_i(chart_cluster, release, "list", "llmservices", "-n", other_ns)

@@ -25,8 +25,7 @@ def degraded(cluster: Cluster, ns: str, name: str) -> dict[str, Any]:
 def test_image_pull_failure_sets_degraded_naming_the_image(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    if not cluster.local:
-        pytest.skip("plays the kubelet by patching pod status")
+    cluster.require_local("plays the kubelet by patching pod status")
     cluster.apply(namespace, manifest("ip", replicas=1))
     pods: list[dict[str, Any]] = wait_for(
         lambda: [

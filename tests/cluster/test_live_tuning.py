@@ -49,8 +49,7 @@ def settled(cluster: Cluster, ns: str, n_engine: int) -> dict[str, dict[str, str
 def test_tuning_patch_touches_exactly_the_pods_that_read_it(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    if not cluster.local:
-        pytest.skip("counts the operator's pod writes on a cluster where nothing else runs")
+    cluster.require_local("counts the operator's pod writes on a cluster where nothing else runs")
     cluster.apply(namespace, manifest("lt", replicas=2))
     # both engines in the routers' endpoint table: the router's digest no longer moves
     wait_for(

@@ -268,8 +268,7 @@ def test_restart_writes_nothing(
 def test_ready_condition_when_pods_run(
     cluster: Cluster, namespace: str, operator: OperatorProcess
 ) -> None:
-    if not cluster.local:
-        pytest.skip("needs the kubelet stand-in: a real cluster cannot pull the test images")
+    cluster.require_local("needs the kubelet stand-in: a real cluster cannot pull the test images")
     cluster.apply(namespace, manifest("svc-g", replicas=2))
 
     def ready() -> dict[str, Any] | None:
@@ -317,7 +316,6 @@ def test_invalid_combination_gets_degraded_not_a_crash_loop(
 
 
 def test_local_control_plane_reports_its_real_version(cluster: Cluster) -> None:
-    if not cluster.local:
-        pytest.skip("a user's cluster runs whatever version it runs")
+    cluster.require_local("a user's cluster runs whatever version it runs")
     version = json.loads(cluster.kubectl("version", "-o", "json"))["serverVersion"]
     assert (version["gitVersion"], version["major"], version["minor"]) == ("v1.20.2", "1", "20")

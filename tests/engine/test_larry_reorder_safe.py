@@ -6,49 +6,26 @@ AsyncScheduler. Each run is a fresh process (`python -m halffull_dev.testing.vll
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from halffull_dev.testing.vllm_engine import PLUGIN
+from tests.engine.conftest import OUTPUTS, run_trace
 
 pytestmark = pytest.mark.engine
 
-# 12 requests into 4096 KV tokens, up to 8 running: the running requests outgrow the cache and
-# vLLM preempts; the even-numbered prompts share their first 256 tokens (prefix cache hits).
-PROMPTS = [700, 60, 1200, 20, 400, 900, 150, 30, 600, 80, 1000, 10]
-OUTPUTS = [300, 200, 250, 120, 300, 180, 260, 90, 220, 150, 100, 240]
+# The shared workload (conftest), prefix caching on: the even-numbered prompts share their first
+# 256 tokens (prefix cache hits).
 LARRY = json.dumps({"policy": "larry", "alpha": 0.001, "maxWaitSeconds": 0})
 ASYNC_PLUGIN = "halffull.engine.scheduler.LarryAsyncScheduler"
 
 
 def run_engine(workdir: Path, scheduler_cls: str) -> dict[str, Any]:
-    spec = {
-        "workdir": str(workdir),
-        "prompts": PROMPTS,
-        "outputs": OUTPUTS,
-        "scheduler_cls": scheduler_cls,
-        "scheduler_config": LARRY,
-        "kv_cache_memory_bytes": 8 * 1024 * 1024,
-        "max_model_len": 2048,
-        "engine_kwargs": {"max_num_seqs": 8, "enable_prefix_caching": True},
-        "shared_prefix": 256,
-        "tokens": True,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "halffull_dev.testing.vllm_engine", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    return run_trace(
+        workdir, scheduler_cls, LARRY, prefix_caching=True, shared_prefix=256, tokens=True
     )
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("HALFFULL-RESULT ")]
-    assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
-    result: dict[str, Any] = json.loads(lines[-1].removeprefix("HALFFULL-RESULT "))
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from halffull_dev.cluster.controlplane import free_port
 from halffull_dev.testing import volumes
 from halffull_dev.testing.vllm_engine import PLUGIN, prompt_ids
-from halffull_dev.testing.vllm_server import VllmServer, free_port, running_vllm_server
+from halffull_dev.testing.vllm_launch import VllmServer, VllmSpec, vllm_server
 
 pytestmark = pytest.mark.engine
 
@@ -92,13 +93,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "HALFFULL_ENGINE_METRICS_HOST": "127.0.0.1",
         "PROMETHEUS_MULTIPROC_DIR": str(prom),
     }
-    with running_vllm_server(
+    spec = VllmSpec(
         kv_cache_memory_bytes=8 * 1024 * 1024,
         max_model_len=2048,
-        extra_args=["--scheduler-cls", PLUGIN, "--max-num-seqs", "4"],
+        scheduler_cls=PLUGIN,
+        engine_args={"max_num_seqs": 4},
         env=env,
-        workdir=work,
-    ) as server:
+    )
+    with vllm_server(spec, workdir=work) as server:
         models = json.loads(get(server.url + "/v1/models"))
         yield Served(server, mount, f"http://127.0.0.1:{port}/metrics", models["data"][0]["id"])
 

@@ -15,19 +15,13 @@ from aiohttp import web
 from halffull.controller.metrics_source import DirectScraper, PrometheusSource, Target
 from halffull.controller.weights import Watch, WeightsLoop
 from halffull.policy.weights import DEFAULT_TYPICAL_PROMPT_TOKENS, endpoint_weight
+from halffull.sim.profiles import EngineShape, StepModel
 from halffull_dev.cluster.controlplane import free_port
-from halffull_dev.testing.engine_model import EngineShape, StepCosts
 from halffull_dev.testing.fake_engine import FakeEngine
 from tests.metrics.conftest import Prometheus
 
 NS = "llm"
-SHAPE = EngineShape(
-    num_gpu_blocks=512,
-    block_size=16,
-    max_num_batched_tokens=512,
-    max_num_seqs=2,
-    max_model_len=4096,
-)
+SHAPE = EngineShape(num_blocks=512, max_num_batched_tokens=512, max_num_seqs=2, max_model_len=4096)
 
 
 async def load(engine: FakeEngine, n: int, prompt_tokens: int) -> list[asyncio.Task[None]]:
@@ -55,10 +49,10 @@ async def _close_later(session: aiohttp.ClientSession) -> None:
 
 @contextlib.asynccontextmanager
 async def engines() -> AsyncIterator[tuple[FakeEngine, FakeEngine]]:
-    slow = StepCosts(step_base_s=600.0)  # state stays put while the test compares sources
+    slow = StepModel.flat(600.0)  # state stays put while the test compares sources
     async with (
-        FakeEngine(shape=SHAPE, costs=slow, port=free_port()) as busy,
-        FakeEngine(shape=SHAPE, costs=slow, port=free_port()) as idle,
+        FakeEngine(shape=SHAPE, step_model=slow, port=free_port()) as busy,
+        FakeEngine(shape=SHAPE, step_model=slow, port=free_port()) as idle,
     ):
         yield busy, idle
 

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.slow]
 
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 # The fake engine takes its own flags through extraArgs (its image ignores vLLM's others).
-FAKE_ENGINE = {"gpus": 0, "extraArgs": ["--decode-seq-ms", "20"],
+FAKE_ENGINE = {"gpus": 0, "extraArgs": ["--seq-ms", "20"],
                "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}}}  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from aiohttp.client_reqrep import ConnectionKey
 from multidict import CIMultiDict
 
 from halffull.router.failures import classify
-from halffull.router.headers import to_client, to_engine
+from halffull.router.headers import engine_header_block, to_client, to_engine
 from halffull.router.watchdog import Watchdog
 
 KEY = ConnectionKey("engine", 8000, False, True, None, None, None)
@@ -41,18 +41,23 @@ def test_only_failures_before_the_request_left_are_retried(
 
 
 def test_end_to_end_headers_cross_hop_by_hop_and_client_key_do_not() -> None:
-    inbound = CIMultiDict(
+    inbound = [
+        (k.encode(), v.encode()) for k, v in
         [("Host", "router"), ("Authorization", "Bearer client-key"), ("Connection", "X-Hop"),
          ("X-Hop", "1"), ("Keep-Alive", "timeout=5"), ("Content-Length", "12"),
          ("Content-Type", "application/json"), ("X-Request-Id", "r1"),
          ("traceparent", "00-ab-cd-01"), ("OpenAI-Organization", "org")]
-    )  # fmt: skip
+    ]  # fmt: skip
     out = to_engine(inbound, None)
-    assert dict(out) == {
+    assert out == {
         "Content-Type": "application/json", "X-Request-Id": "r1",
         "traceparent": "00-ab-cd-01", "OpenAI-Organization": "org",
     }  # fmt: skip
     assert to_engine(inbound, "engine-key")["Authorization"] == "Bearer engine-key"
+    assert engine_header_block(inbound, "k") == (
+        b"Content-Type: application/json\r\nX-Request-Id: r1\r\ntraceparent: 00-ab-cd-01\r\n"
+        b"OpenAI-Organization: org\r\nAuthorization: Bearer k\r\n"
+    )
 
     upstream = CIMultiDict(
         [("Content-Type", "text/event-stream"), ("Transfer-Encoding", "chunked"),

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from router_helpers import base, make_settings, running_router, wait_for
 
-from halffull_dev.testing.engine_model import StepCosts
+from halffull.sim.profiles import StepModel
 from halffull_dev.testing.fake_engine import FakeEngine
 
 
@@ -86,8 +86,8 @@ def test_ten_thousand_aborted_requests_leak_nothing() -> None:
     upstream request is cancelled in the engine and the router's accounting returns to zero."""
 
     async def main() -> None:
-        costs = StepCosts(step_base_s=0.005)
-        fakes = [FakeEngine(costs=costs) for _ in range(2)]
+        costs = StepModel.flat(0.005)
+        fakes = [FakeEngine(step_model=costs) for _ in range(2)]
         for f in fakes:
             await f.start()
         n, concurrency = 10_000, 64
@@ -116,13 +116,13 @@ def test_ten_thousand_aborted_requests_leak_nothing() -> None:
                 await wait_for(
                     lambda: (
                         all(e.inflight_requests == 0 for e in eps)
-                        and all(not f.engine.has_work for f in fakes)
+                        and all(not f.replica.has_work for f in fakes)
                     ),
                     "every aborted request to be released",
                 )
                 assert all(e.prefill_tokens == 0 and e.prefill_requests == 0 for e in eps)
                 assert sum(f.requests_total for f in fakes) == n
-                assert sum(f.engine.aborted_total for f in fakes) == n
+                assert sum(f.replica.aborted_total for f in fakes) == n
                 assert sum(len(f._queues) for f in fakes) == 0
                 assert router.metrics.disconnects._value.get() == n
                 # and the router still serves
@@ -141,12 +141,12 @@ def test_engine_dying_mid_answer() -> None:
     request that crashes its engine must not crash the next replica too)."""
 
     async def main() -> None:
-        dying = FakeEngine(costs=StepCosts(step_base_s=0.05))
+        dying = FakeEngine(step_model=StepModel.flat(0.05))
         healthy = FakeEngine()
         await dying.start()
         await healthy.start()
-        for i in range(3):  # a queue that makes SAL prefer the dying replica
-            healthy.engine.add(f"q{i}", 2000, 1, 0.0)
+        for _ in range(3):  # a queue that makes SAL prefer the dying replica
+            healthy.add_waiting(2000, 1)
         settings = make_settings([dying.url, healthy.url], poll_interval_ms=60_000)
         try:
             async with running_router(settings) as router, aiohttp.ClientSession() as s:
@@ -159,7 +159,7 @@ def test_engine_dying_mid_answer() -> None:
                 plain = asyncio.create_task(
                     s.post(url, json={"prompt": [1] * 8, "max_tokens": 200})
                 )
-                await wait_for(lambda: dying.engine.num_running == 2, "both requests to run")
+                await wait_for(lambda: dying.replica.num_running == 2, "both requests to run")
                 await dying.stop()  # the engine dies with both answers unfinished
 
                 rest = (await streamed.read()).decode()

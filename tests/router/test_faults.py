@@ -17,9 +17,9 @@ from misbehaving import misbehaving
 from router_helpers import admin, base, make_settings, read_sse, running_router, wait_for
 
 from halffull.api.runtime_config import RouterTimeouts
-from halffull_dev.testing.engine_model import StepCosts
+from halffull.sim.profiles import StepModel
+from halffull_dev.cluster.controlplane import free_port
 from halffull_dev.testing.fake_engine import FakeEngine
-from halffull_dev.testing.rollout import free_port
 
 HERE = Path(__file__).resolve().parent
 
@@ -178,9 +178,7 @@ def test_a_stalled_stream_ends_with_an_error_event() -> None:
 
 def test_overload_is_shed_with_429_and_retry_after() -> None:
     async def main() -> None:
-        slow = [
-            FakeEngine(costs=StepCosts(step_base_s=0.05, prefill_token_s=1e-3)) for _ in range(2)
-        ]
+        slow = [FakeEngine(step_model=StepModel.flat(step_s=0.05, token_s=1e-3)) for _ in range(2)]
         for f in slow:
             await f.start()
         settings = make_settings(

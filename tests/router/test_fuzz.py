@@ -7,6 +7,7 @@ import http.client
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,8 +16,7 @@ from hypothesis import strategies as st
 from router_helpers import make_settings
 
 from halffull.router.app import Router
-from halffull_dev.testing.engine_model import EngineShape
-from halffull_dev.testing.fake_engine import FakeEngine
+from halffull_dev.testing.fake_engine import DEFAULT_SHAPE, FakeEngine
 
 MAX_BODY = 64 * 1024
 MAX_MODEL_LEN = 512
@@ -35,7 +35,7 @@ class _Served:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        shape = EngineShape(max_model_len=MAX_MODEL_LEN)
+        shape = replace(DEFAULT_SHAPE, max_model_len=MAX_MODEL_LEN)
         async with FakeEngine(shape=shape) as fake:
             router = Router(
                 make_settings([fake.url], max_model_len=MAX_MODEL_LEN), max_body_bytes=MAX_BODY

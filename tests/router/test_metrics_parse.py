@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from halffull.runtime.vllm_metrics import MetricsParseError, parse_engine_metrics
-from halffull_dev.testing.engine_model import EngineShape
+from halffull.sim.profiles import EngineShape
 from halffull_dev.testing.fake_engine import FakeEngine
 
 # The shape of vLLM 0.32's exposition for the families the router reads (two engines in one
@@ -74,9 +74,9 @@ def test_rejects_text_without_queue_gauges(text: str) -> None:
 
 def test_reads_the_fake_engine() -> None:
     async def main() -> None:
-        shape = EngineShape(num_gpu_blocks=100, block_size=16, max_model_len=1000)
+        shape = EngineShape(num_blocks=100, block_size=16, max_model_len=1000)
         async with FakeEngine(shape=shape) as fake:
-            fake.engine.add("x", 100, 5, 0.0)  # the scheduler loop is not woken: it stays waiting
+            fake.add_waiting(100, 5)  # the scheduler loop is not woken: it stays waiting
             async with (
                 aiohttp.ClientSession() as s,
                 s.get(fake.url + "/metrics") as r,

@@ -15,7 +15,7 @@ from router_helpers import admin, base, make_settings, read_sse, running_router,
 from halffull.api.runtime_config import RouterDiscovery
 from halffull.policy.registry import ROUTING_POLICIES
 from halffull.runtime.vllm_metrics import parse_engine_metrics
-from halffull_dev.testing.engine_model import EngineShape, StepCosts
+from halffull.sim.profiles import EngineShape, StepModel
 from halffull_dev.testing.fake_engine import FakeEngine
 
 
@@ -71,9 +71,9 @@ def test_stream_is_relayed_chunk_by_chunk() -> None:
     router does not buffer the stream."""
 
     async def main() -> None:
-        costs = StepCosts(step_base_s=0.02)  # 50 steps/s: a 200-token answer takes seconds
+        costs = StepModel.flat(0.02)  # 50 steps/s: a 200-token answer takes seconds
         async with (
-            engines(1, costs=costs) as (fake,),
+            engines(1, step_model=costs) as (fake,),
             running_router(make_settings([fake.url])) as router,
             aiohttp.ClientSession() as s,
             s.post(
@@ -83,7 +83,7 @@ def test_stream_is_relayed_chunk_by_chunk() -> None:
         ):
             first = await r.content.readuntil(b"\n\n")
             assert json.loads(first[len(b"data: ") :])["choices"][0]["text"] == " tok"
-            assert fake.engine.num_running == 1  # still generating
+            assert fake.replica.num_running == 1  # still generating
             ep = next(iter(router.endpoints.values()))
             assert ep.inflight_requests == 1 and ep.prefill_tokens == 0  # released at 1st token
             events = await read_sse(r)
@@ -98,10 +98,10 @@ def test_burst_between_two_polls_spreads() -> None:
     accounting all twelve would go to engine 0; with it, they even out the queues."""
 
     async def main() -> None:
-        costs = StepCosts(step_base_s=0.5)  # nothing finishes while the burst is dispatched
-        async with engines(3, costs=costs) as fakes:
+        costs = StepModel.flat(0.5)  # nothing finishes while the burst is dispatched
+        async with engines(3, step_model=costs) as fakes:
             for f in fakes[1:]:
-                f.engine.add("earlier", 300, 2, 0.0)  # waiting; the scheduler is not woken
+                f.add_waiting(300, 2)  # waiting; the scheduler is not woken
             async with (
                 running_router(
                     make_settings([f.url for f in fakes], poll_interval_ms=60_000)
@@ -135,8 +135,8 @@ def test_sal_follows_polled_queue() -> None:
         async with (
             engines(2) as fakes,
         ):
-            for i in range(6):  # waiting requests the scheduler is never woken for
-                fakes[0].engine.add(f"q{i}", 3000, 5, 0.0)
+            for _ in range(6):  # waiting requests the scheduler is never woken for
+                fakes[0].add_waiting(3000, 5)
             async with (
                 running_router(make_settings([f.url for f in fakes])) as router,
                 aiohttp.ClientSession() as s,
@@ -213,7 +213,7 @@ def test_stale_stats_are_visible_and_routing_falls_back() -> None:
     async def main() -> None:
         async with (
             engines(1) as (good,),
-            engines(1, serve_metrics=False, costs=StepCosts(step_base_s=0.02)) as (blind,),
+            engines(1, serve_metrics=False, step_model=StepModel.flat(0.02)) as (blind,),
         ):
             settings = make_settings([good.url, blind.url], policy="sal")
             async with (
@@ -248,13 +248,13 @@ def test_engine_metrics_names_match_what_the_router_reads() -> None:
     """The fake engine's /metrics has the vLLM names the router parses, with the live state."""
 
     async def main() -> None:
-        shape = EngineShape(num_gpu_blocks=64, block_size=16, max_model_len=1024)
-        async with FakeEngine(shape=shape, costs=StepCosts(step_base_s=10)) as fake:
+        shape = EngineShape(num_blocks=64, block_size=16, max_model_len=1024)
+        async with FakeEngine(shape=shape, step_model=StepModel.flat(10)) as fake:
             async with aiohttp.ClientSession() as s:
                 task = asyncio.create_task(
                     s.post(fake.url + "/v1/completions", json={"prompt": [1] * 40})
                 )
-                await wait_for(lambda: fake.engine.num_running == 1, "the request to start")
+                await wait_for(lambda: fake.replica.num_running == 1, "the request to start")
                 async with s.get(fake.url + "/metrics") as r:
                     stats = parse_engine_metrics(await r.text())
                 task.cancel()

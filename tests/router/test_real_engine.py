@@ -20,11 +20,12 @@ KV_BYTES = 16 * 1024 * 1024  # 8192 tokens at 2 KiB per token (tiny Llama, float
 
 @pytest.fixture(scope="module")
 def vllm_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from halffull_dev.testing.vllm_server import vllm_server
+    from halffull_dev.testing.vllm_launch import VllmSpec, vllm_server
 
     workdir: Path = tmp_path_factory.mktemp("router-vllm")
-    with vllm_server(kv_cache_memory_bytes=KV_BYTES, max_model_len=1024, workdir=workdir) as url:
-        yield url
+    spec = VllmSpec(kv_cache_memory_bytes=KV_BYTES, max_model_len=1024)
+    with vllm_server(spec, workdir=workdir) as server:
+        yield server.url
 
 
 def test_router_serves_and_polls_the_real_engine(vllm_url: str) -> None:

@@ -9,7 +9,7 @@ import aiohttp
 from router_helpers import base, running_router, wait_for, write_configmap
 
 from halffull.router.config import FlagOverrides, load_config_file, merge, resolve_config_path
-from halffull_dev.testing.engine_model import StepCosts
+from halffull.sim.profiles import StepModel
 from halffull_dev.testing.fake_engine import FakeEngine
 
 
@@ -24,8 +24,8 @@ def config(urls: list[str], policy: str = "sal") -> dict[str, object]:
 
 def test_reload_switches_replicas_without_dropping_requests(tmp_path: Path) -> None:
     async def main() -> None:
-        costs = StepCosts(step_base_s=0.002)
-        fakes = [FakeEngine(costs=costs) for _ in range(3)]
+        costs = StepModel.flat(0.002)
+        fakes = [FakeEngine(step_model=costs) for _ in range(3)]
         for f in fakes:
             await f.start()
         a, b, c = fakes

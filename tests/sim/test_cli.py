@@ -9,6 +9,7 @@ import pytest
 
 from halffull.api.runtime_config import SchedulerConfig
 from halffull.cli import main
+from halffull.sim.profiles import get_profile
 from halffull.sim.traces import TRACE_FILES, TRACES_DIR
 from halffull.sim.workload import LengthFit, synthetic
 
@@ -87,11 +88,44 @@ def test_bench_fidelity_reads_a_measurement(
     assert "| fcfs | 2 | p50 |" in text
 
 
+def test_one_sweep_function_runs_a_declared_sweep(tmp_path: Path) -> None:
+    from bench import report
+
+    trace = write_trace(tmp_path / "t.csv", count=200)
+    sweep = report.Sweep(
+        "alpha",
+        "alpha on a small trace",
+        get_profile("h100-llama3-8b"),
+        str(trace),
+        [0.01, 1.0],
+        "alpha",
+        [("larry", {"admission": "larry"})],
+        baselines=[("fcfs", {"admission": "fcfs"})],
+        x_header="alpha",
+        ratio=report.Ratio("x FCFS", "ttft_p50", "larry", ref_over_row=True),
+        verdict=lambda s: f"larry TTFT p50 {s['larry'].ttft_p50:.3f}",
+    )
+    bench = report.Bench(tmp_path, quick=True, traces_dir=None, md=[])
+    report.run_sweep(bench, sweep)
+    text = "\n".join(bench.md)
+    rows = [
+        [cell.strip() for cell in ln.strip("|").split("|")]
+        for ln in text.splitlines()
+        if ln.startswith("| ")
+    ]
+    assert rows[0][:4] == ["alpha", "req/s", "run", "TTFT p50"] and rows[0][-1] == "x FCFS"
+    assert [(r[0], r[2]) for r in rows[1:]] == [("-", "fcfs"), ("x0.01", "larry"), ("x1", "larry")]
+    assert rows[2][-1] == "1.00x"  # the reference row against itself
+    assert text.count("larry TTFT p50 ") == 2  # one verdict per point
+
+
 @pytest.mark.skipif(
     not (TRACES_DIR / TRACE_FILES["conv"]).exists(), reason="the shared Azure traces are absent"
 )
-def test_bench_report_quick_writes_tables_and_plots(tmp_path: Path) -> None:
-    assert main(["bench", "report", "--out", str(tmp_path), "--quick", "--only", "scls"]) == 0
+def test_report_quick_writes_tables_and_plots(tmp_path: Path) -> None:
+    from bench import report
+
+    assert report.main(["--out", str(tmp_path), "--quick", "--only", "scls"]) == 0
     text = (tmp_path / "results-scls.md").read_text()
     assert "| h100-llama3-8b | conv | SCLS S=128 |" in text
     assert (tmp_path / "scls_throughput.png").stat().st_size > 1000

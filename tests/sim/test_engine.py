@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from halffull.sim.cluster import ClusterConfig, simulate
-from halffull.sim.engine import Replica, SimRequest
+from halffull.sim.engine import AdmissionPolicy, Replica, SimRequest
 from halffull.sim.profiles import EngineShape, Profile, StepModel
 from halffull.sim.workload import Job, LengthFit, synthetic
 
@@ -70,10 +70,22 @@ def test_fcfs_timeline_matches_hand_computation() -> None:
     assert replica.steps == 4
 
 
-def test_admission_stops_at_first_request_that_does_not_fit() -> None:
+@pytest.mark.parametrize(
+    ("policy", "running", "waiting"),
+    [
+        # vLLM's head-of-line blocking: r2 would fit but stays behind r1
+        ("fcfs", [0], [1, 2]),
+        # LARRY with a small alpha: the memory term puts r2 first, and it fits
+        ("larry", [0, 2], [1]),
+    ],
+)
+def test_admission_when_the_head_does_not_fit(
+    policy: AdmissionPolicy, running: list[int], waiting: list[int]
+) -> None:
     # 6 blocks of 4 tokens. r0 (20 tokens = 5 blocks) runs; r1 (8 tokens) waits at the head and
-    # does not fit; r2 (2 tokens) would fit but stays behind r1 (vLLM's head-of-line blocking).
-    replica = Replica(tiny(num_blocks=6, max_num_batched_tokens=64, max_model_len=24), ONE_SECOND)
+    # does not fit; r2 (2 tokens) would fit.
+    shape = tiny(num_blocks=6, max_num_batched_tokens=64, max_model_len=24)
+    replica = Replica(shape, ONE_SECOND, policy=policy, alpha=0.01)
     r0, r1, r2 = SimRequest(0, 0.0, 19, 4), SimRequest(1, 0.1, 8, 1), SimRequest(2, 0.2, 2, 1)
     replica.add(r0, 0.0)
     replica.plan(0.0)
@@ -81,27 +93,8 @@ def test_admission_stops_at_first_request_that_does_not_fit() -> None:
     replica.add(r1, 1.0)
     replica.add(r2, 1.0)
     replica.plan(1.0)
-    assert [r.rid for r in replica.running] == [0]
-    assert [r.rid for r in replica.waiting] == [1, 2]
-
-
-def test_larry_admits_the_small_request_past_a_large_head() -> None:
-    # Same situation under LARRY with a small alpha: the memory term puts r2 first, and it fits.
-    replica = Replica(
-        tiny(num_blocks=6, max_num_batched_tokens=64, max_model_len=24),
-        ONE_SECOND,
-        policy="larry",
-        alpha=0.01,
-    )
-    r0, r1, r2 = SimRequest(0, 0.0, 19, 4), SimRequest(1, 0.1, 8, 1), SimRequest(2, 0.2, 2, 1)
-    replica.add(r0, 0.0)
-    replica.plan(0.0)
-    replica.complete()
-    replica.add(r1, 1.0)
-    replica.add(r2, 1.0)
-    replica.plan(1.0)
-    assert [r.rid for r in replica.running] == [0, 2]
-    assert [r.rid for r in replica.waiting] == [1]
+    assert [r.rid for r in replica.running] == running
+    assert [r.rid for r in replica.waiting] == waiting
 
 
 def test_preemption_recomputes_the_newest_request_when_decode_runs_out_of_blocks() -> None:
@@ -116,16 +109,8 @@ def test_preemption_recomputes_the_newest_request_when_decode_runs_out_of_blocks
     assert ("done 1" in {e for _, e in log}) and replica.max_used_blocks <= 4
 
 
-LAW = LengthFit(
-    prompt_mu=5.5,
-    prompt_sigma=0.9,
-    output_mu=4.5,
-    output_sigma=0.8,
-    prompt_max=3000,
-    output_max=600,
-    rate=1.0,
-    cv=1.0,
-)
+LAW = LengthFit(prompt_mu=5.5, prompt_sigma=0.9, output_mu=4.5, output_sigma=0.8,
+                prompt_max=3000, output_max=600, rate=1.0, cv=1.0)  # fmt: skip
 
 
 def loaded(count: int = 400, rate: float = 30.0, cv: float = 1.0, seed: int = 3) -> list[Job]:

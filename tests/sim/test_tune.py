@@ -10,21 +10,10 @@ from halffull.sim.report import Summary
 from halffull.sim.tune import DEFAULTS, Point, grid, patch_command, recommend
 
 FCFS = Summary(
-    requests=100,
-    offered_rps=10.0,
-    ttft_p50=4.0,
-    ttft_p90=8.0,
-    ttft_p99=10.0,
-    ttft_mean=5.0,
-    tgt_p50=10.0,
-    tgt_p90=18.0,
-    tgt_p99=20.0,
-    tgt_mean=11.0,
-    preemptions=0,
-    completed_rps=10.0,
-    output_tps=100.0,
-    wall_s=0.1,
-)
+    requests=100, offered_rps=10.0, completed_rps=10.0, output_tps=100.0, preemptions=0, wall_s=0.1,
+    ttft_p50=4.0, ttft_p90=8.0, ttft_p99=10.0, ttft_mean=5.0,
+    tgt_p50=10.0, tgt_p90=18.0, tgt_p99=20.0, tgt_mean=11.0,
+)  # fmt: skip
 
 
 def point(alpha: float, max_wait: float, p50: float, ttft_p99: float, tgt_p99: float) -> Point:

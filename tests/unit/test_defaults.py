@@ -63,10 +63,12 @@ def test_typed_models_read_the_defaults() -> None:
 
 
 def test_tuning_sweeps_include_the_shipped_values() -> None:
-    from halffull.sim import bench
+    from bench import report
 
-    assert D.BETA in bench.TUNE_BETAS and D.BETA in bench.BETAS
-    assert D.ALPHA in bench.TUNE_ALPHAS
+    from halffull.sim import tune
+
+    assert D.BETA in tune.BETAS and D.BETA in report.BETAS
+    assert (D.ALPHA, D.MAX_WAIT_SECONDS) in tune.grid(tune.ALPHAS, tune.MAX_WAITS)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from halffull.api.runtime_config import RouterEndpoint
@@ -17,37 +19,31 @@ from halffull.policy.routing import (
 from halffull.policy.sal import sal_load
 
 
-def test_idle_replica_load_is_own_prompt_in_batches() -> None:
+@pytest.mark.parametrize(
+    ("prompt", "free", "queued", "batch", "beta", "expected"),
+    [
+        # an idle replica: its own prompt, in batches
+        (512, 10_000, 0, 2048, 1, 0.25),
+        # 4000 tokens needed, 1000 free: shortfall 3000; queue 0 + 4000 -> max(2*3000, 4000) / 1000
+        (4000, 1000, 0, 1000, 2, 6.0),
+        # memory is free: the queue term (3900 + 100) / 1000 decides
+        (100, 50_000, 3900, 1000, 10, 4.0),
+        # free memory unknown: the memory term is left out
+        (100, None, 900, 500, 5, 2.0),
+    ],
+    ids=["idle", "memory-bound", "queue-bound", "memory-unknown"],
+)
+def test_sal_load(
+    prompt: int, free: int | None, queued: int, batch: int, beta: float, expected: float
+) -> None:
     load = sal_load(
-        prompt_tokens=512, free_kv_tokens=10_000, queued_tokens=0, max_tokens_per_batch=2048, beta=1
+        prompt_tokens=prompt,
+        free_kv_tokens=free,
+        queued_tokens=queued,
+        max_tokens_per_batch=batch,
+        beta=beta,
     )
-    assert load == pytest.approx(0.25)
-
-
-def test_memory_term_dominates_when_request_does_not_fit() -> None:
-    # 4000 tokens needed, 1000 free: shortfall 3000; queue 0 + 4000 -> max(2*3000, 4000) / 1000
-    load = sal_load(
-        prompt_tokens=4000, free_kv_tokens=1000, queued_tokens=0, max_tokens_per_batch=1000, beta=2
-    )
-    assert load == pytest.approx(6.0)
-
-
-def test_queue_term_dominates_when_memory_is_free() -> None:
-    load = sal_load(
-        prompt_tokens=100,
-        free_kv_tokens=50_000,
-        queued_tokens=3900,
-        max_tokens_per_batch=1000,
-        beta=10,
-    )
-    assert load == pytest.approx(4.0)
-
-
-def test_unknown_free_memory_leaves_memory_term_out() -> None:
-    load = sal_load(
-        prompt_tokens=100, free_kv_tokens=None, queued_tokens=900, max_tokens_per_batch=500, beta=5
-    )
-    assert load == pytest.approx(2.0)
+    assert load == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("bad", [0, -1])
@@ -56,6 +52,24 @@ def test_rejects_non_positive_batch(bad: int) -> None:
         sal_load(
             prompt_tokens=1, free_kv_tokens=1, queued_tokens=0, max_tokens_per_batch=bad, beta=1
         )
+
+
+def estimate(
+    name: str, stats: EngineStats | None, own: OwnLoad | None = None, **more: Any
+) -> ReplicaState:
+    """`estimate_replica` with fresh stats when given, stale ones (None) otherwise; weight 1, a
+    budget of 2,048 tokens and 500-token prompts unless `more` says otherwise."""
+    args = {"weight": 1.0, "max_tokens_per_batch": 2048, "mean_prompt_tokens": 500, **more}
+    return estimate_replica(
+        name=name, stats=stats, fresh=stats is not None, own=own or OwnLoad(), **args
+    )
+
+
+IDLE = EngineStats(num_running=0, num_waiting=0, kv_usage=0.0)
+# the router has 5 requests in flight: 3 not started (900 tokens), 1 of them (200 tokens) sent
+# after the last poll
+OWN = OwnLoad(inflight_requests=5, inflight_tokens=1500, prefill_requests=3, prefill_tokens=900,
+              since_poll_requests=1, since_poll_tokens=200)  # fmt: skip
 
 
 def test_memory_bound_choice_prefers_replica_where_request_fits() -> None:
@@ -82,24 +96,8 @@ def test_queue_bound_choice_prefers_shorter_prefill_queue() -> None:
 
 def test_queue_in_tokens_not_requests() -> None:
     # a has one long prompt waiting, b has five short ones: SAL counts tokens.
-    a = estimate_replica(
-        name="a",
-        weight=1,
-        stats=EngineStats(num_running=0, num_waiting=0, kv_usage=0.0),
-        fresh=True,
-        own=OwnLoad(1, 6000, 1, 6000, 0, 0),
-        max_tokens_per_batch=2048,
-        mean_prompt_tokens=500,
-    )
-    b = estimate_replica(
-        name="b",
-        weight=1,
-        stats=EngineStats(num_running=0, num_waiting=0, kv_usage=0.0),
-        fresh=True,
-        own=OwnLoad(5, 500, 5, 500, 0, 0),
-        max_tokens_per_batch=2048,
-        mean_prompt_tokens=500,
-    )
+    a = estimate("a", IDLE, OwnLoad(1, 6000, 1, 6000, 0, 0))
+    b = estimate("b", IDLE, OwnLoad(5, 500, 5, 500, 0, 0))
     assert SalPolicy().rank(RouteRequest(prompt_tokens=100), [a, b]) == [1, 0]
 
 
@@ -126,18 +124,15 @@ def test_the_herding_case_routes_by_sal() -> None:
     """Issue 12: full KV caches, 2k-token prompts, beta 256. The operator's weight for the
     replica SAL sees as empty had rounded to 0.00 and ranked it below one holding 900k queued
     tokens. With fresh polls, SAL's own numbers decide."""
-    budget = 2048
-    stats_full = EngineStats(num_running=8, num_waiting=0, kv_usage=1.0, num_gpu_blocks=1000,
-                             block_size=16)  # fmt: skip
+
+    def full(waiting: int) -> EngineStats:
+        return EngineStats(num_running=8, num_waiting=waiting, kv_usage=1.0, num_gpu_blocks=1000,
+                           block_size=16)  # fmt: skip
+
     states = [
-        estimate_replica(name="empty", weight=0.0, stats=stats_full, fresh=True, own=OwnLoad(),
-                         max_tokens_per_batch=budget, mean_prompt_tokens=2048),
-        estimate_replica(name="queued", weight=0.01, stats=EngineStats(
-                             num_running=8, num_waiting=440, kv_usage=1.0, num_gpu_blocks=1000,
-                             block_size=16),
-                         fresh=True, own=OwnLoad(), max_tokens_per_batch=budget,
-                         mean_prompt_tokens=2048),
-    ]  # fmt: skip
+        estimate("empty", full(0), weight=0.0, mean_prompt_tokens=2048),
+        estimate("queued", full(440), weight=0.01, mean_prompt_tokens=2048),
+    ]
     assert states[1].queued_tokens >= 900_000
     assert SalPolicy(beta=256).rank(RouteRequest(prompt_tokens=2048), states)[0] == 0
 
@@ -146,9 +141,7 @@ def test_weights_price_a_replica_whose_polls_are_stale() -> None:
     """The fallback: without fresh stats, a low operator weight stands for a queue."""
 
     def stale(weight: float) -> ReplicaState:
-        return estimate_replica(name=str(weight), weight=weight, stats=None, fresh=False,
-                                own=OwnLoad(), max_tokens_per_batch=2048,
-                                mean_prompt_tokens=1024)  # fmt: skip
+        return estimate(str(weight), None, weight=weight, mean_prompt_tokens=1024)
 
     idle, loaded = stale(0.67), stale(0.02)
     assert idle.queued_tokens == 0 and loaded.queued_tokens > 40 * 2048
@@ -183,24 +176,7 @@ def test_fresh_estimate_combines_poll_and_accounting() -> None:
     stats = EngineStats(
         num_running=3, num_waiting=4, kv_usage=0.5, num_gpu_blocks=100, block_size=16
     )
-    # router has 3 not-started requests (900 tokens), 1 of them (200 tokens) sent after the poll
-    own = OwnLoad(
-        inflight_requests=5,
-        inflight_tokens=1500,
-        prefill_requests=3,
-        prefill_tokens=900,
-        since_poll_requests=1,
-        since_poll_tokens=200,
-    )
-    s = estimate_replica(
-        name="a",
-        weight=1,
-        stats=stats,
-        fresh=True,
-        own=own,
-        max_tokens_per_batch=512,
-        mean_prompt_tokens=100,
-    )
+    s = estimate("a", stats, OWN, max_tokens_per_batch=512, mean_prompt_tokens=100)
     # engine counted 4 waiting, 2 of them ours -> 2 foreign at 100 tokens each
     assert s.queued_tokens == pytest.approx(900 + 200)
     assert s.free_kv_tokens == pytest.approx(1600 * 0.5 - 200)
@@ -210,35 +186,12 @@ def test_fresh_estimate_combines_poll_and_accounting() -> None:
 
 
 def test_stale_estimate_uses_own_accounting_and_last_capacity() -> None:
-    own = OwnLoad(
-        inflight_requests=5,
-        inflight_tokens=1500,
-        prefill_requests=3,
-        prefill_tokens=900,
-        since_poll_requests=1,
-        since_poll_tokens=200,
-    )
-    s = estimate_replica(
-        name="a",
-        weight=1,
-        stats=None,
-        fresh=False,
-        own=own,
-        max_tokens_per_batch=512,
-        mean_prompt_tokens=100,
-        last_capacity_tokens=1600,
+    s = estimate(
+        "a", None, OWN, max_tokens_per_batch=512, mean_prompt_tokens=100, last_capacity_tokens=1600
     )
     assert not s.fresh
     assert s.queued_tokens == 900
     assert s.free_kv_tokens == 100
     assert s.num_running == 2
-    unknown = estimate_replica(
-        name="a",
-        weight=1,
-        stats=None,
-        fresh=False,
-        own=own,
-        max_tokens_per_batch=512,
-        mean_prompt_tokens=100,
-    )
+    unknown = estimate("a", None, OWN, max_tokens_per_batch=512, mean_prompt_tokens=100)
     assert unknown.free_kv_tokens is None and unknown.kv_usage is None

@@ -1,19 +1,23 @@
-"""A fast fake vLLM engine: vLLM's OpenAI-compatible HTTP API and /metrics over `EngineModel`.
+"""A fast fake vLLM engine: vLLM's OpenAI-compatible HTTP API and /metrics over the simulator's
+replica model (`halffull.sim.engine.Replica`, the one checked against vLLM), run in real time.
 
 It speaks what the router needs of vLLM 0.32: `POST /v1/completions` and `/v1/chat/completions`
 (JSON or SSE when `"stream": true`, with `stream_options.include_usage`), `GET /v1/models`,
 `GET /health`, and `GET /metrics` with vLLM's metric names and labels (`model_name`, `engine`):
 `vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc`,
 `vllm:cache_config_info` (labels `block_size`, `num_gpu_blocks`, ...), the token and preemption
-counters and the TTFT / end-to-end / queue-time histograms.
+counters, the prefix-cache counters and the TTFT / end-to-end / queue-time histograms.
 
-Service time follows the model's token load (`engine_model.StepCosts`), times `time_scale`;
-`extra_latency_s` adds a fixed delay before a request reaches the scheduler; `serve_metrics=False`
-makes /metrics answer 503 (an engine whose stats cannot be read). Text prompts count
-one token per 4 UTF-8 bytes (rounded up); token-id prompts count exactly.
+Scheduling is the model's: continuous batching, chunked prefill, paged KV with preemption,
+admission by `fcfs` or the LARRY policies, and with `prefix_caching` vLLM's automatic prefix
+cache (block hashes of the prompt's token ids, or of its text in 4-character tokens). Each step
+takes the `StepModel`'s time (a simulator profile's, e.g. `--profile h100-llama3-8b`, or flat
+costs), times `time_scale`. `extra_latency_s` adds a fixed delay before a request reaches the
+scheduler; `serve_metrics=False` makes /metrics answer 503 (an engine whose stats cannot be read).
+Text prompts count one token per 4 UTF-8 bytes (rounded up); token-id prompts count exactly.
 
 In tests: `async with FakeEngine(...) as engine: engine.url`. As a process:
-`python -m halffull_dev.testing.fake_engine --port 8101 --prefill-token-ms 0.05 ...`.
+`python -m halffull_dev.testing.fake_engine --port 8101 --step-ms 8 --token-ms 0.05 ...`.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ import asyncio
 import contextlib
 import itertools
 import json
-import math
 import signal
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -35,61 +39,29 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from halffull_dev.testing.engine_model import EngineModel, EngineShape, StepCosts, TokenEvent
+from halffull import defaults as D
+from halffull.policy.prefix_index import text_block_hashes, token_block_hashes
+from halffull.sim.engine import ADMISSION_POLICIES, AdmissionPolicy, Replica, SimRequest, StepResult
+from halffull.sim.profiles import PROFILES, EngineShape, StepModel, get_profile
+from halffull_dev.testing.openai_api import (
+    CHARS_PER_TOKEN,
+    BadRequest,
+    answer,
+    chat_message_tokens,
+    count_text_tokens,
+    error_response,
+    max_tokens,
+    stream_chunk,
+    usage_chunk,
+)
 
 _ids = itertools.count(1)
-_SHAPE = EngineShape()
+DEFAULT_SHAPE = EngineShape(num_blocks=8192, block_size=16, max_model_len=32768)
+"""A roomy replica: 131,072 KV tokens, vLLM's default budget of 2,048 tokens and 256 sequences."""
+INSTANT = StepModel.flat()
 
-
-def count_text_tokens(text: str) -> int:
-    """The fake engine's tokenizer: one token per 4 UTF-8 bytes, at least one."""
-    return max(1, math.ceil(len(text.encode("utf-8")) / 4))
-
-
-class _BadRequest(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def chat_message_tokens(m: object) -> int:
-    """Prompt tokens of one chat message, as vLLM's chat API takes it: `content` a string, a list
-    of parts (text parts count; image and audio parts are accepted and cost nothing here) or
-    null (an assistant turn with `tool_calls`); tool calls count their name and arguments; 4
-    tokens for the role and template markers. Roles are not checked (system, developer, user,
-    assistant, tool)."""
-    if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-        raise _BadRequest("each message needs a role")
-    content = m.get("content")
-    texts: list[str] = []
-    if isinstance(content, str):
-        texts.append(content)
-    elif isinstance(content, list):
-        for part in content:
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise _BadRequest("each content part needs a type")
-            if isinstance(part.get("text"), str):
-                texts.append(part["text"])
-    elif content is not None:
-        raise _BadRequest("content must be a string, a list of parts or null")
-    calls = m.get("tool_calls") or []
-    if not isinstance(calls, list):
-        raise _BadRequest("tool_calls must be a list")
-    for call in calls:
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            texts += [str(function.get("name") or ""), str(function.get("arguments") or "")]
-    if content is None and not calls:
-        raise _BadRequest("a message without content needs tool_calls")
-    return 4 + sum(count_text_tokens(t) for t in texts if t)
-
-
-def _error(message: str, status: int) -> web.Response:
-    kind = "NotFoundError" if status == 404 else "BadRequestError"
-    return web.json_response(
-        {"error": {"message": message, "type": kind, "param": None, "code": status}},
-        status=status,
-    )
+TokenEvent = tuple[int, bool]
+"""(new tokens, finished) for one request after one step."""
 
 
 class _StateCollector(Collector):
@@ -97,7 +69,7 @@ class _StateCollector(Collector):
         self.fake = fake
 
     def collect(self) -> Iterable[Metric]:
-        f, e, labels = self.fake, self.fake.engine, ["model_name", "engine"]
+        f, e, labels = self.fake, self.fake.replica, ["model_name", "engine"]
         values = [f.model, "0"]
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -121,7 +93,9 @@ class _StateCollector(Collector):
             e.num_waiting,
         )
         yield gauge(
-            "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            e.used_blocks / e.shape.num_blocks,
         )
         yield counter(
             "vllm:num_preemptions",
@@ -136,12 +110,23 @@ class _StateCollector(Collector):
             "Number of generation tokens processed.",
             e.generation_tokens_total,
         )
+        if f.prefix_caching:
+            yield counter(
+                "vllm:prefix_cache_queries",
+                "Prefix cache queries, in terms of number of queried tokens.",
+                e.prefix_queries_total,
+            )
+            yield counter(
+                "vllm:prefix_cache_hits",
+                "Prefix cache hits, in terms of number of cached tokens.",
+                e.prefix_hits_total,
+            )
         info_labels = {
             "block_size": str(e.shape.block_size),
-            "num_gpu_blocks": str(e.shape.num_gpu_blocks),
+            "num_gpu_blocks": str(e.shape.num_blocks),
             "num_cpu_blocks": "None",
             "cache_dtype": "auto",
-            "enable_prefix_caching": "False",
+            "enable_prefix_caching": str(f.prefix_caching),
             "gpu_memory_utilization": "0.9",
             "engine": "0",
         }
@@ -161,23 +146,41 @@ class FakeEngine:
         self,
         *,
         model: str = "fake-model",
-        shape: EngineShape | None = None,
-        costs: StepCosts | None = None,
+        shape: EngineShape = DEFAULT_SHAPE,
+        step_model: StepModel = INSTANT,
+        policy: AdmissionPolicy = "fcfs",
+        alpha: float = D.ALPHA,
+        max_wait: float = D.MAX_WAIT_SECONDS,
+        prefix_caching: bool = False,
         time_scale: float = 1.0,
         extra_latency_s: float = 0.0,
         host: str = "127.0.0.1",
         port: int = 0,
         serve_metrics: bool = True,
     ) -> None:
+        if shape.max_model_len > shape.kv_tokens:
+            raise ValueError(
+                f"max_model_len {shape.max_model_len} exceeds the KV cache's {shape.kv_tokens} "
+                "tokens: a request that long would wait for ever"
+            )
         self.model = model
         self.serve_metrics = serve_metrics
-        self.engine = EngineModel(shape=shape or EngineShape(), costs=costs or StepCosts())
+        self.prefix_caching = prefix_caching
+        # fast=False: one step at a time, so that a stream gets one token per step
+        self.replica = Replica(
+            shape,
+            step_model.scaled(time_scale),
+            policy=policy,
+            alpha=alpha,
+            max_wait=max_wait,
+            fast=False,
+        )
         self.time_scale = time_scale
         self.extra_latency_s = extra_latency_s
         self.host = host
         self.port = port
         self.requests_total = 0
-        self._queues: dict[str, asyncio.Queue[TokenEvent]] = {}
+        self._queues: dict[int, asyncio.Queue[TokenEvent]] = {}
         self._wake = asyncio.Event()
         self._stepper: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -202,7 +205,6 @@ class FakeEngine:
             lab,
             registry=self.registry,
         )
-        self._finished_seen = 0
         self.app = web.Application(client_max_size=8 * 1024 * 1024)
         self.app.add_routes(
             [
@@ -256,44 +258,63 @@ class FakeEngine:
     # -- the scheduler loop ------------------------------------------------------------------
 
     async def _step_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        """The replica on the event loop's clock (time.monotonic, as asyncio's default loop's):
+        plan a step, sleep until it ends, apply it, hand out its tokens."""
+        replica = self.replica
         while True:
-            duration = self.engine.schedule(loop.time()) if self.engine.has_work else 0.0
-            if not self.engine.step_formed:
+            end = replica.plan(time.monotonic())
+            if end is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await asyncio.sleep(duration * self.time_scale)
-            for event in self.engine.complete(loop.time()):
-                queue = self._queues.get(event.req_id)
-                if queue is not None:
-                    queue.put_nowait(event)
-            self._observe_finished()
+            await asyncio.sleep(max(0.0, end - time.monotonic()))
+            self._deliver(replica.complete())
 
-    def _observe_finished(self) -> None:
-        done = self.engine.finished
+    def _deliver(self, result: StepResult) -> None:
+        for req in result.produced:
+            queue = self._queues.get(req.rid)
+            if queue is not None:
+                queue.put_nowait((result.steps, req.finished_at >= 0))
         labels = (self.model, "0")
-        ttft, e2e, queue = (h.labels(*labels) for h in (self._ttft, self._e2e, self._queue_time))
-        for rec in done[self._finished_seen :]:
-            ttft.observe(rec.ttft_s)
-            e2e.observe(rec.e2e_s)
-            queue.observe(rec.queue_s)
-        if len(done) > 10_000:  # keep memory bounded in long runs
-            del done[:-1000]
-        self._finished_seen = len(done)
+        ttft, e2e, queue_time = (
+            h.labels(*labels) for h in (self._ttft, self._e2e, self._queue_time)
+        )
+        for req in result.finished:
+            ttft.observe(req.first_token_at - req.arrival)
+            e2e.observe(req.finished_at - req.arrival)
+            queue_time.observe(req.scheduled_at - req.arrival)
 
-    def _submit(self, prompt_tokens: int, max_tokens: int) -> tuple[str, asyncio.Queue[TokenEvent]]:
-        req_id = f"{next(_ids)}"
+    def prefix_keys(self, prompt: str | list[int]) -> list[int] | None:
+        """Block hashes of a prompt for the prefix cache (None when it is off): token ids in
+        blocks of the engine's block size, text in blocks of as many 4-character tokens."""
+        if not self.prefix_caching:
+            return None
+        block = self.replica.shape.block_size
+        if isinstance(prompt, str):
+            return text_block_hashes(prompt, block * CHARS_PER_TOKEN)
+        return token_block_hashes(prompt, block)
+
+    def _submit(
+        self, prompt_tokens: int, max_tokens: int, keys: list[int] | None
+    ) -> tuple[SimRequest, asyncio.Queue[TokenEvent]]:
+        req = SimRequest(next(_ids), time.monotonic(), prompt_tokens, max_tokens, keys=keys)
         queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
-        self._queues[req_id] = queue
-        self.engine.add(req_id, prompt_tokens, max_tokens, asyncio.get_running_loop().time())
+        self._queues[req.rid] = queue
+        self.replica.add(req, req.arrival)
         self.requests_total += 1
         self._wake.set()
-        return req_id, queue
+        return req, queue
 
-    def _release(self, req_id: str) -> None:
-        self._queues.pop(req_id, None)
-        self.engine.abort(req_id)  # no-op when it finished
+    def add_waiting(self, prompt_tokens: int, max_tokens: int) -> SimRequest:
+        """Queue a request that no client waits for, without waking the scheduler: it stays
+        waiting until a request over HTTP arrives (tests set up the state the router reads)."""
+        req = SimRequest(next(_ids), time.monotonic(), prompt_tokens, max_tokens)
+        self.replica.add(req, req.arrival)
+        return req
+
+    def _release(self, req: SimRequest) -> None:
+        self._queues.pop(req.rid, None)
+        self.replica.abort(req)  # no-op when it finished
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -308,7 +329,7 @@ class FakeEngine:
         )
 
     async def _models(self, request: web.Request) -> web.Response:
-        shape = self.engine.shape
+        shape = self.replica.shape
         return web.json_response(
             {
                 "object": "list",
@@ -330,20 +351,12 @@ class FakeEngine:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _BadRequest(f"invalid JSON body: {exc}") from None
+            raise BadRequest(f"invalid JSON body: {exc}") from None
         if not isinstance(body, dict):
-            raise _BadRequest("the request body must be a JSON object")
+            raise BadRequest("the request body must be a JSON object")
         if body.get("model", self.model) != self.model:
-            raise _BadRequest(f"The model `{body.get('model')}` does not exist.", 404)
+            raise BadRequest(f"The model `{body.get('model')}` does not exist.", 404)
         return body
-
-    def _max_tokens(self, body: dict[str, Any], key: str = "max_tokens") -> int:
-        value = body.get(key, body.get("max_completion_tokens", 16))
-        if value is None:
-            value = 16
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise _BadRequest(f"{key} must be a positive integer")
-        return value
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -358,70 +371,44 @@ class FakeEngine:
             ):
                 tokens = len(prompt)
             else:
-                raise _BadRequest("prompt must be a string or a non-empty list of token ids")
-            return await self._serve(request, body, tokens, chat=False)
-        except _BadRequest as exc:
-            return _error(str(exc), exc.status)
+                raise BadRequest("prompt must be a string or a non-empty list of token ids")
+            keys = self.prefix_keys(prompt)
+            return await self._serve(request, body, tokens, keys, chat=False)
+        except BadRequest as exc:
+            return error_response(str(exc), exc.status)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         try:
             body = await self._body(request)
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
-                raise _BadRequest("messages must be a non-empty list")
+                raise BadRequest("messages must be a non-empty list")
             tokens = sum(chat_message_tokens(m) for m in messages)
             tools = body.get("tools")
             if tools is not None:
                 if not isinstance(tools, list):
-                    raise _BadRequest("tools must be a list")
+                    raise BadRequest("tools must be a list")
                 tokens += count_text_tokens(json.dumps(tools, separators=(",", ":")))
-            return await self._serve(request, body, tokens, chat=True)
-        except _BadRequest as exc:
-            return _error(str(exc), exc.status)
-
-    def _chunk(
-        self, rid: str, created: int, chat: bool, text: str | None, finish: str | None, first: bool
-    ) -> dict[str, Any]:
-        if chat:
-            delta: dict[str, Any] = {}
-            if first:
-                delta["role"] = "assistant"
-            if text is not None:
-                delta["content"] = text
-            choice: dict[str, Any] = {
-                "index": 0,
-                "delta": delta,
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-            kind = "chat.completion.chunk"
-        else:
-            choice = {
-                "index": 0,
-                "text": text or "",
-                "logprobs": None,
-                "finish_reason": finish,
-                "stop_reason": None,
-            }
-            kind = "text_completion"
-        return {
-            "id": rid,
-            "object": kind,
-            "created": created,
-            "model": self.model,
-            "choices": [choice],
-        }
+            keys = self.prefix_keys(json.dumps(messages))
+            return await self._serve(request, body, tokens, keys, chat=True)
+        except BadRequest as exc:
+            return error_response(str(exc), exc.status)
 
     async def _serve(
-        self, request: web.Request, body: dict[str, Any], prompt_tokens: int, chat: bool
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        prompt_tokens: int,
+        keys: list[int] | None,
+        chat: bool,
     ) -> web.StreamResponse:
-        max_tokens = self._max_tokens(body)
-        limit = self.engine.shape.max_model_len
-        if prompt_tokens + max_tokens > limit:
-            raise _BadRequest(
+        wanted = max_tokens(body)
+        limit = self.replica.shape.max_model_len
+        if prompt_tokens + wanted > limit:
+            raise BadRequest(
                 f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
-                f"{max_tokens} in the completion). Please reduce the length of the messages or "
+                f"{prompt_tokens + wanted} tokens ({prompt_tokens} in the messages, "
+                f"{wanted} in the completion). Please reduce the length of the messages or "
                 "completion."
             )
         stream = body.get("stream", False) is True
@@ -431,7 +418,7 @@ class FakeEngine:
             await asyncio.sleep(self.extra_latency_s)
         rid = ("chatcmpl-" if chat else "cmpl-") + f"{next(_ids):x}"
         created = int(time.time())
-        req_id, queue = self._submit(prompt_tokens, max_tokens)
+        req, queue = self._submit(prompt_tokens, wanted, keys)
         usage = {
             "prompt_tokens": prompt_tokens,
             "total_tokens": prompt_tokens,
@@ -441,38 +428,14 @@ class FakeEngine:
             if not stream:
                 generated = 0
                 while True:
-                    event = await queue.get()
-                    generated += event.new_tokens
-                    if event.finished:
+                    new_tokens, finished = await queue.get()
+                    generated += new_tokens
+                    if finished:
                         break
                 usage["completion_tokens"] = generated
                 usage["total_tokens"] = prompt_tokens + generated
-                text = " tok" * generated
-                if chat:
-                    choice: dict[str, Any] = {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "logprobs": None,
-                        "finish_reason": "length",
-                    }
-                else:
-                    choice = {
-                        "index": 0,
-                        "text": text,
-                        "logprobs": None,
-                        "finish_reason": "length",
-                        "stop_reason": None,
-                    }
-                return web.json_response(
-                    {
-                        "id": rid,
-                        "object": "chat.completion" if chat else "text_completion",
-                        "created": created,
-                        "model": self.model,
-                        "choices": [choice],
-                        "usage": usage,
-                    }
-                )
+                body = answer(rid, created, self.model, chat, " tok" * generated, usage)
+                return web.json_response(body)
             resp = web.StreamResponse(
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
             )
@@ -480,46 +443,54 @@ class FakeEngine:
             first = True
             generated = 0
             while True:
-                event = await queue.get()
-                generated += event.new_tokens
-                finish = "length" if event.finished else None
-                chunk = self._chunk(rid, created, chat, " tok" * event.new_tokens, finish, first)
+                new_tokens, finished = await queue.get()
+                generated += new_tokens
+                finish = "length" if finished else None
+                chunk = stream_chunk(
+                    rid, created, self.model, chat, " tok" * new_tokens, finish, first
+                )
                 first = False
                 await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-                if event.finished:
+                if finished:
                     break
             if include_usage:
                 usage["completion_tokens"] = generated
                 usage["total_tokens"] = prompt_tokens + generated
-                tail: dict[str, Any] = {
-                    "id": rid,
-                    "object": "chat.completion.chunk" if chat else "text_completion",
-                    "created": created,
-                    "model": self.model,
-                    "choices": [],
-                    "usage": usage,
-                }
+                tail = usage_chunk(rid, created, self.model, chat, usage)
                 await resp.write(b"data: " + json.dumps(tail).encode() + b"\n\n")
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             return resp
         finally:
-            self._release(req_id)
+            self._release(req)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--model", default="fake-model")
-    parser.add_argument("--num-gpu-blocks", type=int, default=_SHAPE.num_gpu_blocks)
-    parser.add_argument("--block-size", type=int, default=_SHAPE.block_size)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=_SHAPE.max_num_batched_tokens)
-    parser.add_argument("--max-num-seqs", type=int, default=_SHAPE.max_num_seqs)
-    parser.add_argument("--max-model-len", type=int, default=_SHAPE.max_model_len)
-    parser.add_argument("--step-ms", type=float, default=0.0, help="fixed cost per step")
-    parser.add_argument("--prefill-token-ms", type=float, default=0.0)
-    parser.add_argument("--decode-seq-ms", type=float, default=0.0)
-    parser.add_argument("--kv-token-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        help="a simulator profile's engine shape and step times (the flags below override its "
+        "shape)",
+    )
+    parser.add_argument("--num-gpu-blocks", type=int, help=f"default {DEFAULT_SHAPE.num_blocks}")
+    for flag in ("block_size", "max_num_batched_tokens", "max_num_seqs", "max_model_len"):
+        parser.add_argument(
+            "--" + flag.replace("_", "-"), type=int, help=f"default {getattr(DEFAULT_SHAPE, flag)}"
+        )
+    parser.add_argument("--policy", choices=ADMISSION_POLICIES, default="fcfs")
+    parser.add_argument("--alpha", type=float, default=D.ALPHA, help="LARRY's alpha")
+    parser.add_argument(
+        "--max-wait-seconds", type=float, default=D.MAX_WAIT_SECONDS, help="LARRY's tail bound"
+    )
+    parser.add_argument("--enable-prefix-caching", action="store_true")
+    costs = parser.add_argument_group("flat step costs (without --profile; all 0: instantaneous)")
+    costs.add_argument("--step-ms", type=float, default=0.0, help="fixed cost per step")
+    costs.add_argument("--seq-ms", type=float, default=0.0, help="per scheduled sequence")
+    costs.add_argument("--token-ms", type=float, default=0.0, help="per computed token")
+    costs.add_argument("--kv-token-ms", type=float, default=0.0, help="per KV token read")
     parser.add_argument(
         "--time-scale",
         type=float,
@@ -535,23 +506,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_from_args(args: argparse.Namespace) -> FakeEngine:
-    shape = EngineShape(
-        num_gpu_blocks=args.num_gpu_blocks,
-        block_size=args.block_size,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        max_num_seqs=args.max_num_seqs,
-        max_model_len=args.max_model_len,
-    )
-    costs = StepCosts(
-        step_base_s=args.step_ms / 1e3,
-        prefill_token_s=args.prefill_token_ms / 1e3,
-        decode_seq_s=args.decode_seq_ms / 1e3,
-        kv_token_s=args.kv_token_ms / 1e3,
-    )
+    if args.profile:
+        profile = get_profile(args.profile)
+        shape, step_model = profile.shape, profile.model
+    else:
+        shape = DEFAULT_SHAPE
+        ms = 1e-3
+        step_model = StepModel.flat(
+            args.step_ms * ms, args.seq_ms * ms, args.token_ms * ms, args.kv_token_ms * ms
+        )
+    changes = {
+        "num_blocks": args.num_gpu_blocks,
+        "block_size": args.block_size,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "max_num_seqs": args.max_num_seqs,
+        "max_model_len": args.max_model_len,
+    }
+    shape = replace(shape, **{k: v for k, v in changes.items() if v is not None})
     return FakeEngine(
         model=args.model,
         shape=shape,
-        costs=costs,
+        step_model=step_model,
+        policy=args.policy,
+        alpha=args.alpha,
+        max_wait=args.max_wait_seconds,
+        prefix_caching=args.enable_prefix_caching,
         time_scale=args.time_scale,
         extra_latency_s=args.extra_latency_ms / 1e3,
         host=args.host,
@@ -582,7 +561,7 @@ def vllm_main(argv: list[str] | None = None) -> int:
     """The fake engine behind vLLM's command line, as the operator's engine pods run it
     (`python3 -m vllm.entrypoints.openai.api_server --model ... --served-model-name ...`): the
     fake-engine image installs this as that module. Flags the fake engine lacks are ignored;
-    its own (--decode-seq-ms, ...) come through the LLMService's `engine.extraArgs`."""
+    its own (--seq-ms, ...) come through the LLMService's `engine.extraArgs`."""
     parser = argparse.ArgumentParser(prog="fake vllm.entrypoints.openai.api_server")
     add_arguments(parser)
     parser.add_argument("--served-model-name")

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from halffull_dev.testing.vllm_server import write_tiny_llama
+from halffull_dev.testing.vllm_launch import VllmSpec, vllm_environment
 
 PLUGIN = "halffull.engine.scheduler.LarryScheduler"
+RESULT_PREFIX = "HALFFULL-RESULT "
 
 
 def prompt_ids(index: int, length: int) -> list[int]:
@@ -80,29 +84,23 @@ class InprocEngine:
 
 @contextmanager
 def inproc_engine(
+    spec: VllmSpec,
     workdir: Path,
     *,
     scheduler_config: str = '{"policy": "fcfs", "alpha": 1.0}',
-    kv_cache_memory_bytes: int = 16 * 1024 * 1024,
-    max_model_len: int = 4096,
-    engine_kwargs: Mapping[str, Any] | None = None,
-    scheduler_cls: str | None = PLUGIN,
-    model: str | None = None,
 ) -> Iterator[InprocEngine]:
-    """Build an in-process engine with our plugin and the tiny dummy-weight model (or `model`,
-    a local directory or name loaded with real weights); the parameter file is
-    `workdir/scheduler.json` and is checked at every step. Sets the environment variables it
-    needs for the engine's lifetime and restores them after."""
+    """Build an in-process engine from `spec` (see `halffull_dev.testing.vllm_launch`); the
+    scheduler's parameter file is `workdir/scheduler.json`, checked at every step. Sets the
+    environment variables it needs for the engine's lifetime and restores them after."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "scheduler.json"
     config_path.write_text(scheduler_config)
     settings = {
+        **vllm_environment(workdir),
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "HALFFULL_SCHEDULER_CONFIG": str(config_path),
         "HALFFULL_SCHEDULER_CONFIG_CHECK_INTERVAL": "0",
-        "HF_HUB_OFFLINE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
+        **spec.env,
     }
     saved = {key: os.environ.get(key) for key in [*settings, "HALFFULL_ENGINE_METRICS_PORT"]}
     os.environ.update(settings)
@@ -112,19 +110,7 @@ def inproc_engine(
         from vllm import EngineArgs
         from vllm.v1.engine.llm_engine import LLMEngine
 
-        kwargs: dict[str, Any] = {
-            "skip_tokenizer_init": True,
-            "kv_cache_memory_bytes": kv_cache_memory_bytes,
-            "max_model_len": max_model_len,
-        }
-        if model is None:
-            kwargs.update(load_format="dummy", dtype="float32", enforce_eager=True)
-        if scheduler_cls is not None:
-            kwargs["scheduler_cls"] = scheduler_cls
-        kwargs.update(engine_kwargs or {})
-        if model is None:
-            model = str(write_tiny_llama(workdir / "model", max_position_embeddings=max_model_len))
-        engine = LLMEngine.from_engine_args(EngineArgs(model=model, **kwargs))
+        engine = LLMEngine.from_engine_args(EngineArgs(**spec.engine_kwargs(workdir)))
         yield InprocEngine(engine, config_path)
     finally:
         if engine is not None:
@@ -189,29 +175,60 @@ def preemptions(inproc: InprocEngine) -> int:
     )
 
 
-def _main() -> None:
-    """`python -m halffull_dev.testing.vllm_engine SPEC_JSON`: build an engine in a fresh process,
-    run `step_trace` and print `{"steps": ..., "preemptions": ...}` as JSON. SPEC keys: workdir,
-    prompts, outputs, scheduler_cls (null: vanilla vLLM), scheduler_config, and optional
-    kv_cache_memory_bytes, max_model_len, engine_kwargs, shared_prefix, tokens (greedy decoding,
-    output token ids in the result)."""
-    import sys
+def step_trace_in_subprocess(
+    spec: VllmSpec,
+    workdir: Path,
+    prompts: Sequence[int],
+    outputs: Sequence[int],
+    *,
+    scheduler_config: str = "{}",
+    shared_prefix: int = 0,
+    tokens: bool = False,
+) -> dict[str, Any]:
+    """`step_trace` on an engine built in a fresh process (vLLM keeps global state, so engines
+    that must not influence each other each get their own), returning `_main`'s result: the
+    scheduler's class name, the steps, preemptions, output token ids (with `tokens`), the final
+    KV usage and, from the plugin, its reorder and prefix-hit counts."""
+    job = {
+        "spec": asdict(spec),
+        "workdir": str(workdir),
+        "prompts": list(prompts),
+        "outputs": list(outputs),
+        "scheduler_config": scheduler_config,
+        "shared_prefix": shared_prefix,
+        "tokens": tokens,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "halffull_dev.testing.vllm_engine", json.dumps(job)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"the engine process failed ({done.returncode}):\n"
+            + done.stdout[-3000:]
+            + done.stderr[-3000:]
+        )
+    result: dict[str, Any] = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+    return result
 
-    spec = json.loads(sys.argv[1])
+
+def _main() -> None:
+    """`python -m halffull_dev.testing.vllm_engine JOB_JSON` (see `step_trace_in_subprocess`):
+    build the engine, run `step_trace` and print the result as one JSON line."""
+    job = json.loads(sys.argv[1])
     with inproc_engine(
-        Path(spec["workdir"]),
-        scheduler_config=spec.get("scheduler_config", '{"policy": "fcfs", "alpha": 1.0}'),
-        kv_cache_memory_bytes=spec.get("kv_cache_memory_bytes", 16 * 1024 * 1024),
-        max_model_len=spec.get("max_model_len", 4096),
-        engine_kwargs=spec.get("engine_kwargs"),
-        scheduler_cls=spec.get("scheduler_cls"),
+        VllmSpec(**job["spec"]), Path(job["workdir"]), scheduler_config=job["scheduler_config"]
     ) as inproc:
-        tokens: dict[int, list[int]] | None = {} if spec.get("tokens") else None
+        tokens: dict[int, list[int]] | None = {} if job["tokens"] else None
         steps = step_trace(
             inproc,
-            spec["prompts"],
-            spec["outputs"],
-            shared_prefix=spec.get("shared_prefix", 0),
+            job["prompts"],
+            job["outputs"],
+            shared_prefix=job["shared_prefix"],
             tokens=tokens,
         )
         scheduler = inproc.scheduler
@@ -224,7 +241,7 @@ def _main() -> None:
             "reorders": getattr(scheduler, "larry_reorders", None),
             "prefix_hits": getattr(scheduler, "larry_prefix_hits", None),
         }
-    print("HALFFULL-RESULT " + json.dumps(result), flush=True)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from halffull.router.metrics import RouterMetrics
 from halffull.router.poller import Poller, discover
 from halffull.router.proxy import PublicApi
 from halffull.router.reload import ApiKey, SettingsFile
+from halffull.router.upstream import Upstream
 
 log = logging.getLogger("halffull.router")
 
@@ -95,6 +96,8 @@ class Router:
         self.client_timeout = client_timeout(settings)
         self.metrics = RouterMetrics(self, self.loop_time)
         self.session: aiohttp.ClientSession | None = None
+        """For the polls and /v1/models; proxied requests go through `upstream`."""
+        self.upstream: Upstream | None = None
         self.poller: Poller | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._runners: list[web.AppRunner] = []
@@ -127,6 +130,7 @@ class Router:
             timeout=aiohttp.ClientTimeout(total=None, connect=5.0, sock_connect=5.0),
             auto_decompress=False,
         )
+        self.upstream = Upstream(self.settings.timeouts.connect_seconds)
         self.poller = Poller(
             self.dispatcher, self.session, lambda: self.settings.engine_metrics_port
         )
@@ -184,6 +188,8 @@ class Router:
         if self.poller is not None:
             await self.poller.stop()
             self.poller = None
+        if self.upstream is not None:
+            self.upstream.close()
         if self.session is not None:
             await self.session.close()
             self.session = None
@@ -205,6 +211,8 @@ class Router:
         d.set_limits(settings.poll_interval_ms / 1000, settings.max_num_batched_tokens)
         d.max_attempts = settings.max_attempts
         self.client_timeout = client_timeout(settings)
+        if self.upstream is not None:
+            self.upstream.connect_timeout_s = settings.timeouts.connect_seconds
         self._apply_endpoints()
 
     def _apply_endpoints(self) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from halffull.router import upstream
+
 
 @dataclass(frozen=True, slots=True)
 class Failure:
@@ -27,21 +29,29 @@ class Failure:
     message: str
 
 
+DISCONNECTED = (
+    "the replica closed the connection before answering (the request may have been processed; "
+    "it was not retried)"
+)
+
+
 def classify(exc: BaseException) -> Failure:
-    """Sort an exception from sending a request or reading its answer."""
+    """Sort an exception from sending a request or reading its answer: the proxy's own client
+    (`upstream`) and aiohttp's (the engine polls) raise their own types for the same failures."""
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) or (
+        isinstance(exc, upstream.ConnectFailed) and exc.dns
+    ):
         return Failure("dns", 503, True, True, f"the replica's name does not resolve: {text}")
-    if isinstance(exc, aiohttp.ClientConnectorError):  # refused, unreachable, TLS handshake
+    # aiohttp: refused, unreachable, TLS handshake
+    if isinstance(exc, (upstream.ConnectFailed, aiohttp.ClientConnectorError)):
         return Failure("connect", 503, True, True, f"cannot connect to the replica: {text}")
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, (upstream.ConnectTimeout, aiohttp.ConnectionTimeoutError)):
         return Failure("connect_timeout", 503, True, False, f"connecting timed out: {text}")
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return Failure(
-            "disconnected", 502, False, False,
-            "the replica closed the connection before answering (the request may have been "
-            "processed; it was not retried)",
-        )  # fmt: skip
+    if isinstance(exc, (upstream.Disconnected, aiohttp.ServerDisconnectedError)):
+        return Failure("disconnected", 502, False, False, DISCONNECTED)
+    if isinstance(exc, upstream.BodyBroken):
+        return Failure("body_broken", 502, False, False, text)
     if isinstance(exc, aiohttp.ClientPayloadError):
         return Failure(
             "body_broken", 502, False, False, f"the replica broke off its answer: {text}"

@@ -9,7 +9,7 @@ Content-Length and Host are recomputed for the next hop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from multidict import CIMultiDict
 
@@ -38,13 +38,40 @@ def _named_in_connection(headers: Mapping[str, str]) -> set[str]:
     return {t.strip().lower() for t in value.split(",") if t.strip()}
 
 
-def to_engine(headers: Mapping[str, str], engine_key: str | None) -> CIMultiDict[str]:
-    """The headers sent with a request to an engine."""
-    drop = _NOT_FORWARDED | _named_in_connection(headers)
-    out = CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+RawHeaders = Sequence[tuple[bytes, bytes]]
+"""Headers as the client sent them (aiohttp's `request.raw_headers`)."""
+
+
+def _forwarded(raw: RawHeaders) -> Iterator[tuple[bytes, bytes]]:
+    named = {
+        t.strip().lower()
+        for name, value in raw
+        if name.lower() == b"connection"
+        for t in value.decode("latin-1").split(",")
+    }
+    for name, value in raw:
+        low = name.lower().decode("latin-1")
+        if low not in _NOT_FORWARDED and low not in named:
+            yield name, value
+
+
+def to_engine(raw: RawHeaders, engine_key: str | None) -> dict[str, str]:
+    """The headers sent with a request to an engine (for aiohttp's client)."""
+    out = {k.decode("latin-1"): v.decode("latin-1") for k, v in _forwarded(raw)}
     if engine_key:
         out["Authorization"] = f"Bearer {engine_key}"
     return out
+
+
+def engine_header_block(raw: RawHeaders, engine_key: str | None) -> bytes:
+    """The same headers serialised for `Upstream.request`: one CRLF-ended line each, as the
+    client sent them (aiohttp's parser refuses CR and LF inside a value)."""
+    parts: list[bytes] = []
+    for name, value in _forwarded(raw):
+        parts += (name, b": ", value, b"\r\n")
+    if engine_key:
+        parts.append(f"Authorization: Bearer {engine_key}\r\n".encode("latin-1"))
+    return b"".join(parts)
 
 
 def to_client(headers: Mapping[str, str]) -> CIMultiDict[str]:

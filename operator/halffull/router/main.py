@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
 from pathlib import Path
+
+import uvloop
 
 from halffull import defaults as D
 from halffull.policy.registry import ROUTING_POLICIES
@@ -167,9 +168,6 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    with contextlib.suppress(ImportError):
-        import uvloop  # optional: noticeably lower per-request overhead when installed
-
-        uvloop.install()
+    uvloop.install()  # libuv's event loop, cheaper per proxied request than asyncio's own
     asyncio.run(_serve(router, args.host, args.port, args.admin_port, args.shutdown_delay))
     return 0

