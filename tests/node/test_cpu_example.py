@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from halffull import defaults as D
 from halffull_dev.testing import prom
 from tests.conftest import ROOT, Cluster, OperatorProcess, node_image, wait_for
 from tests.node.conftest import conditions, node_ctr, pods, post
@@ -62,7 +63,7 @@ def test_cpu_example_serves_text_and_takes_alpha_live(
     assert cluster.kubectl("exec", "-n", ns, name, "--", "id", "-u").strip() == "10001"
     denied = cluster.run("exec", "-n", ns, name, "--", "touch", "/opt/written")
     assert denied.returncode != 0 and "Read-only file system" in denied.stderr
-    assert alpha(ip) == pytest.approx(0.1)  # the plugin is loaded, with the spec's default
+    assert alpha(ip) == pytest.approx(D.ALPHA)  # the plugin is loaded, with the shipped default
     cluster.patch("llms", "tiny-cpu", ns, {"spec": {"scheduler": {"alpha": 0.5}}})
     wait_for(lambda: alpha(ip) == pytest.approx(0.5), timeout=180, interval=1,
              what="the running engine's plugin reports the new alpha")  # fmt: skip
