@@ -93,8 +93,10 @@ def owned_cluster(workdir: Path) -> Iterator[LocalCluster]:
         (workdir / PID_FILE).write_text(str(os.getpid()))
         yield cluster
     finally:
-        (workdir / PID_FILE).unlink(missing_ok=True)
-        cluster.stop()
+        try:
+            cluster.stop()
+        finally:  # only now: `down` waits for the pid file to go, i.e. for the node to be gone
+            (workdir / PID_FILE).unlink(missing_ok=True)
 
 
 def build_images(names: list[str]) -> None:
