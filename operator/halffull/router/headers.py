@@ -9,9 +9,9 @@ Content-Length and Host are recomputed for the next hop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
 HOP_BY_HOP = frozenset(
     {
@@ -31,11 +31,9 @@ _NOT_RETURNED = HOP_BY_HOP | {"content-length", "server", "date"}
 """Server and Date are the router's own, set on every answer it sends."""
 
 
-def _named_in_connection(headers: Mapping[str, str]) -> set[str]:
-    value = headers.get("Connection")
-    if not value:
-        return set()
-    return {t.strip().lower() for t in value.split(",") if t.strip()}
+def _connection_tokens(values: Iterable[str]) -> set[str]:
+    """The header names listed in `Connection` header values (hop-by-hop for this hop only)."""
+    return {t.strip().lower() for value in values for t in value.split(",") if t.strip()}
 
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
@@ -43,12 +41,9 @@ RawHeaders = Sequence[tuple[bytes, bytes]]
 
 
 def _forwarded(raw: RawHeaders) -> Iterator[tuple[bytes, bytes]]:
-    named = {
-        t.strip().lower()
-        for name, value in raw
-        if name.lower() == b"connection"
-        for t in value.decode("latin-1").split(",")
-    }
+    named = _connection_tokens(
+        value.decode("latin-1") for name, value in raw if name.lower() == b"connection"
+    )
     for name, value in raw:
         low = name.lower().decode("latin-1")
         if low not in _NOT_FORWARDED and low not in named:
@@ -74,7 +69,7 @@ def engine_header_block(raw: RawHeaders, engine_key: str | None) -> bytes:
     return b"".join(parts)
 
 
-def to_client(headers: Mapping[str, str]) -> CIMultiDict[str]:
+def to_client(headers: MultiMapping[str]) -> CIMultiDict[str]:
     """The engine's response headers the client gets (repeated ones, like Set-Cookie, kept)."""
-    drop = _NOT_RETURNED | _named_in_connection(headers)
+    drop = _NOT_RETURNED | _connection_tokens(headers.getall("Connection", ()))
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)

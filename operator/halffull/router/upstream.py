@@ -271,6 +271,8 @@ class Upstream:
         """Idle connections older than this are not reused (the engine's server closes its own
         idle connections after 5 s; reusing one it is closing would fail the request)."""
         self._ssl = ssl_context
+        """For https endpoints: given, or the default context, built on the first use (loading
+        the CA bundle takes milliseconds; once, not per connection)."""
         self._idle: dict[Origin, list[_Connection]] = {}
         self._origins: dict[str, Origin] = {}
 
@@ -321,7 +323,11 @@ class Upstream:
 
     async def _connect(self, origin: Origin) -> _Connection:
         loop = asyncio.get_running_loop()
-        context = (self._ssl or ssl.create_default_context()) if origin.tls else None
+        context = None
+        if origin.tls:
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            context = self._ssl
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, conn = await loop.create_connection(
@@ -336,10 +342,7 @@ class Upstream:
             raise ConnectFailed(f"{origin.host}: {exc}", dns=True) from exc
         except OSError as exc:
             raise ConnectFailed(f"{origin.host}:{origin.port}: {exc}") from exc
-        sock = conn.transport.get_extra_info("socket") if conn.transport else None
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn
+        return conn  # TCP_NODELAY: asyncio and uvloop both set it on TCP connections
 
     def close(self) -> None:
         for idle in self._idle.values():
