@@ -5,6 +5,7 @@ connection can fail, sorted by whether the request can have reached the engine."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -116,6 +117,8 @@ def test_request_head_carries_host_length_and_given_headers() -> None:
 
 
 def test_a_chunked_stream_arrives_as_it_is_sent() -> None:
+    first_seen = asyncio.Event()
+
     async def engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(
@@ -123,19 +126,23 @@ def test_a_chunked_stream_arrives_as_it_is_sent() -> None:
             b"Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"
         )
         await writer.drain()
-        await asyncio.sleep(0.2)
+        await first_seen.wait()  # the second chunk only once the client has the first
         writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
 
     async def test(url: str, heads: list[bytes]) -> None:
         pool = Upstream(connect_timeout_s=2.0)
         resp = await pool.request(url, "POST", "/v1/completions", b"", b"{}")
         assert resp.headers["Content-Type"] == "text/event-stream"
-        loop = asyncio.get_running_loop()
         got = []
-        async for chunk in resp.chunks():
-            got.append((chunk, loop.time()))
-        assert [c for c, _ in got] == [b"first", b"second"]
-        assert got[1][1] - got[0][1] > 0.1  # the first was not held back for the second
+
+        async def read() -> None:
+            async for chunk in resp.chunks():
+                got.append(chunk)
+                first_seen.set()
+
+        # a client that held the first chunk back for more would wait here forever
+        await asyncio.wait_for(read(), timeout=10)
+        assert got == [b"first", b"second"]
         resp.release()
         pool.close()
 
@@ -154,8 +161,9 @@ def test_a_slow_reader_stops_the_engine_connection_being_read() -> None:
     async def test(url: str, heads: list[bytes]) -> None:
         pool = Upstream(connect_timeout_s=2.0)
         resp = await pool.request(url, "POST", "/", b"", b"")
-        await asyncio.sleep(0.3)  # the engine writes all it can; nobody reads
-        assert resp._conn.paused
+        async with asyncio.timeout(10):  # the engine writes all it can; nobody reads
+            while not resp._conn.paused:  # noqa: ASYNC110  (a transport's pause has no event)
+                await asyncio.sleep(0.01)
         assert resp._buffered < 2 * MAX_BUFFERED + 256 * 1024
         received = 0
         async for chunk in resp.chunks():
@@ -183,15 +191,28 @@ def test_connect_failures_cannot_have_reached_the_engine() -> None:
         with pytest.raises(ConnectFailed) as dns:
             await pool.request("http://no-such-engine.invalid:8000", "POST", "/", b"", b"")
         assert dns.value.dns and classify(dns.value).reason == "dns"
-        # 192.0.2.0/24 is TEST-NET-1: packets there go nowhere; fall back to a refused connect
-        # where the machine rejects the route at once
-        short = Upstream(connect_timeout_s=0.2)
-        try:
-            await short.request("http://192.0.2.1:9", "POST", "/", b"", b"")
-        except ConnectTimeout as exc:
-            assert classify(exc).reason == "connect_timeout" and classify(exc).retry
-        except ConnectFailed:
-            pass
+        # a listener that never accepts, its queue full: the kernel drops further SYNs, so a
+        # connect neither succeeds nor is refused (all on loopback)
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(0)
+            fillers = [socket.socket() for _ in range(3)]
+            try:
+                for f in fillers:
+                    f.setblocking(False)
+                    with contextlib.suppress(BlockingIOError):
+                        f.connect(listener.getsockname())
+                short = Upstream(connect_timeout_s=0.3)
+                with pytest.raises(ConnectTimeout) as slow:
+                    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+                    await short.request(url, "POST", "/", b"", b"")
+            finally:
+                for f in fillers:
+                    f.close()
+        assert (classify(slow.value).reason, classify(slow.value).retry) == (
+            "connect_timeout",
+            True,
+        )
 
     asyncio.run(main())
 
