@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> None:
     jobs, dropped = drop_too_long(load_trace(resolve_trace(args.trace)), LONG_CONTEXT)
     print(f"{args.trace}: {len(jobs)} requests kept, {dropped} dropped (> {LONG_CONTEXT} tokens)")
     for rate in args.rates:
-        workload = prepare(jobs, rate_scale=rate)
+        workload = prepare(jobs, rate_scale=rate, limit=args.limit)
         for router in args.routers:
             res = simulate(
                 workload,
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> None:
                 "rate": rate,
                 "router": router,
                 "requests": len(workload),
+                "limit": args.limit,
                 "dropped": dropped,
                 "ttft_mean": float(np.mean(res.ttft)),
                 "ttft_p90": float(np.percentile(res.ttft, 90)),
@@ -115,6 +116,12 @@ def main() -> int:
         "--routers", nargs="+", default=["round-robin", "sal", "llmd-scorer", "dynamo-cost"]
     )
     ap.add_argument("--beta", type=float, default=256.0)
+    ap.add_argument(
+        "--limit",
+        type=int,
+        help="replay only the trace's first LIMIT requests (quick sweeps; the docs' tables "
+        "are whole-trace runs)",
+    )
     ap.add_argument("--prefix-source", choices=["router", "engine"], default="router")
     ap.add_argument("--out", type=Path, default=Path("prefix_routing.jsonl"))
     ap.add_argument("--table", type=Path, help="print the tables of a results file and exit")
