@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> None:
                 ),
             )
             row = {
+                "trace": args.trace,
                 "profile": args.profile,
                 "replicas": args.replicas,
                 "rate": rate,
@@ -76,11 +77,12 @@ def run(args: argparse.Namespace) -> None:
 def table(path: Path) -> None:
     """Markdown tables per (profile, replicas, rate), with SAL's goal ratios."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    groups: dict[tuple[str, int, float], dict[str, dict[str, float]]] = {}
+    groups: dict[tuple[str, str, int, float], dict[str, dict[str, float]]] = {}
     for r in rows:
-        groups.setdefault((r["profile"], r["replicas"], r["rate"]), {})[r["router"]] = r
-    for (profile, n, rate), by in sorted(groups.items()):
-        print(f"\n**{profile}, {n} replicas, Mooncake x{rate:g}**\n")
+        key = (r.get("trace", "mooncake"), r["profile"], r["replicas"], r["rate"])
+        groups.setdefault(key, {})[r["router"]] = r
+    for (trace, profile, n, rate), by in sorted(groups.items()):
+        print(f"\n**{profile}, {n} replicas, {trace} x{rate:g}**\n")
         print("| router | TTFT mean (s) | TTFT p90 | TTFT p99 | TGT mean (s) | prefix hits |")
         print("|---|---|---|---|---|---|")
         for name, r in by.items():
@@ -95,6 +97,13 @@ def table(path: Path) -> None:
                 f"\nround-robin / SAL: mean TTFT {rr['ttft_mean'] / sal['ttft_mean']:.2f}x, "
                 f"p90 TTFT {rr['ttft_p90'] / sal['ttft_p90']:.2f}x, "
                 f"mean TGT {rr['tgt_mean'] / sal['tgt_mean']:.2f}x"
+            )
+        greedy = by.get("sal-greedy")
+        if sal and greedy:
+            print(
+                f"sal-greedy (SAL without the recompute charge) / SAL: mean TTFT "
+                f"{greedy['ttft_mean'] / sal['ttft_mean']:.3f}x, mean TGT "
+                f"{greedy['tgt_mean'] / sal['tgt_mean']:.3f}x"
             )
         peers = [by[p] for p in ("llmd-scorer", "dynamo-cost") if p in by]
         if sal and peers:
