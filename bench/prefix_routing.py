@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> None:
                 "replicas": args.replicas,
                 "rate": rate,
                 "router": router,
+                "prefix_source": args.prefix_source,
                 "requests": len(workload),
                 "limit": args.limit,
                 "dropped": dropped,
@@ -80,7 +81,8 @@ def table(path: Path) -> None:
     groups: dict[tuple[str, str, int, float], dict[str, dict[str, float]]] = {}
     for r in rows:
         key = (r.get("trace", "mooncake"), r["profile"], r["replicas"], r["rate"])
-        groups.setdefault(key, {})[r["router"]] = r
+        exact = r.get("prefix_source") == "engine"
+        groups.setdefault(key, {})[r["router"] + (" (true caches)" if exact else "")] = r
     for (trace, profile, n, rate), by in sorted(groups.items()):
         print(f"\n**{profile}, {n} replicas, {trace} x{rate:g}**\n")
         print("| router | TTFT mean (s) | TTFT p90 | TTFT p99 | TGT mean (s) | prefix hits |")
