@@ -188,8 +188,8 @@ def test_operator_deployment_shape(helm: Helm) -> None:
     assert c["resources"]["requests"] and c["resources"]["limits"]
     # restricted pod security
     assert pod["securityContext"]["runAsNonRoot"] is True
-    dockerfile = (ROOT / "images" / "operator" / "Dockerfile").read_text()
-    (user,) = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    dockerfile = (ROOT / "images" / "halffull" / "Dockerfile").read_text()
+    (user,) = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")}
     assert pod["securityContext"]["runAsUser"] == int(user.split(":")[0])  # the image's user
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert c["securityContext"] == {
