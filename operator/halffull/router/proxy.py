@@ -26,7 +26,7 @@ from halffull import defaults as D
 from halffull.policy.endpoints import Endpoint, Ticket
 from halffull.policy.routing import RouteRequest
 from halffull.router.failures import Failure, classify
-from halffull.router.headers import engine_header_block, to_client, to_engine
+from halffull.router.headers import client_pairs, engine_header_block, to_client, to_engine
 from halffull.router.requests import ParsedRequest, RequestError, parse_request
 from halffull.router.server import Answer, LeanServer, Request, Stream, json_answer
 from halffull.router.upstream import Response, UpstreamError
@@ -242,7 +242,7 @@ class PublicApi:
         metrics = self.router.metrics
         complete = False
         try:
-            ctype = upstream.headers.get("Content-Type", "application/json")
+            ctype = upstream.header("Content-Type") or "application/json"
             if upstream.status != 200 or not ctype.startswith("text/event-stream"):
                 try:
                     data = await upstream.read()
@@ -261,9 +261,9 @@ class PublicApi:
                     metrics.upstream_error(ep.name, f"http_{upstream.status}")
                 else:
                     ep.answered()
-                answer = Answer(upstream.status, data, to_client(upstream.headers).items())
+                answer = Answer(upstream.status, data, client_pairs(upstream.header_list))
                 return answer, upstream.status
-            out.start(200, to_client(upstream.headers).items())
+            out.start(200, client_pairs(upstream.header_list))
             try:
                 async for chunk in upstream.chunks():
                     dog.activity()

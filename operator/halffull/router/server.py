@@ -144,9 +144,9 @@ class Stream:
     def start(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
         conn, request = self._conn, self._request
         close = conn.must_close(request)
-        if request.http10:
+        if request.http10:  # no chunked coding: the end of the body is the end of the connection
             framing = b"\r\n"
-            close = request.keep_alive = False
+            close = True
         else:
             framing = b"Transfer-Encoding: chunked\r\n\r\n"
         self.started = True
