@@ -16,6 +16,7 @@ import pytest
 from router_helpers import base, make_settings, running_router
 
 from halffull.router.app import Router
+from halffull.sim.profiles import StepModel
 from halffull_dev.testing.fake_engine import FakeEngine
 
 MODEL = "fake-model"
@@ -189,3 +190,33 @@ def test_chat_accepts_what_vllm_accepts() -> None:
         assert [ch async for ch in stream][-1].choices[0].finish_reason == "length"
 
     with_router(test)
+
+
+def test_overload_is_a_rate_limit_error() -> None:
+    """The router's 429 (every replica saturated) with Retry-After, as the client's
+    RateLimitError."""
+
+    async def main() -> None:
+        slow = FakeEngine(model=MODEL, step_model=StepModel.flat(step_s=0.05, token_s=1e-3))
+        await slow.start()
+        settings = make_settings([slow.url], max_num_batched_tokens=256, shed_queued_batches=2)
+        try:
+            async with running_router(settings) as router, client(router) as c:
+
+                async def one(n: int) -> BaseException | None:
+                    try:
+                        await c.completions.create(model=MODEL, prompt=[n + 1] * 256, max_tokens=1)
+                    except openai.APIStatusError as exc:
+                        return exc
+                    return None
+
+                results = await asyncio.gather(*(one(n) for n in range(12)))
+                shed = [r for r in results if r is not None]
+                assert shed and len(shed) < len(results)
+                for exc in shed:
+                    assert isinstance(exc, openai.RateLimitError), exc
+                    assert int(exc.response.headers["Retry-After"]) >= 1
+        finally:
+            await slow.stop()
+
+    asyncio.run(main())

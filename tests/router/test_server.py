@@ -180,3 +180,14 @@ def test_a_client_that_goes_away_cancels_its_request() -> None:
             assert r.metrics.disconnects._value.get() == 1
 
     asyncio.run(main())
+
+
+def test_a_half_closed_client_gets_its_answer_then_the_close() -> None:
+    async def test(r: Router, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(post())
+        writer.write_eof()
+        status, _, body = await read_answer(reader)
+        assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 2
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+
+    with_router(test)

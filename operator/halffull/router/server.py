@@ -239,6 +239,7 @@ class HttpConnection(asyncio.Protocol):
         self.read_paused = False
         self._drain: asyncio.Future[None] | None = None
         self._closed = False
+        self._eof = False
         self.last_active = time.monotonic()
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -261,7 +262,8 @@ class HttpConnection(asyncio.Protocol):
             self._refuse(400, f"malformed HTTP request: {exc}")
 
     def eof_received(self) -> bool:
-        # a client that half-closes after its request still gets the answer
+        # a client that half-closes after its request still gets the answer, then the close
+        self._eof = True
         return self.task is not None or bool(self.pending)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -366,10 +368,10 @@ class HttpConnection(asyncio.Protocol):
         finally:
             self.task = None
             self.last_active = time.monotonic()
-            if self._closed or not request.keep_alive:
-                self.close()
-            elif self.pending:
+            if self.pending and not self._closed and request.keep_alive:
                 self._next()
+            elif self._closed or self._eof or not request.keep_alive:
+                self.close()
 
     def send(self, request: Request, answer: Answer) -> None:
         close = self.must_close(request)
