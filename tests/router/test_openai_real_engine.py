@@ -230,11 +230,11 @@ def test_each_error_arrives_as_the_clients_exception(engine: Engine, tmp_path: P
         with pytest.raises(openai.NotFoundError) as missing:  # the engine's
             await c.completions.create(model="no-such-model", prompt="x", max_tokens=1)
         assert "no-such-model" in missing.value.message
-        with pytest.raises(openai.BadRequestError):  # the engine's: bad chat role
+        with pytest.raises(openai.BadRequestError) as bad:  # the engine's, on chat
             await c.chat.completions.create(
-                model=m, messages=[{"role": "nobody", "content": "x"}],  # type: ignore[list-item,misc]
-                max_tokens=1,
-            )  # fmt: skip
+                model=m, messages=[{"role": "user", "content": "x"}], max_tokens=1, top_p=2
+            )
+        assert bad.value.status_code == 400 and "top_p" in bad.value.message
         # the engine's errors leave the endpoint usable
         ok = await c.completions.create(model=m, prompt="ok", max_tokens=1)
         assert ok.usage is not None and ok.usage.completion_tokens == 1
