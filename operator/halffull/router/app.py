@@ -132,7 +132,10 @@ class Router:
         )
         self.upstream = Upstream(self.settings.timeouts.connect_seconds)
         self.poller = Poller(
-            self.dispatcher, self.session, lambda: self.settings.engine_metrics_port
+            self.dispatcher,
+            self.session,
+            self.upstream,
+            lambda: self.settings.engine_metrics_port,
         )
         self.poller.sync()
         if self.settings_file is not None:
