@@ -13,7 +13,7 @@ from typing import Any
 
 import openai
 import pytest
-from router_helpers import base, make_settings, running_router
+from router_helpers import TOOL_TURNS, WEATHER_TOOLS, base, make_settings, running_router
 
 from halffull.router.app import Router
 from halffull.sim.profiles import StepModel
@@ -138,20 +138,7 @@ def test_body_too_large_is_a_status_error() -> None:
     with_router(test, engines=1, max_body_bytes=4096)
 
 
-TOOLS: Any = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
+TOOLS = WEATHER_TOOLS
 
 
 def test_chat_accepts_what_vllm_accepts() -> None:
@@ -171,13 +158,7 @@ def test_chat_accepts_what_vllm_accepts() -> None:
         )  # fmt: skip
         assert first.choices[0].message.role == "assistant"
         assert first.usage is not None and first.usage.prompt_tokens > 0
-        conversation: Any = [
-            *parts,
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_1", "type": "function",
-                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-            {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 21}'},
-        ]  # fmt: skip
+        conversation: Any = [*parts, *TOOL_TURNS]
         second = await c.chat.completions.create(
             model=MODEL, messages=conversation, tools=TOOLS, tool_choice="auto", max_tokens=3
         )

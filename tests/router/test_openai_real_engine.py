@@ -20,7 +20,7 @@ from typing import Any
 
 import openai
 import pytest
-from router_helpers import base, make_settings, running_router
+from router_helpers import TOOL_TURNS, WEATHER_TOOLS, base, make_settings, running_router
 
 from halffull.api.runtime_config import RouterTimeouts
 from halffull.router.app import Router
@@ -30,20 +30,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.slow]
 MAX_MODEL_LEN = 1024
 KV_BYTES = 16 * 1024 * 1024  # 8192 tokens at 2 KiB per token
 TEMPLATE = Path(__file__).with_name("chat_template.jinja")
-TOOLS: Any = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
+TOOLS = WEATHER_TOOLS
 FIXED = {"ignore_eos": True}
 """vLLM's own field: exactly max_tokens tokens, whatever the random weights sample."""
 
@@ -178,13 +165,7 @@ def test_a_tool_calling_conversation(engine: Engine) -> None:
         {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
         {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
     ]
-    conversation: Any = [
-        *opening,
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 21}'},
-    ]  # fmt: skip
+    conversation: Any = [*opening, *TOOL_TURNS]
 
     async def prompt_tokens(c: openai.AsyncOpenAI, messages: Any) -> int:
         done = await c.chat.completions.create(

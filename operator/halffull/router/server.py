@@ -23,6 +23,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 
@@ -40,29 +41,18 @@ _REASONS = {s.value: s.phrase.encode("latin-1") for s in HTTPStatus}
 _SERVER = b"halffull-router"
 
 
+@dataclass(slots=True)
 class Request:
     """One parsed request: the body is read whole before the handler runs."""
 
-    __slots__ = ("body", "http10", "keep_alive", "method", "path", "raw_headers", "too_large")
-
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        raw_headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        keep_alive: bool,
-        http10: bool,
-        too_large: bool,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.raw_headers = raw_headers
-        self.body = body
-        self.keep_alive = keep_alive
-        self.http10 = http10
-        self.too_large = too_large
-        """The body was over the bound and was discarded (`body` is empty)."""
+    method: str
+    path: str
+    raw_headers: list[tuple[bytes, bytes]]
+    body: bytes
+    keep_alive: bool
+    http10: bool
+    too_large: bool
+    """The body was over the bound and was discarded (`body` is empty)."""
 
     def header(self, name: bytes) -> str | None:
         """The first value of a header (`name` in lower case)."""
@@ -72,15 +62,13 @@ class Request:
         return None
 
 
+@dataclass(slots=True)
 class Answer:
     """A whole answer: status, end-to-end headers and body."""
 
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
-        self.status = status
-        self.body = body
-        self.headers = headers
+    status: int
+    body: bytes
+    headers: Iterable[tuple[str, str]] = ()
 
 
 def json_answer(
