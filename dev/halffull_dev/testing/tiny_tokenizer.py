@@ -6,6 +6,9 @@ byte-level BPE without merges (every UTF-8 byte is one token, so any text encode
 specials `<s>` and `</s>` at ids 1 and 2 (the model config's BOS and EOS), and filler tokens
 up to the model's vocabulary size, so that every id the random weights can sample decodes to
 text. No chat template is included: tests pass one with vLLM's `--chat-template`.
+
+`hack/make-tiny-model.py` (the images' tiny model) trains a BPE on text instead; this one has no
+merges, so that a test can count a prompt's tokens as its UTF-8 bytes.
 """
 
 from __future__ import annotations
@@ -36,13 +39,7 @@ def write_tiny_tokenizer(directory: Path, vocab_size: int = TINY_VOCAB_SIZE) -> 
     tokenizer.add_special_tokens(list(SPECIALS))
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(directory / "tokenizer.json"))
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "model_max_length": 1_000_000,
-        "add_bos_token": False,
-    }
+    specials = dict(zip(("unk_token", "bos_token", "eos_token"), SPECIALS, strict=True))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, **specials}
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return directory
