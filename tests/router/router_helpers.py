@@ -16,6 +16,37 @@ from halffull.router.app import Router
 from halffull.router.config import Settings
 from halffull_dev.testing import volumes
 
+WEATHER_TOOLS: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+"""One function tool, for the tool-calling conversations of the OpenAI client tests."""
+TOOL_TURNS: Any = [
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 21}'},
+]
+"""An assistant turn that calls the tool (content null) and the tool's result."""
+
 
 async def wait_for(condition: Callable[[], bool], what: str, limit_s: float = 60.0) -> None:
     """Wait until `condition()` holds; the limit only stops a broken test from hanging."""

@@ -13,9 +13,10 @@ from typing import Any
 
 import openai
 import pytest
-from router_helpers import base, make_settings, running_router
+from router_helpers import TOOL_TURNS, WEATHER_TOOLS, base, make_settings, running_router
 
 from halffull.router.app import Router
+from halffull.sim.profiles import StepModel
 from halffull_dev.testing.fake_engine import FakeEngine
 
 MODEL = "fake-model"
@@ -137,20 +138,7 @@ def test_body_too_large_is_a_status_error() -> None:
     with_router(test, engines=1, max_body_bytes=4096)
 
 
-TOOLS: Any = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
+TOOLS = WEATHER_TOOLS
 
 
 def test_chat_accepts_what_vllm_accepts() -> None:
@@ -170,13 +158,7 @@ def test_chat_accepts_what_vllm_accepts() -> None:
         )  # fmt: skip
         assert first.choices[0].message.role == "assistant"
         assert first.usage is not None and first.usage.prompt_tokens > 0
-        conversation: Any = [
-            *parts,
-            {"role": "assistant", "content": None, "tool_calls": [
-                {"id": "call_1", "type": "function",
-                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
-            {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 21}'},
-        ]  # fmt: skip
+        conversation: Any = [*parts, *TOOL_TURNS]
         second = await c.chat.completions.create(
             model=MODEL, messages=conversation, tools=TOOLS, tool_choice="auto", max_tokens=3
         )
@@ -189,3 +171,33 @@ def test_chat_accepts_what_vllm_accepts() -> None:
         assert [ch async for ch in stream][-1].choices[0].finish_reason == "length"
 
     with_router(test)
+
+
+def test_overload_is_a_rate_limit_error() -> None:
+    """The router's 429 (every replica saturated) with Retry-After, as the client's
+    RateLimitError."""
+
+    async def main() -> None:
+        slow = FakeEngine(model=MODEL, step_model=StepModel.flat(step_s=0.05, token_s=1e-3))
+        await slow.start()
+        settings = make_settings([slow.url], max_num_batched_tokens=256, shed_queued_batches=2)
+        try:
+            async with running_router(settings) as router, client(router) as c:
+
+                async def one(n: int) -> BaseException | None:
+                    try:
+                        await c.completions.create(model=MODEL, prompt=[n + 1] * 256, max_tokens=1)
+                    except openai.APIStatusError as exc:
+                        return exc
+                    return None
+
+                results = await asyncio.gather(*(one(n) for n in range(12)))
+                shed = [r for r in results if r is not None]
+                assert shed and len(shed) < len(results)
+                for exc in shed:
+                    assert isinstance(exc, openai.RateLimitError), exc
+                    assert int(exc.response.headers["Retry-After"]) >= 1
+        finally:
+            await slow.stop()
+
+    asyncio.run(main())

@@ -3,7 +3,8 @@
 `Router` owns the settings in force, the `Dispatcher` (endpoint table, accounting, policy), one
 `aiohttp.ClientSession` shared by the proxied requests and the polls, and the background tasks:
 the per-endpoint pollers (`poller.py`), the configuration reload (`reload.py`) and DNS
-discovery. The public app is `proxy.py`, the admin app `admin.py`, the metrics `metrics.py`.
+discovery. The public port is `proxy.py` on the lean server of `server.py`; the admin port is an
+aiohttp app (`admin.py`); the metrics are `metrics.py`.
 """
 
 from __future__ import annotations
@@ -104,7 +105,6 @@ class Router:
         self.port = 0
         self.admin_port = 0
         self.public = PublicApi(self, max_body_bytes=max_body_bytes)
-        self.app = self.public.app
         self.admin = admin_app(self)
         self._apply_endpoints()
 
@@ -132,13 +132,16 @@ class Router:
         )
         self.upstream = Upstream(self.settings.timeouts.connect_seconds)
         self.poller = Poller(
-            self.dispatcher, self.session, lambda: self.settings.engine_metrics_port
+            self.dispatcher,
+            self.session,
+            self.upstream,
+            lambda: self.settings.engine_metrics_port,
         )
         self.poller.sync()
         if self.settings_file is not None:
             self._tasks.append(asyncio.create_task(self._watch_config()))
         self._tasks.append(asyncio.create_task(self._discover_loop()))
-        self.port = await self._serve(self.app, host, port)
+        self.port = await self.public.server.start(host, port)
         self.admin_port = await self._serve(self.admin, host, admin_port)
         log.info(
             "router on %s:%d (admin %d), policy %s, %d endpoints",
@@ -150,7 +153,6 @@ class Router:
         )
 
     async def _serve(self, app: web.Application, host: str, port: int) -> int:
-        # requests in flight are finished by `stop` itself (PublicApi.finish)
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
@@ -169,13 +171,10 @@ class Router:
         """Close the public listener, let answers in flight finish for up to the drain grace
         (those still running then end with an error), then close the admin port."""
         self.draining = True
-        if self._runners:
-            public = self._runners[0]
-            for site in list(public.sites):
-                await site.stop()  # no new connections
-            if public.server is not None:
-                public.server.pre_shutdown()  # idle keep-alive connections close now
-            await self.public.finish(self.drain_grace_s)
+        server = self.public.server
+        server.stop_listening()  # no new connections; idle keep-alive ones close now
+        await self.public.finish(self.drain_grace_s)
+        server.close()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()

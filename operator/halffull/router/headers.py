@@ -26,7 +26,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "authorization"}
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "authorization", "expect"}
+"""Expect: the router reads the whole body before it forwards a request."""
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "server", "date"}
 """Server and Date are the router's own, set on every answer it sends."""
 
@@ -37,16 +38,20 @@ def _connection_tokens(values: Iterable[str]) -> set[str]:
 
 
 RawHeaders = Sequence[tuple[bytes, bytes]]
-"""Headers as the client sent them (aiohttp's `request.raw_headers`)."""
+"""Headers as the client sent them (name and value bytes, in order)."""
+_NOT_FORWARDED_RAW = frozenset(name.encode("latin-1") for name in _NOT_FORWARDED)
 
 
 def _forwarded(raw: RawHeaders) -> Iterator[tuple[bytes, bytes]]:
-    named = _connection_tokens(
-        value.decode("latin-1") for name, value in raw if name.lower() == b"connection"
-    )
+    """Compared as bytes, without decoding: this runs for every proxied request."""
+    named: frozenset[bytes] = frozenset()
     for name, value in raw:
-        low = name.lower().decode("latin-1")
-        if low not in _NOT_FORWARDED and low not in named:
+        if name.lower() == b"connection":
+            tokens = _connection_tokens([value.decode("latin-1")])
+            named = named | {t.encode("latin-1") for t in tokens}
+    for name, value in raw:
+        low = name.lower()
+        if low not in _NOT_FORWARDED_RAW and low not in named:
             yield name, value
 
 
@@ -60,7 +65,7 @@ def to_engine(raw: RawHeaders, engine_key: str | None) -> dict[str, str]:
 
 def engine_header_block(raw: RawHeaders, engine_key: str | None) -> bytes:
     """The same headers serialised for `Upstream.request`: one CRLF-ended line each, as the
-    client sent them (aiohttp's parser refuses CR and LF inside a value)."""
+    client sent them (the server's parser refuses CR and LF inside a value)."""
     parts: list[bytes] = []
     for name, value in _forwarded(raw):
         parts += (name, b": ", value, b"\r\n")
@@ -69,7 +74,16 @@ def engine_header_block(raw: RawHeaders, engine_key: str | None) -> bytes:
     return b"".join(parts)
 
 
+def client_pairs(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The engine's response headers the client gets, in order (repeated ones, like
+    Set-Cookie, kept)."""
+    drop = _NOT_RETURNED
+    connection = [v for k, v in headers if k.lower() == "connection"]
+    if connection:
+        drop = drop | _connection_tokens(connection)
+    return [(k, v) for k, v in headers if k.lower() not in drop]
+
+
 def to_client(headers: MultiMapping[str]) -> CIMultiDict[str]:
-    """The engine's response headers the client gets (repeated ones, like Set-Cookie, kept)."""
-    drop = _NOT_RETURNED | _connection_tokens(headers.getall("Connection", ()))
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    """The same for a multidict of headers (aiohttp's client)."""
+    return CIMultiDict(client_pairs(list(headers.items())))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -26,19 +27,27 @@ _KINDS = {
 }
 
 
+def error_body(
+    status: int, message: str, kind: str | None = None, param: str | None = None
+) -> bytes:
+    """The JSON body of an error answer; `kind` defaults to the status's usual class name."""
+    error = {
+        "message": message,
+        "type": kind or _KINDS.get(status, "Error"),
+        "param": param,
+        "code": status,
+    }
+    return json.dumps({"error": error}).encode()
+
+
 def json_error(
     status: int, message: str, kind: str | None = None, param: str | None = None
 ) -> web.Response:
-    return web.json_response(
-        {
-            "error": {
-                "message": message,
-                "type": kind or _KINDS.get(status, "Error"),
-                "param": param,
-                "code": status,
-            }
-        },
+    """The same as an aiohttp response (the admin port)."""
+    return web.Response(
+        body=error_body(status, message, kind, param),
         status=status,
+        content_type="application/json",
     )
 
 

@@ -22,18 +22,20 @@ import aiohttp
 from halffull.api.runtime_config import RouterDiscovery, RouterEndpoint
 from halffull.policy.dispatch import Dispatcher
 from halffull.policy.endpoints import Endpoint
+from halffull.router.upstream import (
+    BodyBroken,
+    ConnectFailed,
+    ConnectTimeout,
+    Disconnected,
+    Upstream,
+    UpstreamError,
+)
 from halffull.runtime.plugin_metrics import parse_plugin_gauges
 from halffull.runtime.vllm_metrics import MetricsParseError, parse_engine_metrics
 
 log = logging.getLogger("halffull.router")
 
-CONNECT_ERRORS = (
-    aiohttp.ClientConnectorError,
-    aiohttp.ConnectionTimeoutError,
-    aiohttp.ServerDisconnectedError,
-    aiohttp.ClientOSError,
-    ConnectionResetError,
-)
+CONNECT_ERRORS = (ConnectFailed, ConnectTimeout, Disconnected, BodyBroken, ConnectionResetError)
 """The connection was refused or reset: the endpoint is down (not merely slow or broken)."""
 
 
@@ -44,10 +46,14 @@ class Poller:
         self,
         dispatcher: Dispatcher,
         session: aiohttp.ClientSession,
+        upstream: Upstream,
         plugin_port: Callable[[], int | None] = lambda: None,
     ) -> None:
         self.dispatcher = dispatcher
         self.session = session
+        """For the plugin's gauges (another port, polled only when configured)."""
+        self.upstream = upstream
+        """The engine's /metrics: the proxied requests' pooled client, the cheaper one per poll."""
         self.plugin_port = plugin_port
         """Where the engines' plugin serves its exact gauges (read at every poll: live)."""
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -82,15 +88,14 @@ class Poller:
 
     async def poll_once(self, ep: Endpoint) -> None:
         seq = ep.poll_started()
-        timeout = aiohttp.ClientTimeout(total=max(1.0, 5 * self.dispatcher.poll_interval_s))
         try:
             port = self.plugin_port()
             exact = asyncio.create_task(self._plugin(ep, port)) if port else None
-            async with self.session.get(ep.url + "/metrics", timeout=timeout) as resp:
-                text = await resp.text()
+            async with asyncio.timeout(max(1.0, 5 * self.dispatcher.poll_interval_s)):
+                status, text = await self._get_metrics(ep.url)
             ep.reachable()
-            if resp.status != 200:
-                raise MetricsParseError(f"/metrics answered {resp.status}")
+            if status != 200:
+                raise MetricsParseError(f"/metrics answered {status}")
             stats = parse_engine_metrics(text)
             if exact is not None:
                 waiting, free = await exact
@@ -102,9 +107,21 @@ class Poller:
             if not ep.down:
                 log.warning("endpoint %s down (poll): %s", ep.name, exc)
             self.dispatcher.unreachable(ep, time.monotonic())
-        except (TimeoutError, aiohttp.ClientError, MetricsParseError, UnicodeDecodeError) as exc:
+        except (TimeoutError, UpstreamError, MetricsParseError, UnicodeDecodeError) as exc:
             ep.poll_failed()
             log.debug("poll of %s failed: %s", ep.name, exc)
+
+    async def _get_metrics(self, url: str) -> tuple[int, str]:
+        """GET /metrics: the status and the text (the connection goes back to the pool only
+        when the answer was read whole)."""
+        resp = await self.upstream.request(url, "GET", "/metrics", b"", b"")
+        try:
+            data = await resp.read()
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        return resp.status, data.decode()
 
     async def _plugin(self, ep: Endpoint, port: int) -> tuple[float | None, float | None]:
         """The plugin's gauges from the endpoint's host at `port`; (None, None) when it does not

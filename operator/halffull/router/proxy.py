@@ -21,15 +21,14 @@ import logging
 from typing import TYPE_CHECKING, Literal
 
 import aiohttp
-from aiohttp import web
 
 from halffull import defaults as D
 from halffull.policy.endpoints import Endpoint, Ticket
 from halffull.policy.routing import RouteRequest
 from halffull.router.failures import Failure, classify
-from halffull.router.headers import engine_header_block, to_client, to_engine
-from halffull.router.http_errors import Handler, errors_middleware, json_error
+from halffull.router.headers import client_pairs, engine_header_block, to_client, to_engine
 from halffull.router.requests import ParsedRequest, RequestError, parse_request
+from halffull.router.server import Answer, LeanServer, Request, Stream, json_answer
 from halffull.router.upstream import Response, UpstreamError
 from halffull.router.watchdog import Watchdog
 
@@ -39,62 +38,63 @@ if TYPE_CHECKING:
 log = logging.getLogger("halffull.router")
 
 SHUTTING_DOWN = "the router is shutting down and its grace period ran out; retry the request"
+_ROUTES: dict[str, Literal["completions", "chat"]] = {
+    "/v1/completions": "completions",
+    "/v1/chat/completions": "chat",
+}
 
 
-def _client_gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
-async def _error_event(out: web.StreamResponse, message: str, code: int) -> None:
+async def _error_event(out: Stream, message: str, code: int) -> None:
     """End a stream that has started with an error event (OpenAI clients raise it)."""
     event = {"error": {"message": message, "type": "UpstreamError", "code": code}}
-    with contextlib.suppress(ConnectionResetError, RuntimeError):
+    with contextlib.suppress(ConnectionResetError):
         await out.write(b"data: " + json.dumps(event).encode() + b"\n\n")
 
 
 class PublicApi:
-    """The OpenAI-compatible app (`.app`) of one `Router`."""
+    """The OpenAI-compatible port of one `Router` (`.server`, see `server.py`)."""
 
     def __init__(self, router: Router, *, max_body_bytes: int) -> None:
         self.router = router
+        self.max_body_bytes = max_body_bytes
         self.active: set[asyncio.Task[object]] = set()
         """The proxied requests in progress (their handler tasks), for the drain at shutdown."""
-        self.app = web.Application(
-            client_max_size=max_body_bytes, middlewares=[errors_middleware, self._auth]
-        )
-        self.app.add_routes(
-            [
-                web.post("/v1/completions", self._completions),
-                web.post("/v1/chat/completions", self._chat),
-                web.get("/v1/models", self._models),
-            ]
+        self.server = LeanServer(
+            self._handle, max_body_bytes=max_body_bytes, draining=lambda: router.draining
         )
 
-    @web.middleware
-    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _handle(self, request: Request, out: Stream) -> Answer | None:
+        """Authentication, then the route."""
         key = self.router.api_key
         if key is not None:
             key.refresh()
-            if not key.accepts(request.headers.get("Authorization", "")):
-                return json_error(401, "missing or wrong bearer token in the Authorization header")
-        return await handler(request)
-
-    async def _completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._proxy(request, "completions")
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._proxy(request, "chat")
+            if not key.accepts(request.header(b"authorization") or ""):
+                return json_answer(401, "missing or wrong bearer token in the Authorization header")
+        kind = _ROUTES.get(request.path)
+        if kind is not None:
+            if request.method != "POST":
+                return _not_allowed("POST")
+            return await self._proxy(request, out, kind)
+        if request.path == "/v1/models":
+            if request.method not in ("GET", "HEAD"):
+                return _not_allowed("GET, HEAD")
+            return await self._models(request)
+        return json_answer(404, "Not Found")
 
     async def _proxy(
-        self, request: web.Request, kind: Literal["completions", "chat"]
-    ) -> web.StreamResponse:
+        self, request: Request, out: Stream, kind: Literal["completions", "chat"]
+    ) -> Answer | None:
         router = self.router
         metrics, clock = router.metrics, router.loop_time
         started = clock()
         route = request.path
+        if request.too_large:
+            metrics.answered(route, 413)
+            return json_answer(
+                413, f"the request body is too large: more than {self.max_body_bytes} bytes"
+            )
+        body = request.body
         try:
-            body = await request.read()
             prefix = router.dispatcher.policy.uses_prefix
             parsed = parse_request(
                 kind,
@@ -104,13 +104,13 @@ class PublicApi:
                 prefix_block_tokens=router.dispatcher.prefix_index.block_tokens if prefix else None,
                 encode=router.encode,
             )
-        except (RequestError, web.HTTPException) as exc:
+        except RequestError as exc:
             metrics.answered(route, exc.status)
-            raise
+            return json_answer(exc.status, exc.message, param=exc.param)
         task: asyncio.Task[object] = asyncio.current_task()  # type: ignore[assignment]
         self.active.add(task)
         try:
-            return await self._route(request, parsed, body, route, started)
+            return await self._route(request, out, parsed, route, started)
         finally:
             self.active.discard(task)
 
@@ -126,8 +126,8 @@ class PublicApi:
             await asyncio.wait(rest, timeout=2.0)
 
     async def _route(
-        self, request: web.Request, parsed: ParsedRequest, body: bytes, route: str, started: float
-    ) -> web.StreamResponse:
+        self, request: Request, out: Stream, parsed: ParsedRequest, route: str, started: float
+    ) -> Answer | None:
         router = self.router
         metrics, clock = router.metrics, router.loop_time
         engine_key = router.engine_key
@@ -153,14 +153,12 @@ class PublicApi:
             if dispatcher.overloaded(attempts, settings.shed_queued_batches, now):
                 metrics.shed.inc()
                 code = 429
-                return self._answer(
-                    json_error(
-                        429,
-                        f"every engine replica has more than {settings.shed_queued_batches} "
-                        "steps of prefill queued; retry later",
-                        "RateLimitError",
-                    ),
-                    retry_after=True,
+                return json_answer(
+                    429,
+                    f"every engine replica has more than {settings.shed_queued_batches} "
+                    "steps of prefill queued; retry later",
+                    "RateLimitError",
+                    retry_after=D.SHED_RETRY_AFTER_S,
                 )
             timeouts = settings.timeouts
             for i, attempt in enumerate(attempts):
@@ -173,7 +171,7 @@ class PublicApi:
                 metrics.chosen(ep.name)
                 dog = Watchdog(timeouts.first_byte_seconds, timeouts.stream_idle_seconds)
                 try:
-                    upstream = await pool.request(ep.url, "POST", route, headers, body)
+                    upstream = await pool.request(ep.url, "POST", route, headers, request.body)
                 except (UpstreamError, OSError) as exc:
                     dog.stop()
                     ticket.close()
@@ -182,7 +180,7 @@ class PublicApi:
                         last = failure
                         continue
                     code = failure.status
-                    return self._answer(json_error(code, failure.message))
+                    return json_answer(code, failure.message)
                 except asyncio.CancelledError:
                     dog.stop()
                     ticket.close()
@@ -191,24 +189,23 @@ class PublicApi:
                         raise
                     self._failed(ep, timeout)
                     code = 504
-                    return self._answer(json_error(504, timeout.message, "GatewayTimeout"))
+                    return json_answer(504, timeout.message, "GatewayTimeout")
                 except BaseException:
                     dog.stop()
                     ticket.close()
                     raise
-                response = await self._relay(request, upstream, ticket, ep, started, dog)
-                code = response.status
-                return response
+                answer, code = await self._relay(out, upstream, ticket, ep, started, dog)
+                return answer
             message = "no engine replica is available; try again later"
             if last is not None:
                 message += f" (last: {last.message})"
-            return self._answer(json_error(503, message))
+            return json_answer(503, message)
         except asyncio.CancelledError:
-            if router.draining and not _client_gone(request):
+            if router.draining and not out.client_gone() and not out.started:
                 # the drain grace ran out before the engine answered: say so, do not just hang up
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
                 code = 503
-                return self._answer(json_error(503, SHUTTING_DOWN))
+                return json_answer(503, SHUTTING_DOWN)
             metrics.disconnects.inc()
             code = 499
             raise
@@ -229,56 +226,44 @@ class PublicApi:
             router.dispatcher.suspect(ep, router.loop_time())
         return failure
 
-    def _answer(self, resp: web.StreamResponse, retry_after: bool = False) -> web.StreamResponse:
-        """Every answer the router gives: while it drains, each one closes its connection, so
-        clients reconnect through the Service to a router that stays."""
-        if retry_after:
-            resp.headers["Retry-After"] = str(D.SHED_RETRY_AFTER_S)
-        if self.router.draining:
-            resp.force_close()
-        return resp
-
     async def _relay(
         self,
-        request: web.Request,
+        out: Stream,
         upstream: Response,
         ticket: Ticket,
         ep: Endpoint,
         started: float,
         dog: Watchdog,
-    ) -> web.StreamResponse:
-        """Pass the engine's answer (status, end-to-end headers, body) to the client; always
-        ends the watchdog, the ticket and the upstream response (closing the connection when the
-        answer did not complete, which makes vLLM abort the request)."""
+    ) -> tuple[Answer | None, int]:
+        """Pass the engine's answer (status, end-to-end headers, body) to the client, and the
+        status for the metrics; always ends the watchdog, the ticket and the upstream response
+        (closing the connection when the answer did not complete, which makes vLLM abort the
+        request)."""
         metrics = self.router.metrics
         complete = False
         try:
-            ctype = upstream.headers.get("Content-Type", "application/json")
+            ctype = upstream.header("Content-Type") or "application/json"
             if upstream.status != 200 or not ctype.startswith("text/event-stream"):
                 try:
                     data = await upstream.read()
                 except (UpstreamError, OSError) as exc:
                     failure = self._failed(ep, classify(exc))
-                    return self._answer(json_error(failure.status, failure.message))
+                    return json_answer(failure.status, failure.message), failure.status
                 except asyncio.CancelledError:
                     timeout = dog.claimed()
                     if timeout is None:
                         raise
                     self._failed(ep, timeout)
-                    return self._answer(json_error(504, timeout.message, "GatewayTimeout"))
+                    return json_answer(504, timeout.message, "GatewayTimeout"), 504
                 ticket.first_token()
                 complete = True
                 if upstream.status >= 500:
                     metrics.upstream_error(ep.name, f"http_{upstream.status}")
                 else:
                     ep.answered()
-                return self._answer(
-                    web.Response(
-                        body=data, status=upstream.status, headers=to_client(upstream.headers)
-                    )
-                )
-            out = self._answer(web.StreamResponse(status=200, headers=to_client(upstream.headers)))
-            await out.prepare(request)
+                answer = Answer(upstream.status, data, client_pairs(upstream.header_list))
+                return answer, upstream.status
+            out.start(200, client_pairs(upstream.header_list))
             try:
                 async for chunk in upstream.chunks():
                     dog.activity()
@@ -289,9 +274,9 @@ class PublicApi:
                 complete = True
                 ep.answered()
             except (UpstreamError, OSError) as exc:
-                if isinstance(exc, ConnectionResetError) and _client_gone(request):
+                if isinstance(exc, ConnectionResetError) and out.client_gone():
                     metrics.disconnects.inc()  # the client went away while we wrote
-                    return out
+                    return None, 200
                 # the engine died mid-answer: headers are sent, so tell the client in-band
                 failure = self._failed(ep, classify(exc))
                 await _error_event(out, failure.message, failure.status)
@@ -300,16 +285,14 @@ class PublicApi:
                 if timeout is not None:
                     self._failed(ep, timeout)
                     await _error_event(out, timeout.message, 504)
-                elif self.router.draining and not _client_gone(request):
+                elif self.router.draining and not out.client_gone():
                     # the drain grace ran out: end the stream in-band rather than cut it
                     asyncio.current_task().uncancel()  # type: ignore[union-attr]
                     metrics.upstream_error(ep.name, "shutdown")
                     await _error_event(out, SHUTTING_DOWN, 503)
                 else:
                     raise
-            with contextlib.suppress(ConnectionResetError):
-                await out.write_eof()
-            return out
+            return None, 200
         finally:
             dog.stop()
             ticket.close()
@@ -318,7 +301,7 @@ class PublicApi:
             else:
                 upstream.close()
 
-    async def _models(self, request: web.Request) -> web.StreamResponse:
+    async def _models(self, request: Request) -> Answer:
         router = self.router
         assert router.session is not None
         engine_key = router.engine_key
@@ -329,13 +312,15 @@ class PublicApi:
                     ep.url + "/v1/models", headers=headers, timeout=router.client_timeout
                 ) as upstream:
                     data = await upstream.read()
-                    return self._answer(
-                        web.Response(
-                            body=data, status=upstream.status, headers=to_client(upstream.headers)
-                        )
-                    )
+                    return Answer(upstream.status, data, to_client(upstream.headers).items())
             except (aiohttp.ClientError, OSError) as exc:
                 failure = self._failed(ep, classify(exc))
                 if not failure.retry:
-                    return self._answer(json_error(failure.status, failure.message))
-        return self._answer(json_error(503, "no engine replica is available; try again later"))
+                    return json_answer(failure.status, failure.message)
+        return json_answer(503, "no engine replica is available; try again later")
+
+
+def _not_allowed(allowed: str) -> Answer:
+    answer = json_answer(405, "Method Not Allowed")
+    answer.headers = [*answer.headers, ("Allow", allowed)]
+    return answer

@@ -81,12 +81,29 @@ class Response:
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
         self.status = 0
-        self.headers: CIMultiDict[str] = CIMultiDict()
+        self.header_list: list[tuple[str, str]] = []
+        """The answer's headers in order, as received."""
+        self._headers: CIMultiDict[str] | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._done = False
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def headers(self) -> CIMultiDict[str]:
+        """The headers by (case-insensitive) name; built on first use."""
+        if self._headers is None:
+            self._headers = CIMultiDict(self.header_list)
+        return self._headers
+
+    def header(self, name: str) -> str | None:
+        """The first value of a header, without building the multidict."""
+        low = name.lower()
+        for key, value in self.header_list:
+            if key.lower() == low:
+                return value
+        return None
 
     # -- fed by the connection ---------------------------------------------------------------
 
@@ -198,7 +215,7 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
-        self.response.headers.add(name.decode("latin-1"), value.decode("latin-1"))
+        self.response.header_list.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         response = self.response
