@@ -46,6 +46,25 @@ def node_ctr(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]
     return subprocess.run(cmd, capture_output=True, text=True, check=check)
 
 
+def ready_ips(cluster: Cluster, namespace: str, service: str) -> list[str]:
+    """The ready addresses of a Service's Endpoints."""
+    eps = cluster.get("endpoints", service, namespace) or {}
+    return [a["ip"] for s in eps.get("subsets") or [] for a in s.get("addresses") or []]
+
+
+def serve_ready(cluster: Cluster, namespace: str, name: str, manifest: str, engines: int) -> str:
+    """Apply an LLMService, wait until it is Ready with all its engines behind their Service,
+    and return the URL of its Service's cluster IP."""
+    cluster.apply(namespace, manifest)
+    wait_for(lambda: conditions(cluster.get("llms", name, namespace)).get("Ready", {})
+             .get("status") == "True", timeout=180, what=f"{name} Ready=True")  # fmt: skip
+    wait_for(lambda: len(ready_ips(cluster, namespace, f"{name}-engine")) == engines,
+             timeout=60, what="every engine in the engine Service's Endpoints")  # fmt: skip
+    svc = cluster.get("service", name, namespace)
+    assert svc is not None
+    return f"http://{svc['spec']['clusterIP']}:8000"
+
+
 def kill_container(pod: dict[str, Any]) -> None:
     """SIGKILL the pod's first container through containerd, as a crash would end it."""
     cid = pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")

@@ -19,18 +19,13 @@ import pytest
 from halffull_dev.testing.rollout import LoadReport, open_loop
 from tests.cluster.test_operator import manifest
 from tests.conftest import Cluster, OperatorProcess, wait_for
-from tests.node.conftest import conditions, pods
+from tests.node.conftest import conditions, pods, ready_ips, serve_ready
 from tests.node.test_serving_e2e import FAKE_ENGINE, MODEL
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.slow]
 
 RATE = 30.0
 """Requests per second: streams of 16 tokens at 20 ms each keep about 10 in flight."""
-
-
-def ready_ips(cluster: Cluster, namespace: str, service: str) -> list[str]:
-    eps = cluster.get("endpoints", service, namespace) or {}
-    return [a["ip"] for s in eps.get("subsets") or [] for a in s.get("addresses") or []]
 
 
 def names(found: list[dict[str, Any]]) -> set[str]:
@@ -79,17 +74,10 @@ def test_router_rollout_and_engine_deletion_lose_no_request(
     node_cluster: Cluster, node_namespace: str, node_operator: OperatorProcess
 ) -> None:
     cluster, namespace = node_cluster, node_namespace
-    cluster.apply(namespace, manifest("roll", replicas=2, engine=FAKE_ENGINE,
-                                      router={"pollIntervalMs": 50}))  # fmt: skip
-    wait_for(lambda: conditions(cluster.get("llms", "roll", namespace)).get("Ready", {})
-             .get("status") == "True", timeout=180, what="Ready=True")  # fmt: skip
-    wait_for(lambda: len(ready_ips(cluster, namespace, "roll-engine")) == 2, timeout=60,
-             what="both engines in the engine Service's Endpoints")  # fmt: skip
+    url = serve_ready(cluster, namespace, "roll", manifest("roll", replicas=2, engine=FAKE_ENGINE,
+                      router={"pollIntervalMs": 50}), engines=2)  # fmt: skip
     wait_for(lambda: len(ready_ips(cluster, namespace, "roll")) == 1, timeout=60,
              what="the router in its Service's Endpoints")  # fmt: skip
-    svc = cluster.get("service", "roll", namespace)
-    assert svc is not None
-    url = f"http://{svc['spec']['clusterIP']}:8000"
     old_router = names(pods(cluster, namespace, "router"))
     old_engines = names(pods(cluster, namespace, "engine"))
 

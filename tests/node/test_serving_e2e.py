@@ -18,7 +18,15 @@ import pytest
 
 from tests.cluster.test_operator import manifest
 from tests.conftest import Cluster, OperatorProcess, wait_for
-from tests.node.conftest import conditions, kill_container, pods, post, router_metric
+from tests.node.conftest import (
+    conditions,
+    kill_container,
+    pods,
+    post,
+    ready_ips,
+    router_metric,
+    serve_ready,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.slow]
 
@@ -116,16 +124,8 @@ def test_killed_engine_is_restarted_while_the_router_routes_around_it(
     node_cluster: Cluster, node_namespace: str, node_operator: OperatorProcess
 ) -> None:
     cluster, namespace = node_cluster, node_namespace
-    cluster.apply(namespace, manifest("kill", replicas=2, engine=FAKE_ENGINE,
-                                      router={"pollIntervalMs": 50}))  # fmt: skip
-    wait_for(lambda: conditions(cluster.get("llms", "kill", namespace)).get("Ready", {})
-             .get("status") == "True", timeout=180, what="Ready=True")  # fmt: skip
-    wait_for(lambda: len(((cluster.get("endpoints", "kill-engine", namespace) or {})
-                          .get("subsets") or [{}])[0].get("addresses") or []) == 2,
-             timeout=60, what="both engines in the engine Service's Endpoints")  # fmt: skip
-    svc = cluster.get("service", "kill", namespace)
-    assert svc is not None
-    url = f"http://{svc['spec']['clusterIP']}:8000/v1/completions"
+    url = serve_ready(cluster, namespace, "kill", manifest("kill", replicas=2, engine=FAKE_ENGINE,
+                      router={"pollIntervalMs": 50}), engines=2) + "/v1/completions"  # fmt: skip
     victim = pods(cluster, namespace, "engine")[0]
     victim_ip = victim["status"]["podIP"]
 
@@ -158,8 +158,7 @@ def test_killed_engine_is_restarted_while_the_router_routes_around_it(
     dead_at = time.monotonic()
 
     def ready_addresses() -> list[str]:
-        eps = cluster.get("endpoints", "kill-engine", namespace) or {}
-        return [a["ip"] for s in eps.get("subsets") or [] for a in s.get("addresses") or []]
+        return ready_ips(cluster, namespace, "kill-engine")
 
     # readiness gates the Service: the victim leaves its Endpoints, then comes back restarted
     wait_for(lambda: victim_ip not in ready_addresses(), timeout=60, interval=0.2,
