@@ -19,7 +19,8 @@ CACHE="${HALFFULL_CACHE:-$HOME/.cache/halffull}"
 OUT="$CACHE/images"
 # Bump when the way images are built changes: every image is rebuilt.
 RECIPE=1
-BUILDAH=(buildah --root "$CACHE/buildah/storage" --runroot /run/halffull-buildah
+# The run root (locks, mounts) belongs to one storage: a second HALFFULL_CACHE needs its own.
+BUILDAH=(buildah --root "$CACHE/buildah/storage" --runroot "${HALFFULL_BUILDAH_RUNROOT:-/run/halffull-buildah}"
          --storage-driver "${HALFFULL_STORAGE_DRIVER:-overlay}")
 BASE_PACKAGES="python3,python3-venv,ca-certificates"
 # The CPU torch wheel: pip's find-links on this machine (the build does not see pip's config).

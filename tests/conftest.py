@@ -115,6 +115,13 @@ def _local(workdir: Path, node: str) -> Iterator[Cluster]:
         local.stop()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests on the session's real node run last. The node is one per machine and, once
+    started, held until the session ends; a test that brings up a node of its own (`halffull dev
+    up` in tests/dev) must run before, or it would wait for the machine's node lock."""
+    items.sort(key=lambda item: "node_cluster" in getattr(item, "fixturenames", ()))
+
+
 NODE_TEST_IMAGES = ["pause", "operator", "router", "fake-engine"]
 """Built (cached by content) for the tests on the real node; vllm-cpu only where a test needs
 the real engine (tests/node/test_cpu_example.py)."""
