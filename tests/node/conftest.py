@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 import urllib.request
@@ -60,9 +61,25 @@ def serve_ready(cluster: Cluster, namespace: str, name: str, manifest: str, engi
              .get("status") == "True", timeout=180, what=f"{name} Ready=True")  # fmt: skip
     wait_for(lambda: len(ready_ips(cluster, namespace, f"{name}-engine")) == engines,
              timeout=60, what="every engine in the engine Service's Endpoints")  # fmt: skip
+    return service_url(cluster, namespace, name)
+
+
+def service_url(cluster: Cluster, namespace: str, name: str) -> str:
+    """The URL of a router Service's cluster IP, once kube-proxy forwards it to a router.
+
+    Ready pods are not enough: until kube-proxy has written the Service's rules, its cluster IP
+    refuses connections (kube-proxy rejects Services without endpoints), as clients of a new
+    Service see on any cluster."""
     svc = cluster.get("service", name, namespace)
     assert svc is not None
-    return f"http://{svc['spec']['clusterIP']}:8000"
+    ip = svc["spec"]["clusterIP"]
+
+    def accepts() -> bool:
+        socket.create_connection((ip, 8000), timeout=2).close()
+        return True
+
+    wait_for(accepts, timeout=120, interval=0.5, what=f"{ip}:8000 forwarded by kube-proxy")
+    return f"http://{ip}:8000"
 
 
 def kill_container(pod: dict[str, Any]) -> None:

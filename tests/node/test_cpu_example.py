@@ -13,7 +13,7 @@ import pytest
 from halffull import defaults as D
 from halffull_dev.testing import prom
 from tests.conftest import ROOT, Cluster, OperatorProcess, node_image, wait_for
-from tests.node.conftest import conditions, node_ctr, pods, post
+from tests.node.conftest import conditions, node_ctr, pods, post, service_url
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.engine, pytest.mark.slow]
 
@@ -48,9 +48,8 @@ def test_cpu_example_serves_text_and_takes_alpha_live(
     wait_for(lambda: conditions(cluster.get("llms", "tiny-cpu", ns)).get("Ready", {})
              .get("status") == "True", timeout=600, interval=2,
              what="the vLLM engine container Ready")  # fmt: skip
-    svc = cluster.get("service", "tiny-cpu", ns)
-    assert svc is not None
-    status, body = post(f"http://{svc['spec']['clusterIP']}:8000/v1/completions",
+    url = service_url(cluster, ns, "tiny-cpu")
+    status, body = post(f"{url}/v1/completions",
                         {"model": "tiny-llama", "prompt": "The operator", "max_tokens": 8},
                         timeout=120)  # fmt: skip
     answer = json.loads(body)
