@@ -56,18 +56,19 @@ class BlockPoolEvents:
 
     def _hook(self, cache_map: Any) -> None:
         insert, pop, get_one = cache_map.insert, cache_map.pop, cache_map.get_one_block
-        stored, removed = self.watch.stored, self.watch.removed
+        stored, removed, concerns = self.watch.stored, self.watch.removed, self.watch.concerns
         cut = -GROUP_ID_BYTES
 
         def hooked_insert(key: bytes, block: Any) -> None:
             insert(key, block)
             self.events += 1
-            stored(key[:cut])
+            if concerns(key[:cut]):
+                stored(key[:cut])
 
         def hooked_pop(key: bytes, block_id: int) -> Any:
             block = pop(key, block_id)
             self.events += 1
-            if block is not None and get_one(key) is None:
+            if block is not None and concerns(key[:cut]) and get_one(key) is None:
                 removed(key[:cut])
             return block
 

@@ -79,12 +79,18 @@ class LarryScheduler(Scheduler):
         self._larry_capacity = KVCapacity(block_size=self.block_size, num_blocks=num_blocks)
         # the block hashes are per block only when the hash block is the KV block (a model
         # whose KV cache groups have other block sizes is keyed without its cached prefix)
-        self._larry_prefix = bool(self.cache_config.enable_prefix_caching) and (
-            getattr(self, "hash_block_size", self.block_size) == self.block_size
-        )
+        self._larry_prefix = bool(self.cache_config.enable_prefix_caching)
+        if self._larry_prefix and getattr(self, "hash_block_size", self.block_size) != (
+            self.block_size
+        ):
+            self._larry_prefix = False
+            logger.warning(
+                "halffull scheduler: hash blocks differ from KV blocks; mem(r) ignores the "
+                "prefix cache on this engine"
+            )
         self._larry_groups = list(range(len(self.kv_cache_config.kv_cache_groups)))
         self.larry_reorders = 0
-        """Steps at which the plugin changed the head of the queue (for tests and benchmarks)."""
+        """Steps at which LARRY's first request was not vLLM's (for tests and benchmarks)."""
         self.larry_prefix_rekeys = 0
         """Steps at which prefix-cache changes re-keyed some waiting request."""
         self._larry_watcher = ConfigWatcher.from_env()
@@ -188,8 +194,12 @@ class LarryScheduler(Scheduler):
         # vLLM admits a request only if blocks for its whole uncached sequence are free (its
         # first chunk's, without scheduler_reserve_full_isl): if not even the smallest fits, the
         # order cannot matter in this step
-        need = index.min_blocks() if self.scheduler_reserve_full_isl else 1
-        if need > self.kv_cache_manager.block_pool.get_num_free_blocks():
+        free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        if self.scheduler_reserve_full_isl:
+            first = queue.fifo_first()  # if it fits, the minimum does: no pass over the slots
+            if first is not None and index.blocks_of(first) > free_blocks < index.min_blocks():
+                return
+        elif free_blocks < 1:
             return
         head = index.select(
             policy=config.policy,
@@ -200,7 +210,7 @@ class LarryScheduler(Scheduler):
             k=free_slots,
         )
         queue.set_head(head)
-        if not queue.starts_with(head):
+        if head and queue.fifo_first() is not head[0]:
             self.larry_reorders += 1
 
     def _larry_background(self) -> None:

@@ -39,6 +39,8 @@ class PrefixWatch(Generic[H]):
         self._cached = cached
         self._by_hash: dict[H, dict[int, int]] = {}
         """hash -> {slot: position of the hash in that slot's list}"""
+        self.concerns = self._by_hash.__contains__
+        """Whether a hash concerns some waiting request: the hooks' fast test (a C call)."""
         self._hashes: dict[int, Sequence[H]] = {}
         self._hit: dict[int, int] = {}
         self._reg: dict[int, int] = {}
@@ -87,12 +89,9 @@ class PrefixWatch(Generic[H]):
     def stored(self, h: H) -> None:
         """The cache now holds `h` (called by the engine's hook, on its hot path: cheap)."""
         slots = self._by_hash.get(h)
-        if slots is None:
-            return
-        hit = self._hit
-        for slot, pos in slots.items():
-            if pos == hit[slot]:
-                self._dirty.add(slot)
+        if slots is not None:  # the requests whose run it extends walk on at the next step
+            hit = self._hit
+            self._dirty.update(slot for slot, pos in slots.items() if pos == hit[slot])
 
     def removed(self, h: H) -> None:
         """The cache no longer holds `h`."""

@@ -23,6 +23,7 @@ Ties: earlier arrival, then earlier entry into the queue (`append` counts up fro
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
@@ -44,6 +45,10 @@ FloatArray = npt.NDArray[np.float64]
 
 _DEAD_BLOCKS = np.iinfo(np.int64).max
 """`blocks` of a free slot: never the minimum."""
+
+SMALL_QUEUE = 64
+"""Up to this many waiting requests a step selects in Python: a numpy call costs microseconds
+whatever its size, more than a short loop."""
 
 GUESS_RANKS = 4
 """The partial selection's guess of a cut keeps about this many times `k` slots (see
@@ -70,12 +75,19 @@ class WaitingIndex(Generic[T]):
             self.watch, self._hashes = prefix
         self._slot: dict[T, int] = {}
         self._seq: list[int] = []
+        self._arrival: list[float] = []
+        self._blocks: list[int] = []
+        self.objs: list[T | None] = []
+        """Per slot, in Python lists: what the final sort of a few slots reads."""
+        self._frac_n = 0
         self._free: list[int] = []
         self._hi = 0
         self._front = 0
         self._back = 0
         self._preempted: set[int] = set()
         self._checked: tuple[str, float, float] | None = None
+        self._latest = -np.inf
+        """The latest arrival ever queued: while `now` is past it no wait needs clamping."""
         self._guess = [np.nan, np.nan]
         """Per tier (overdue, scored): see `_first_all`."""
         self._alloc(capacity)
@@ -87,15 +99,16 @@ class WaitingIndex(Generic[T]):
         blocks = np.full(size, _DEAD_BLOCKS, dtype=np.int64)
         total = np.zeros(size, dtype=np.int64)
         seq = np.zeros(size, dtype=np.int64)
-        objs = np.empty(size, dtype=object)
+        frac = np.zeros(size)
         if old:
             arrival[:old], blocks[:old], total[:old] = self.arrival, self.blocks, self.total
-            seq[:old], objs[:old] = self.seq, self.objs
+            seq[:old], frac[:old] = self.seq, self.frac
         self.arrival: FloatArray = arrival
         self.blocks: IntArray = blocks
         self.total: IntArray = total
         self.seq: IntArray = seq
-        self.objs: npt.NDArray[np.object_] = objs
+        self.frac: FloatArray = frac
+        """blocks / `_frac_n`, maintained with `blocks` once a step asked for it"""
         # scratch for a step: no array is allocated per step at the size of the queue
         self._w: FloatArray = np.empty(size)
         self._m: FloatArray = np.empty(size)
@@ -125,6 +138,9 @@ class WaitingIndex(Generic[T]):
             slot = self._hi
             self._hi += 1
             self._seq.append(0)
+            self._arrival.append(0.0)
+            self._blocks.append(0)
+            self.objs.append(None)
         if front:
             self._front -= 1
             seq = self._front
@@ -137,10 +153,13 @@ class WaitingIndex(Generic[T]):
         self.objs[slot] = obj
         arrival, blocks, preempted = self._keys(obj)
         self.arrival[slot] = arrival
+        self._arrival[slot] = arrival
         self.total[slot] = blocks
+        if arrival > self._latest:
+            self._latest = arrival
         if self.watch is not None and self._hashes is not None:
             blocks -= self.watch.watch(slot, self._hashes(obj))
-        self.blocks[slot] = blocks
+        self._set_blocks(slot, blocks)
         if preempted:
             self._preempted.add(slot)
         return seq
@@ -151,7 +170,7 @@ class WaitingIndex(Generic[T]):
         if slot is None:
             return False
         self.arrival[slot] = np.nan
-        self.blocks[slot] = _DEAD_BLOCKS
+        self._set_blocks(slot, _DEAD_BLOCKS)
         self.objs[slot] = None
         self._preempted.discard(slot)
         if self.watch is not None:
@@ -169,10 +188,20 @@ class WaitingIndex(Generic[T]):
         if self.watch is None:
             return 0
         changed = self.watch.settle()
-        blocks, total = self.blocks, self.total
+        total = self.total
         for slot, hit in changed:
-            blocks[slot] = total[slot] - hit
+            self._set_blocks(slot, int(total[slot]) - hit)
         return len(changed)
+
+    def _set_blocks(self, slot: int, blocks: int) -> None:
+        self.blocks[slot] = blocks
+        self._blocks[slot] = blocks
+        if self._frac_n:
+            self.frac[slot] = blocks / self._frac_n
+
+    def blocks_of(self, obj: T) -> int:
+        """The blocks a queued request needs."""
+        return int(self.blocks[self._slot[obj]])
 
     def min_blocks(self) -> int:
         """The fewest blocks any queued request needs (0 when the queue is empty)."""
@@ -199,22 +228,18 @@ class WaitingIndex(Generic[T]):
         k = min(k, queue_len)
         if k <= 0:
             return []
+        if queue_len <= SMALL_QUEUE:
+            return self._select_small(policy, now, num_blocks, alpha, max_wait, k)
         hi = self._hi
-        objs = self.objs
         need = k
-        parts: list[IntArray] = []
+        chosen: list[int] = []
         # seconds waited; NaN for free slots, and for the tiers already taken below
         wait = np.subtract(now, self.arrival[:hi], out=self._w[:hi])
         if self._preempted:
-            pre = np.fromiter(self._preempted, dtype=np.int64, count=len(self._preempted))
-            pre = pre[np.argsort(self.seq[pre], kind="stable")][:need]
-            parts.append(pre)
-            need -= pre.size
-            if need == 0:
-                out: list[T] = objs[pre].tolist()
-                return out
+            chosen = sorted(self._preempted, key=self._seq.__getitem__)[:need]
+            need -= len(chosen)
             wait[list(self._preempted)] = np.nan
-        if policy == "fcfs" or (max_wait > 0.0 and np.fmax.reduce(wait) > max_wait):
+        if need > 0 and (policy == "fcfs" or (max_wait > 0.0 and np.fmax.reduce(wait) > max_wait)):
             # overdue first, by arrival; under fcfs every request counts as overdue
             late = self._b[:hi]
             if policy == "fcfs":
@@ -225,61 +250,108 @@ class WaitingIndex(Generic[T]):
             key.fill(np.nan)
             np.copyto(key, self.arrival[:hi], where=late)
             if np.count_nonzero(late) >= need:
-                parts.append(self._first_all(key, need, 0))
+                chosen += self._first_all(key, need, 0)
                 need = 0
             else:  # all of them, then the scored tier without them
-                taken = np.flatnonzero(late)
-                parts.append(taken[np.lexsort((self.seq[taken], self.arrival[taken]))])
-                need -= taken.size
+                arrival, seq = self._arrival, self._seq
+                chosen += sorted(np.flatnonzero(late).tolist(), key=lambda i: (arrival[i], seq[i]))
+                need = k - len(chosen)
                 np.copyto(wait, np.nan, where=late)
         if need > 0:
-            np.maximum(wait, 0.0, out=wait)
+            if self._latest > now:  # wait(r) = max(now - arrival, 0)
+                np.maximum(wait, 0.0, out=wait)
             np.multiply(wait, alpha, out=wait)  # alpha * wait(r)
-            key = np.divide(self.blocks[:hi], num_blocks, out=self._m[:hi])
-            np.multiply(key, float(queue_len), out=key)  # queue_len * mem(r)
-            if policy == "larry-literal":
+            key = np.multiply(self._fractions(num_blocks), float(queue_len), out=self._m[:hi])
+            if policy == "larry-literal":  # key = -score: the same float as the reference's
                 np.add(wait, key, out=key)
-                np.negative(key, out=key)  # -score
+                np.negative(key, out=key)
             else:
-                np.subtract(key, wait, out=key)  # -score, the same float as -(a - b)
-            parts.append(self._first_all(key, need, 1))
-        chosen = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        result: list[T] = objs[chosen].tolist()
-        return result
+                np.subtract(key, wait, out=key)  # -(a - b) == b - a exactly
+            chosen += self._first_all(key, need, 1)
+        objs = self.objs
+        return [objs[i] for i in chosen]  # type: ignore[misc]  # live slots hold requests
 
-    def _first_all(self, key: FloatArray, m: int, tier: int) -> IntArray:
+    def _select_small(
+        self,
+        policy: LarryPolicy,
+        now: float,
+        num_blocks: int,
+        alpha: float,
+        max_wait: float,
+        k: int,
+    ) -> list[T]:
+        """`select` for a short queue, in Python: the reference's arithmetic and tuple order."""
+        seq, arrival, blocks = self._seq, self._arrival, self._blocks
+        queue_len, literal = len(self._slot), policy == "larry-literal"
+        pre: list[int] = []
+        late: list[tuple[float, int, int]] = []
+        scored: list[tuple[float, float, int, int]] = []
+        for slot in self._slot.values():
+            if slot in self._preempted:
+                pre.append(slot)
+                continue
+            a = arrival[slot]
+            if policy == "fcfs" or (max_wait > 0.0 and now - a > max_wait):
+                late.append((a, seq[slot], slot))
+                continue
+            wait = max(now - a, 0.0)
+            memory = queue_len * (blocks[slot] / num_blocks)
+            score = alpha * wait + memory if literal else alpha * wait - memory
+            scored.append((-score, a, seq[slot], slot))
+        pre.sort(key=seq.__getitem__)
+        chosen = pre[:k]
+        if len(chosen) < k:
+            chosen += [t[-1] for t in heapq.nsmallest(k - len(chosen), late)]
+        if len(chosen) < k:
+            chosen += [t[-1] for t in heapq.nsmallest(k - len(chosen), scored)]
+        objs = self.objs
+        return [objs[i] for i in chosen]  # type: ignore[misc]  # live slots hold requests
+
+    def _fractions(self, num_blocks: int) -> FloatArray:
+        """mem(r) per slot: blocks / num_blocks (kept up to date for the last `num_blocks`)."""
+        if num_blocks != self._frac_n:
+            np.divide(self.blocks, num_blocks, out=self.frac)
+            self._frac_n = num_blocks
+        return self.frac[: self._hi]
+
+    def _first_all(self, key: FloatArray, m: int, tier: int) -> list[int]:
         """The `m` slots with the smallest (key, arrival, entry), in that order; NaN keys are
         excluded (at least `m` others exist).
 
-        A partition over every slot costs most of a step, so it first tries the slots whose key
-        is at most last step's guess: if at least `m` are, the `m` smallest of all are among
-        them (every key at or below the `m`-th is below the guess), and only those few are
-        partitioned. The guess is the key of rank `GUESS_RANKS * m`, so a step that admits `m`
-        still leaves enough below it for the next one; when it does not, one full partition
-        sets a new guess."""
-        below = self._b[: key.size]
+        Only a few slots can be among them, and a numpy call costs microseconds however small
+        its array, so: one comparison finds the slots whose key is at most last step's guess
+        of the cut; if at least `m` are, the `m` smallest of all are among them (every key at
+        or below the `m`-th is at or below the guess), and those few are sorted in Python with
+        the same tuple comparison as the reference order. The guess is the key of rank
+        `GUESS_RANKS * m`, so that a step which admits `m` leaves enough below it for the next
+        one; when it does not, one partition over every slot sets a new guess."""
         cand: IntArray | None = None
         guess = self._guess[tier]
+        below = self._b[: key.size]
         if guess == guess:  # not NaN
-            np.less_equal(key, guess, out=below)
-            if np.count_nonzero(below) >= m:
-                cand = np.flatnonzero(below)
+            cand = np.flatnonzero(np.less_equal(key, guess, out=below))
+            if cand.size < m:
+                cand = None
         if cand is None:
-            cand = np.arange(key.size)
-        sub = key[cand]
-        if sub.size > m:
-            rank = min(GUESS_RANKS * m, sub.size) - 1
-            part = np.argpartition(sub, [m - 1, rank] if rank > m - 1 else m - 1)
-            cut = sub[part[m - 1]]
-            self._guess[tier] = float(sub[part[rank]])
-            ties = np.less_equal(sub, cut, out=self._b[: sub.size])
-            slots = cand[part[:m]] if np.count_nonzero(ties) == m else cand[np.flatnonzero(ties)]
-        else:
-            slots = cand[sub == sub]
-            self._guess[tier] = np.nan
-        ranked = np.lexsort((self.seq[slots], self.arrival[slots], key[slots]))
-        result: IntArray = slots[ranked[:m]]
-        return result
+            rank = min(GUESS_RANKS * m, key.size) - 1
+            cut = key[np.argpartition(key, rank)[rank]]
+            cand = np.flatnonzero(
+                np.less_equal(key, cut, out=below) if cut == cut else np.equal(key, key, out=below)
+            )
+        slots: list[int] = cand.tolist()
+        arrival, seq = self._arrival, self._seq
+        ranked = sorted(
+            zip(
+                key[cand].tolist(),
+                [arrival[i] for i in slots],
+                [seq[i] for i in slots],
+                slots,
+                strict=True,
+            )
+        )
+        rank = min(GUESS_RANKS * m, len(ranked)) - 1
+        self._guess[tier] = ranked[rank][0] if len(ranked) > m else np.nan
+        return [r[3] for r in ranked[:m]]
 
 
 class WaitingQueue(Generic[T]):
@@ -333,22 +405,22 @@ class WaitingQueue(Generic[T]):
             if head[0] in larry:
                 return head[0]
             head.pop(0)
-        q, seq_of = self._q, larry.seq_of
-        while q:
-            seq, obj = q[0]
-            if seq_of(obj) == seq:
-                return obj
-            q.popleft()
-            self._stale -= 1
-        raise IndexError("peek from an empty queue")
+        first = self.fifo_first()
+        if first is None:
+            raise IndexError("peek from an empty queue")
+        return first
 
     def popleft(self) -> T:
         obj = self.peek()
+        q = self._q
         if self._head and self._head[0] is obj:
             self._head.pop(0)
-            self._stale += 1
+            if q[0][1] is obj:  # also the FIFO's first: leave no stale entry behind
+                q.popleft()
+            else:
+                self._stale += 1
         else:
-            self._q.popleft()
+            q.popleft()
         self.larry.discard(obj)
         self._compact()
         return obj
@@ -379,18 +451,16 @@ class WaitingQueue(Generic[T]):
     def clear_head(self) -> None:
         self._head = []
 
-    def starts_with(self, objs: Sequence[T]) -> bool:
-        """Whether the FIFO's first requests are `objs`, in this order."""
-        seq_of, i = self.larry.seq_of, 0
-        for seq, obj in self._q:
-            if i == len(objs):
-                break
-            if seq_of(obj) != seq:
-                continue
-            if obj is not objs[i]:
-                return False
-            i += 1
-        return i == len(objs)
+    def fifo_first(self) -> T | None:
+        """The FIFO's first request (what vLLM would admit first), or None if empty."""
+        q, seq_of = self._q, self.larry.seq_of
+        while q:
+            seq, obj = q[0]
+            if seq_of(obj) == seq:
+                return obj
+            q.popleft()  # stale entries at the front go now
+            self._stale -= 1
+        return None
 
     def _compact(self) -> None:
         if self._stale > len(self.larry) + 64:
