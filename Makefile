@@ -5,11 +5,12 @@ PYTEST_ARGS ?=
 
 .PHONY: run test lint images
 
-# The main job on this machine: the local cluster (halffull dev), the example LLMService and the
-# operator reconciling it. Against a cluster of your own: .venv/bin/halffull operator.
+# The main job on this machine: the local cluster with a real node (halffull dev), the CPU example
+# LLMService served by vLLM, and the operator reconciling it; prints the time to the first
+# completion. Against a cluster of your own: .venv/bin/halffull operator.
 run:
-	bash hack/setup.sh run
-	.venv/bin/halffull dev demo
+	@echo "make run: started at $$(date -u +%T)"
+	HALFFULL_RUN_START=$$(date +%s) sh -c 'bash hack/setup.sh run && .venv/bin/halffull dev demo'
 
 # The linters, then every test: unit, real control plane, real vLLM (CPU), real Helm.
 test:

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> None:
     jobs, dropped = drop_too_long(load_trace(resolve_trace(args.trace)), LONG_CONTEXT)
     print(f"{args.trace}: {len(jobs)} requests kept, {dropped} dropped (> {LONG_CONTEXT} tokens)")
     for rate in args.rates:
-        workload = prepare(jobs, rate_scale=rate)
+        workload = prepare(jobs, rate_scale=rate, limit=args.limit)
         for router in args.routers:
             res = simulate(
                 workload,
@@ -47,11 +47,14 @@ def run(args: argparse.Namespace) -> None:
                 ),
             )
             row = {
+                "trace": args.trace,
                 "profile": args.profile,
                 "replicas": args.replicas,
                 "rate": rate,
                 "router": router,
+                "prefix_source": args.prefix_source,
                 "requests": len(workload),
+                "limit": args.limit,
                 "dropped": dropped,
                 "ttft_mean": float(np.mean(res.ttft)),
                 "ttft_p90": float(np.percentile(res.ttft, 90)),
@@ -75,11 +78,13 @@ def run(args: argparse.Namespace) -> None:
 def table(path: Path) -> None:
     """Markdown tables per (profile, replicas, rate), with SAL's goal ratios."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    groups: dict[tuple[str, int, float], dict[str, dict[str, float]]] = {}
+    groups: dict[tuple[str, str, int, float], dict[str, dict[str, float]]] = {}
     for r in rows:
-        groups.setdefault((r["profile"], r["replicas"], r["rate"]), {})[r["router"]] = r
-    for (profile, n, rate), by in sorted(groups.items()):
-        print(f"\n**{profile}, {n} replicas, Mooncake x{rate:g}**\n")
+        key = (r.get("trace", "mooncake"), r["profile"], r["replicas"], r["rate"])
+        exact = r.get("prefix_source") == "engine"
+        groups.setdefault(key, {})[r["router"] + (" (true caches)" if exact else "")] = r
+    for (trace, profile, n, rate), by in sorted(groups.items()):
+        print(f"\n**{profile}, {n} replicas, {trace} x{rate:g}**\n")
         print("| router | TTFT mean (s) | TTFT p90 | TTFT p99 | TGT mean (s) | prefix hits |")
         print("|---|---|---|---|---|---|")
         for name, r in by.items():
@@ -94,6 +99,13 @@ def table(path: Path) -> None:
                 f"\nround-robin / SAL: mean TTFT {rr['ttft_mean'] / sal['ttft_mean']:.2f}x, "
                 f"p90 TTFT {rr['ttft_p90'] / sal['ttft_p90']:.2f}x, "
                 f"mean TGT {rr['tgt_mean'] / sal['tgt_mean']:.2f}x"
+            )
+        greedy = by.get("sal-greedy")
+        if sal and greedy:
+            print(
+                f"sal-greedy (SAL without the recompute charge) / SAL: mean TTFT "
+                f"{greedy['ttft_mean'] / sal['ttft_mean']:.3f}x, mean TGT "
+                f"{greedy['tgt_mean'] / sal['tgt_mean']:.3f}x"
             )
         peers = [by[p] for p in ("llmd-scorer", "dynamo-cost") if p in by]
         if sal and peers:
@@ -115,6 +127,12 @@ def main() -> int:
         "--routers", nargs="+", default=["round-robin", "sal", "llmd-scorer", "dynamo-cost"]
     )
     ap.add_argument("--beta", type=float, default=256.0)
+    ap.add_argument(
+        "--limit",
+        type=int,
+        help="replay only the trace's first LIMIT requests (quick sweeps; the docs' tables "
+        "are whole-trace runs)",
+    )
     ap.add_argument("--prefix-source", choices=["router", "engine"], default="router")
     ap.add_argument("--out", type=Path, default=Path("prefix_routing.jsonl"))
     ap.add_argument("--table", type=Path, help="print the tables of a results file and exit")

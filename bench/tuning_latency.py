@@ -1,10 +1,10 @@
 """How long a `kubectl patch` of the router's tuning takes to reach the running router.
 
-On the local control plane with the kubelet stand-in running the real router (and fake engines):
-patch `spec.router.beta` N times and time each stage from the patch: the ConfigMap written by the
-operator, the file projected into the router pod (the stand-in resyncs every 0.5 s; a real
-kubelet takes up to its sync period plus cache TTL), and the router's /metrics reporting the new
-beta (`halffull_router_beta`).
+On the local cluster's real node (the router image and the fake-engine image, built by
+hack/build-images.sh): patch `spec.router.beta` N times and time each stage from the patch: the
+ConfigMap written by the operator, the file projected into the router pod by the kubelet (up to
+its sync period plus its ConfigMap cache delay), and the router's /metrics reporting the new beta
+(`halffull_router_beta`).
 
     .venv/bin/python bench/tuning_latency.py --patches 10
 """
@@ -23,8 +23,9 @@ from pathlib import Path
 
 from kubernetes import client, config
 
+from halffull_dev.cluster import images
 from halffull_dev.cluster.controlplane import free_port
-from halffull_dev.cluster.local import DEMO_COMMANDS, LocalCluster
+from halffull_dev.cluster.local import LocalCluster
 from halffull_dev.testing import prom
 
 NS = "default"
@@ -49,13 +50,17 @@ def main() -> int:
     ap.add_argument("--patches", type=int, default=10)
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="halffull-tuning-"))
-    with LocalCluster(workdir / "cp", commands=DEMO_COMMANDS) as cluster:
+    images.build(["pause", "router", "fake-engine"])
+    cache = images.ImageCache()
+    with LocalCluster(workdir / "cp", node="real") as cluster:
         api = config.new_client_from_config(str(cluster.kubeconfig))
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
         op = subprocess.Popen(
             [sys.executable, "-m", "halffull.cli", "operator", "-n", NS,
-             "--metrics-port", str(free_port()), "--health-port", str(free_port())],
+             "--metrics-port", str(free_port()), "--health-port", str(free_port()),
+             "--engine-image", cache.require("fake-engine"),
+             "--router-image", cache.require("router")],
             env=env, stdout=(workdir / "operator.log").open("wb"), stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
@@ -63,7 +68,7 @@ def main() -> int:
                 "apiVersion": "serving.halffull.dev/v1alpha1",
                 "kind": "LLMService",
                 "metadata": {"name": NAME},
-                "spec": {"model": "m", "replicas": 1},
+                "spec": {"model": "m", "replicas": 1, "engine": {"gpus": 0}},
             }
             custom.create_namespaced_custom_object(
                 "serving.halffull.dev", "v1alpha1", NS, "llmservices", body
@@ -85,7 +90,8 @@ def main() -> int:
             wait(router_ready, 120)
             ip = router_ready()
             assert ip is not None
-            projected = next((workdir / "cp" / "runtime" / "pods").glob("*/volumes/config"))
+            pods_dir = workdir / "cp" / "node" / "kubelet" / "pods"
+            projected = next(pods_dir.glob("*/volumes/kubernetes.io~configmap/config"))
             stages: dict[str, list[float]] = {"ConfigMap written": [], "file projected": [],
                                               "router reports the new beta": []}  # fmt: skip
             for i in range(args.patches):
@@ -123,8 +129,8 @@ def main() -> int:
     print("|---|---|---|")
     for stage, values in stages.items():
         print(f"| {stage} | {statistics.median(values):.3f} | {max(values):.3f} |")
-    print("\nThe projection delay is the kubelet stand-in's 0.5 s resync; on a real cluster it is")
-    print("the kubelet's sync period plus its ConfigMap cache delay (up to about a minute).")
+    print("\nThe projection delay is the kubelet's sync period plus its ConfigMap cache delay")
+    print("(up to about a minute with the default syncFrequency of 60 s).")
     return 0
 
 

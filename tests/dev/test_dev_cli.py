@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import wait_for
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+# `up` starts a real node: these run before tests/node's session node (one node per machine).
+pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.slow]
 
 HALFFULL = [sys.executable, "-m", "halffull.cli"]
 
@@ -32,7 +33,7 @@ def test_up_env_down(tmp_path: Path) -> None:
                           stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         env = wait_for(lambda: (p := dev(workdir, "env")).returncode == 0 and p.stdout,
-                       timeout=90, what="halffull dev env")  # fmt: skip
+                       timeout=600, what="halffull dev env")  # fmt: skip
         kubeconfig = env.strip().removeprefix("export KUBECONFIG=")
         assert Path(kubeconfig) == workdir.resolve() / "kubeconfig"
         crd = subprocess.run(
@@ -41,10 +42,16 @@ def test_up_env_down(tmp_path: Path) -> None:
             capture_output=True, text=True,
         )  # fmt: skip
         assert crd.returncode == 0, crd.stderr
+        node = subprocess.run(
+            ["kubectl", "--kubeconfig", kubeconfig, "--cache-dir", str(tmp_path / "kc"),
+             "get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert node.stdout.split() == ["halffull-dev-node"], node.stderr
         assert dev(workdir, "up").returncode != 0  # one cluster per work directory
         down = dev(workdir, "down")
         assert down.returncode == 0, down.stderr
-        assert up.wait(timeout=60) == 0
+        assert up.wait(timeout=180) == 0
         assert dev(workdir, "env").returncode == 1
     finally:
         if up.poll() is None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from halffull.sim.cluster import ClusterConfig, simulate
 from halffull.sim.profiles import EngineShape, Profile, StepModel
-from halffull.sim.workload import Job, LengthFit, synthetic
+from halffull.sim.workload import Job, LengthFit, prepare, synthetic
 
 PROFILE = Profile(
     "test",
@@ -56,8 +56,9 @@ def test_without_prefixes_sal_is_the_classic_sal() -> None:
     law = LengthFit(6.0, 0.8, 4.0, 0.8, 3000, 400, 1.0, 1.0)
     work = synthetic(law, count=200, rate=30.0, seed=2)
     a = simulate(work, ClusterConfig(PROFILE, replicas=3, router="sal", beta=256.0))
-    b = simulate(work, ClusterConfig(PROFILE, replicas=3, router="sal-classic", beta=256.0))
-    assert np.array_equal(a.ttft, b.ttft) and np.array_equal(a.replica, b.replica)
+    for other in ("sal-classic", "sal-greedy"):
+        b = simulate(work, ClusterConfig(PROFILE, replicas=3, router=other, beta=256.0))
+        assert np.array_equal(a.ttft, b.ttft) and np.array_equal(a.replica, b.replica)
     assert a.hit_rate() == 0.0
 
 
@@ -73,3 +74,13 @@ def test_prefix_aware_sal_finds_more_cache_hits_than_round_robin() -> None:
     assert sal.ttft.mean() < rr.ttft.mean()
     for res in (rr, sal, exact):
         assert res.completed == len(work)
+
+
+def test_the_recompute_charge_keeps_more_prefixes_under_a_backlog() -> None:
+    # the conversations three times as fast: queues form, and the greedy SAL gives a held
+    # prefix up for a shorter queue elsewhere more often than the charge allows
+    work = prepare(conversations(), rate_scale=3.0)
+    greedy = simulate(work, ClusterConfig(PROFILE, replicas=4, router="sal-greedy", beta=256.0))
+    sal = simulate(work, ClusterConfig(PROFILE, replicas=4, router="sal", beta=256.0))
+    assert sal.hit_rate() > greedy.hit_rate()
+    assert sal.ttft.mean() < greedy.ttft.mean()

@@ -147,7 +147,7 @@ def test_pods_run_as_the_images_user() -> None:
 
     from halffull.builders.security import RUN_AS_USER
 
-    for image in ("vllm-larry", "router"):
+    for image in ("vllm-larry", "halffull"):  # halffull: the operator and router targets
         text = (ROOT / "images" / image / "Dockerfile").read_text()
         users = re.findall(r"^USER\s+(\d+)", text, flags=re.MULTILINE)
         assert users and users[-1] == str(RUN_AS_USER), image

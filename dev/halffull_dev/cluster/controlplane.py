@@ -2,8 +2,9 @@
 
 The binaries come from `hack/build-kube.sh` (built from Debian's kubernetes source package and
 cached under ~/.cache/halffull/kube/bin). Everything else lives in one work directory: data,
-certificates, logs and the kubeconfig. There is no scheduler and no kubelet; `kubelet.py` plays
-the kubelet's part.
+certificates, logs and the kubeconfig. The node (scheduler, kubelet, kube-proxy, containerd) is
+`node.py`; with one, the apiserver listens on the pod network's gateway address instead of
+127.0.0.1, so that pods reach it through the `kubernetes` Service.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ DEFAULT_BIN_DIR = Path(
 CONTROLLERS = (
     "garbagecollector,namespace,deployment,replicaset,endpoint,serviceaccount,serviceaccount-token"
 )
+NODE_CONTROLLERS = ",nodelifecycle,endpointslice"
 SERVICE_CIDR = "10.96.0.0/16"
 
 
@@ -46,6 +48,18 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
+def issue_cert(pki: Path, name: str, subject: str, sans: list[str] | None = None) -> None:
+    """`pki/name.crt` and `.key`, signed by `pki/ca.crt`, for `subject` and `sans`."""
+    csr = pki / f"{name}.csr"
+    _run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
+          "-keyout", str(pki / f"{name}.key"), "-out", str(csr)])  # fmt: skip
+    ext = pki / f"{name}.ext"
+    ext.write_text(f"subjectAltName={','.join(sans)}\n" if sans else "")
+    _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(pki / "ca.crt"),
+          "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "365",
+          "-extfile", str(ext), "-out", str(pki / f"{name}.crt")])  # fmt: skip
+
+
 @dataclass
 class ControlPlane:
     """Start with `start()`, stop with `stop()`; or use as a context manager."""
@@ -55,11 +69,17 @@ class ControlPlane:
     etcd_bin: str = "etcd"
     token: str = field(default_factory=lambda: secrets.token_hex(16))
     api_port: int = field(default_factory=free_port)
+    address: str = "127.0.0.1"
+    """Where the apiserver listens and what it advertises: a local, non-loopback address (the
+    node's bridge gateway) when pods must reach it."""
+    node_name: str = ""
+    """The node whose kubelet gets a token (Node authorizer) and is called with a client
+    certificate; empty: no node."""
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.address}:{self.api_port}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -110,19 +130,36 @@ class ControlPlane:
             _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365",
                   "-subj", "/CN=halffull-dev-ca", "-keyout", str(pki / "ca.key"),
                   "-out", str(pki / "ca.crt")])  # fmt: skip
-            ext = pki / "san.ext"
-            ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.96.0.1\n")
-            csr = pki / "apiserver.csr"
-            _run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
-                  "-keyout", str(pki / "apiserver.key"), "-out", str(csr)])  # fmt: skip
-            crt = pki / "apiserver.crt"
-            _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(pki / "ca.crt"),
-                  "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "365",
-                  "-extfile", str(ext), "-out", str(crt)])  # fmt: skip
-        (self.workdir / "tokens.csv").write_text(
-            f'{self.token},admin,admin,"system:masters"\n'
-            f"{self.token}-cm,system:kube-controller-manager,kcm\n"
-        )
+            sans = ["IP:127.0.0.1", "DNS:localhost", "IP:10.96.0.1", "DNS:kubernetes",
+                    "DNS:kubernetes.default", "DNS:kubernetes.default.svc"]  # fmt: skip
+            if self.address != "127.0.0.1":
+                sans.append(f"IP:{self.address}")
+            issue_cert(pki, "apiserver", "/CN=kube-apiserver", sans)
+            # The apiserver's client certificate for calls to the kubelet (exec, logs,
+            # port-forward); the kubelet trusts our CA and nothing anonymous.
+            issue_cert(pki, "kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client")
+        (self.workdir / "tokens.csv").write_text("".join(
+            f"{self.token}{suffix},{user},{uid}{groups}\n"
+            for suffix, user, uid, groups in self._token_users()
+        ))  # fmt: skip
+
+    def _token_users(self) -> list[tuple[str, str, str, str]]:
+        """(token suffix, user, uid, groups) of each client of the apiserver."""
+        users = [("", "admin", "admin", ',"system:masters"'),
+                 ("-cm", "system:kube-controller-manager", "kcm", "")]  # fmt: skip
+        if self.node_name:
+            users += [
+                ("-node", f"system:node:{self.node_name}", "kubelet", ',"system:nodes"'),
+                ("-proxy", "system:kube-proxy", "kube-proxy", ""),
+                ("-sched", "system:kube-scheduler", "kube-scheduler", ""),
+            ]
+        return users
+
+    def client_kubeconfig(self, suffix: str, name: str) -> Path:
+        """A kubeconfig for one of the node's components (token `suffix` of _token_users)."""
+        path = self.workdir / f"{name}.kubeconfig"
+        path.write_text(yaml.safe_dump(self._kubeconfig_doc(f"{self.token}{suffix}")))
+        return path
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         log = (self.workdir / "logs" / f"{name}.log").open("ab")
@@ -148,13 +185,17 @@ class ControlPlane:
         self._spawn("kube-apiserver", [
             str(self.bin_dir / "kube-apiserver"),
             "--etcd-servers", self.etcd_url,
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--bind-address", self.address, "--advertise-address", self.address,
             "--secure-port", str(self.api_port), "--insecure-port", "0",
             "--tls-cert-file", str(pki / "apiserver.crt"),
             "--tls-private-key-file", str(pki / "apiserver.key"),
             "--client-ca-file", str(pki / "ca.crt"),
             "--token-auth-file", str(self.workdir / "tokens.csv"),
-            "--authorization-mode", "RBAC",
+            "--authorization-mode", "Node,RBAC" if self.node_name else "RBAC",
+            "--kubelet-client-certificate", str(pki / "kubelet-client.crt"),
+            "--kubelet-client-key", str(pki / "kubelet-client.key"),
+            "--kubelet-certificate-authority", str(pki / "ca.crt"),
+            "--kubelet-preferred-address-types", "InternalIP",
             "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
             "--service-account-key-file", str(pki / "sa.pub"),
             "--service-account-signing-key-file", str(pki / "sa.key"),
@@ -163,16 +204,18 @@ class ControlPlane:
             "--enable-admission-plugins", "NamespaceLifecycle,ServiceAccount",
             "--cert-dir", str(pki),
         ])  # fmt: skip
-        self._wait(lambda: self._http_ok(f"{self.server}/readyz", auth=True), "kube-apiserver", 90)
+        self._wait(lambda: self._http_ok(f"{self.server}/readyz", auth=True), "kube-apiserver", 240)
 
     def _start_controller_manager(self) -> None:
         pki = self.workdir / "pki"
-        cm_config = self._kubeconfig_doc(f"{self.token}-cm")
-        (self.workdir / "kcm.kubeconfig").write_text(yaml.safe_dump(cm_config))
         self._spawn("kube-controller-manager", [
             str(self.bin_dir / "kube-controller-manager"),
-            "--kubeconfig", str(self.workdir / "kcm.kubeconfig"),
-            "--controllers", CONTROLLERS,
+            "--kubeconfig", str(self.client_kubeconfig("-cm", "kcm")),
+            # With a node, its lifecycle controller lifts the kubelet's not-ready taint (and
+            # marks the node NotReady if the kubelet stops); the stand-in sends no heartbeats.
+            # kube-proxy 1.20 reads EndpointSlices, not Endpoints: without their controller it
+            # rejects every connection to a Service's cluster IP (no endpoints).
+            "--controllers", CONTROLLERS + (NODE_CONTROLLERS if self.node_name else ""),
             "--leader-elect=false", "--use-service-account-credentials=true",
             "--port", "0", "--secure-port", "0",
             "--service-account-private-key-file", str(pki / "sa.key"),

@@ -1,13 +1,17 @@
-"""A stand-in for the kubelet (and the scheduler) on the local control plane.
+"""A stand-in for the kubelet (and the scheduler), kept only for what the real node (node.py)
+cannot do here:
 
-The local control plane has neither: without this, pods stay Pending forever. This loop binds
-every unscheduled pod to one Node, gives it a loopback address and reports it Running and Ready,
-which is what the Deployment and ReplicaSet controllers, Services and our operator observe.
-With no runtime it runs no containers and reports every pod Ready at once. With a
-`ProcessRuntime` it runs a local process for each container whose image the runtime knows (on
-the pod's loopback address, ConfigMap volumes projected), and reports the pod Ready only once
-its readiness probe passes, and not Ready again if the process exits.
-Pods marked for deletion are removed at once, as a kubelet does after its containers stop.
+- pods of images that are never built (the tests of the operator's API objects use inert image
+  names) and GPUs to schedule them on (the node advertises 8 `nvidia.com/gpu`; this machine has
+  none): the real kubelet would leave them in ImagePullBackOff or Pending;
+- dozens of LLMServices and hundreds of pods at once (bench/operator_scale.py), which two cores
+  cannot run as containers.
+
+It runs nothing. It binds every unscheduled pod to one Node, gives it a loopback address and
+reports it Running and Ready at once, which is what the Deployment and ReplicaSet controllers and
+our operator observe. Pods marked for deletion are removed at once, as a kubelet does after its
+containers stop. Whatever must really run (images, probes, restarts, Services, ConfigMap
+projection) is tested on the real node.
 """
 
 from __future__ import annotations
@@ -22,11 +26,9 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from halffull_dev.cluster.runtime import ProcessRuntime
-
 log = logging.getLogger(__name__)
 
-NODE_NAME = "halffull-dev-node"
+NODE_NAME = "halffull-dev-stand-in"
 FIRST_POD_IP = ipaddress.ip_address("127.0.10.1")
 
 
@@ -37,31 +39,21 @@ def _now() -> str:
 class KubeletStandIn:
     """Run with `start()` (a daemon thread) and `stop()`."""
 
-    def __init__(
-        self, api_client: client.ApiClient, gpus: int = 8, runtime: ProcessRuntime | None = None
-    ) -> None:
+    def __init__(self, api_client: client.ApiClient, gpus: int = 8) -> None:
         self.core = client.CoreV1Api(api_client)
         self.gpus = gpus
-        self.runtime = runtime
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kubelet-stand-in", daemon=True)
-        self._prober = threading.Thread(target=self._probe_loop, name="kubelet-probes", daemon=True)
         self._next_ip = int(FIRST_POD_IP)
         self._ips: dict[str, str] = {}  # pod uid -> address
-        self._probed: dict[str, tuple[str, str, bool]] = {}  # uid -> (namespace, name, ready)
 
     def start(self) -> None:
         self._register_node()
         self._thread.start()
-        if self.runtime is not None:
-            self._prober.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        if self.runtime is not None:
-            self._prober.join(timeout=10)
-            self.runtime.close()
 
     def _register_node(self) -> None:
         capacity = {"cpu": "64", "memory": "512Gi", "pods": "500", "nvidia.com/gpu": str(self.gpus)}
@@ -129,9 +121,6 @@ class KubeletStandIn:
         md = pod.metadata
         try:
             if md.deletion_timestamp is not None:
-                if self.runtime is not None:
-                    self._probed.pop(md.uid, None)
-                    self.runtime.stop(md.uid)
                 self.core.delete_namespaced_pod(md.name, md.namespace, grace_period_seconds=0)
                 self._ips.pop(md.uid, None)
                 return
@@ -154,28 +143,8 @@ class KubeletStandIn:
                 raise
 
     def _report_running(self, pod: Any) -> None:
-        if pod.metadata.uid in self._probed:  # started already; the prober reports readiness
-            return
         ip = self._address(pod.metadata.uid)
-        ready = True
-        if self.runtime is not None and self.runtime.start(pod, ip):
-            ready = False  # until the readiness probe passes
-            self._probed[pod.metadata.uid] = (pod.metadata.namespace, pod.metadata.name, False)
-        self._patch_status(pod.metadata.namespace, pod.metadata.name, pod, ip, ready)
-
-    def _probe_loop(self) -> None:
-        assert self.runtime is not None
-        while not self._stop.wait(0.2):
-            for uid, (namespace, name, was_ready) in list(self._probed.items()):
-                now_ready = self.runtime.ready(uid)
-                if now_ready == was_ready or uid not in self._probed:
-                    continue
-                self._probed[uid] = (namespace, name, now_ready)
-                try:
-                    pod = self.core.read_namespaced_pod(name, namespace)
-                    self._patch_status(namespace, name, pod, self._ips[uid], now_ready)
-                except (ApiException, KeyError) as exc:
-                    log.debug("probe update of %s/%s: %r", namespace, name, exc)
+        self._patch_status(pod.metadata.namespace, pod.metadata.name, pod, ip, ready=True)
 
     def _patch_status(self, namespace: str, name: str, pod: Any, ip: str, ready: bool) -> None:
         now = _now()

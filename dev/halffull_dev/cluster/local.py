@@ -1,28 +1,23 @@
-"""The local cluster: the real control plane plus the kubelet stand-in, with our CRD installed."""
+"""The local cluster: the real control plane, with our CRD installed, and either a real node
+(containerd, kubelet, kube-proxy, kube-scheduler: `node.py`) or the kubelet stand-in.
+
+The real node is what `halffull dev` and the end-to-end tests use. The stand-in stays only for
+what a real node cannot do here (see kubelet.py): pods of images that are never built, reported
+Ready at once, and GPUs to schedule them on, for the tests and benchmarks of the operator's API
+objects (dozens of LLMServices, hundreds of pods, on two cores).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
 from kubernetes import config
 
+from halffull_dev.cluster import network
 from halffull_dev.cluster.controlplane import ControlPlane
 from halffull_dev.cluster.kubelet import KubeletStandIn
-from halffull_dev.cluster.runtime import (
-    CommandBuilder,
-    ProcessRuntime,
-    fake_engine_command,
-    router_command,
-)
-
-DEMO_COMMANDS: Mapping[str, CommandBuilder] = {
-    "vllm-larry": fake_engine_command,
-    "router": router_command,
-}
-"""Images of the demo and the processes that stand in for them: the real router, and the fake
-engine (vLLM's API and metrics without a GPU) for the engine image."""
+from halffull_dev.cluster.node import NODE_NAME, Node
 
 
 def packaged(name: str) -> Path:
@@ -31,16 +26,26 @@ def packaged(name: str) -> Path:
 
 
 class LocalCluster:
+    """`node="real"`: the real node; `"stand-in"`: the kubelet stand-in; `"none"`: no node."""
+
     def __init__(
         self,
         workdir: Path,
-        with_kubelet: bool = True,
-        commands: Mapping[str, CommandBuilder] | None = None,
+        node: str = "stand-in",
+        crds: list[Path] | None = None,
     ) -> None:
+        if node not in ("real", "stand-in", "none"):
+            raise ValueError(f"node must be real, stand-in or none, not {node!r}")
         self.workdir = workdir
-        self.control_plane = ControlPlane(workdir)
-        self.with_kubelet = with_kubelet
-        self.commands = commands
+        self.mode = node
+        real = node == "real"
+        self.control_plane = ControlPlane(
+            workdir,
+            address=network.GATEWAY if real else "127.0.0.1",
+            node_name=NODE_NAME if real else "",
+        )
+        self.node = Node(workdir / "node", self.control_plane) if real else None
+        self.crds = [packaged("crd.yaml")] if crds is None else crds
         self.kubelet: KubeletStandIn | None = None
 
     @property
@@ -48,21 +53,29 @@ class LocalCluster:
         return self.control_plane.kubeconfig
 
     def start(self) -> None:
-        self.control_plane.start(crds=[packaged("crd.yaml")])
-        if self.with_kubelet:
-            api = config.new_client_from_config(str(self.kubeconfig))
-            runtime = (
-                ProcessRuntime(self.workdir / "runtime", api, self.commands)
-                if self.commands
-                else None
-            )
-            self.kubelet = KubeletStandIn(api, runtime=runtime)
-            self.kubelet.start()
+        if self.node is not None:
+            self.node.prepare()
+        try:
+            self.control_plane.start(crds=self.crds)
+            if self.node is not None:
+                self.node.start()
+            elif self.mode == "stand-in":
+                api = config.new_client_from_config(str(self.kubeconfig))
+                self.kubelet = KubeletStandIn(api)
+                self.kubelet.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.kubelet is not None:
             self.kubelet.stop()
-        self.control_plane.stop()
+            self.kubelet = None
+        try:
+            if self.node is not None:
+                self.node.stop()
+        finally:
+            self.control_plane.stop()
 
     def __enter__(self) -> LocalCluster:
         self.start()

@@ -557,5 +557,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def vllm_main(argv: list[str] | None = None) -> int:
+    """The fake engine behind vLLM's command line, as the operator's engine pods run it
+    (`python3 -m vllm.entrypoints.openai.api_server --model ... --served-model-name ...`): the
+    fake-engine image installs this as that module. Flags the fake engine lacks are ignored;
+    its own (--seq-ms, ...) come through the LLMService's `engine.extraArgs`."""
+    parser = argparse.ArgumentParser(prog="fake vllm.entrypoints.openai.api_server")
+    add_arguments(parser)
+    parser.add_argument("--served-model-name")
+    args, _ = parser.parse_known_args(argv)
+    if args.served_model_name:
+        args.model = args.served_model_name
+    asyncio.run(_serve_forever(args))
+    return 0
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

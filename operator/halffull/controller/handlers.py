@@ -26,6 +26,7 @@ from halffull.builders.meta import MANAGED_BY, OWNER_LABEL
 from halffull.controller.cache import ObjectCache
 from halffull.controller.failures import retry_delay
 from halffull.controller.leader import LeaseElector
+from halffull.controller.login import login
 from halffull.controller.reconcile import Reconciler
 from halffull.controller.runner import KeyedRunner
 from halffull.controller.weights import WeightsLoop
@@ -105,9 +106,7 @@ class Operator:
                 await asyncio.sleep(delay)
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
-        @kopf.on.login(registry=registry)
-        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-            return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        kopf.on.login(registry=registry)(login)
 
         @kopf.on.startup(registry=registry)
         async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:

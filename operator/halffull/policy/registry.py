@@ -30,11 +30,13 @@ from halffull.policy.routing import (
     RoundRobinPolicy,
     RoutingPolicy,
     SalClassicPolicy,
+    SalGreedyPolicy,
     SalPolicy,
 )
 
 RoutingPolicyName = Literal[
     "sal",
+    "sal-greedy",
     "sal-classic",
     "round-robin",
     "random",
@@ -53,6 +55,7 @@ ROUTING_POLICIES: Mapping[str, type[RoutingPolicy]] = MappingProxyType(
         cls.name: cls
         for cls in (
             SalPolicy,
+            SalGreedyPolicy,
             SalClassicPolicy,
             RoundRobinPolicy,
             RandomPolicy,

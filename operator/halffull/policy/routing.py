@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from halffull import defaults as D
-from halffull.policy.sal import DEFAULT_MAX_TOKENS_PER_BATCH, sal_load
+from halffull.policy.sal import DEFAULT_MAX_TOKENS_PER_BATCH, recompute_delay, sal_load
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +101,10 @@ class ReplicaState:
     num_running: int = 0
     inflight: int = 0
     """Requests this router has outstanding on the replica."""
+    unstarted: float = 0.0
+    """Requests without a first token yet (waiting, or part way through a chunked prefill):
+    the ones whose TTFT more prefill work there delays. The router's own such requests plus the
+    engine's other waiting ones."""
     max_tokens_per_batch: int = DEFAULT_MAX_TOKENS_PER_BATCH
     cached_tokens: int = 0
     """Prompt tokens of the request being routed that the replica is believed to hold in its
@@ -145,12 +149,12 @@ def estimate_replica(
     if capacity is None:
         capacity = last_capacity_tokens
     if stats is not None and fresh:
+        counted_by_engine = own.prefill_requests - own.since_poll_requests
+        foreign = max(0, stats.num_waiting - counted_by_engine)
         if stats.waiting_prefill_tokens is not None:  # exact: the engine counted its queue
             queued = stats.waiting_prefill_tokens + own.since_poll_tokens
         else:
-            counted_by_engine = own.prefill_requests - own.since_poll_requests
-            foreign_waiting = max(0, stats.num_waiting - counted_by_engine)
-            queued = own.prefill_tokens + foreign_waiting * mean_prompt_tokens
+            queued = own.prefill_tokens + foreign * mean_prompt_tokens
         usage: float | None = stats.kv_usage
         free: float | None = None
         if stats.free_kv_tokens is not None:
@@ -171,6 +175,7 @@ def estimate_replica(
             num_waiting=stats.num_waiting + own.since_poll_requests,
             num_running=stats.num_running,
             inflight=own.inflight_requests,
+            unstarted=own.prefill_requests + foreign,
             max_tokens_per_batch=max_tokens_per_batch,
         )
     by_weight = weight_queued_tokens(weight, max_tokens_per_batch, mean_prompt_tokens)
@@ -185,6 +190,7 @@ def estimate_replica(
         num_waiting=own.prefill_requests,
         num_running=own.inflight_requests - own.prefill_requests,
         inflight=own.inflight_requests,
+        unstarted=own.prefill_requests,
         max_tokens_per_batch=max_tokens_per_batch,
     )
 
@@ -225,13 +231,17 @@ class RoutingPolicy(ABC):
 
 
 class SalPolicy(RoutingPolicy):
-    """SAL, prefix-aware: the lowest `sal_load` (memory shortfall or prefill queue, in batches)
-    with the request counted by what the replica must newly compute and hold: `mem(r, s)` and
-    r's share of `queued_tokens(s, r)` are its prompt tokens that s does not hold in its prefix
-    cache. Without prefix information (cached_tokens 0) this is the paper's SAL."""
+    """SAL, prefix-aware, with the recompute charge: the lowest `sal_load` (memory shortfall or
+    prefill queue, in batches) with the request counted by what the replica must newly compute
+    and hold (`mem(r, s)` and r's share of `queued_tokens(s, r)` are its prompt tokens that s
+    does not hold in its prefix cache), plus `recompute_delay`: the prefill it would do there
+    beyond the least any candidate must do, times the requests per replica still waiting for
+    their first token (`ReplicaState.unstarted`, averaged over the candidates). Without
+    prefix information (cached_tokens 0 everywhere) this is the paper's SAL."""
 
     name = "sal"
     uses_prefix = True
+    charges_recompute: ClassVar[bool] = True
 
     def __init__(self, beta: float = D.BETA) -> None:
         super().__init__()
@@ -240,6 +250,7 @@ class SalPolicy(RoutingPolicy):
         self.beta = beta
 
     def load(self, request: RouteRequest, replica: ReplicaState) -> float:
+        """SAL's own load of `request` on `replica` (without the recompute charge)."""
         cached = replica.cached_tokens if self.uses_prefix else 0
         return sal_load(
             prompt_tokens=max(0, request.prompt_tokens - cached),
@@ -249,8 +260,38 @@ class SalPolicy(RoutingPolicy):
             beta=self.beta,
         )
 
+    def loads(self, request: RouteRequest, replicas: Sequence[ReplicaState]) -> list[float]:
+        """Each replica's load, the recompute charge included when the policy charges it."""
+        loads = [self.load(request, r) for r in replicas]
+        if not (self.uses_prefix and self.charges_recompute) or not replicas:
+            return loads
+        live = [r for r in replicas if not r.draining] or list(replicas)
+        most_cached = max(r.cached_tokens for r in live)
+        if most_cached <= 0:
+            return loads
+        waiting = sum(r.unstarted for r in live) / len(live)
+        least_uncached = max(0, request.prompt_tokens - most_cached)
+        return [
+            load
+            + recompute_delay(
+                uncached_tokens=max(0, request.prompt_tokens - r.cached_tokens),
+                least_uncached_tokens=least_uncached,
+                waiting_requests=waiting,
+                max_tokens_per_batch=r.max_tokens_per_batch,
+            )
+            for load, r in zip(loads, replicas, strict=True)
+        ]
+
     def rank(self, request: RouteRequest, replicas: Sequence[ReplicaState]) -> list[int]:
-        return self._rank_by([self.load(request, r) for r in replicas], replicas)
+        return self._rank_by(self.loads(request, replicas), replicas)
+
+
+class SalGreedyPolicy(SalPolicy):
+    """Prefix-aware SAL without the recompute charge: each request goes where its own wait is
+    shortest, even when that means recomputing a prefix another replica holds."""
+
+    name = "sal-greedy"
+    charges_recompute = False
 
 
 class SalClassicPolicy(SalPolicy):
@@ -258,6 +299,7 @@ class SalClassicPolicy(SalPolicy):
 
     name = "sal-classic"
     uses_prefix = False
+    charges_recompute = False
 
 
 class RoundRobinPolicy(RoutingPolicy):

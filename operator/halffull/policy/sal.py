@@ -39,3 +39,33 @@ def sal_load(
         return queue_term / max_tokens_per_batch
     memory_term = beta * (prompt_tokens - free_kv_tokens)
     return max(memory_term, queue_term) / max_tokens_per_batch
+
+
+def recompute_delay(
+    *,
+    uncached_tokens: float,
+    least_uncached_tokens: float,
+    waiting_requests: float,
+    max_tokens_per_batch: int,
+) -> float:
+    """What sending a request where it recomputes more of its prompt than it must costs the
+    requests that wait in the cluster, in batches (the unit of `sal_load`).
+
+    `sal_load` prices a replica by the request's own wait: queue ahead plus its own uncached
+    prefill. That is a greedy choice: a replica holding the prefix is given up as soon as another
+    replica's queue is shorter by more than the prefix. But prefill that did not have to be done
+    is taken from the whole cluster's capacity: every request already waiting, on whatever replica
+    the load balancing spreads it to, starts that much later. The extra work is
+    `uncached_tokens - least_uncached_tokens` (the request's uncached tokens here, less the
+    fewest any candidate must compute, which it computes wherever it goes); the requests it
+    delays are the `waiting_requests` a replica has in its queue on average (in steady state, a
+    request leaves behind it as many as it found ahead). So the charge is zero on an idle cluster
+    (SAL's greedy choice is then the right one), grows with the backlog (past the knee, saving
+    prefill is all that shortens queues), and is zero for every replica when no replica holds
+    any of the prompt (requests without a cached prefix are routed exactly as by `sal_load`)."""
+    if max_tokens_per_batch <= 0:
+        raise ValueError("max_tokens_per_batch must be positive")
+    if waiting_requests < 0:
+        raise ValueError("waiting_requests must not be negative")
+    extra = max(0.0, uncached_tokens - least_uncached_tokens)
+    return waiting_requests * extra / max_tokens_per_batch
