@@ -209,7 +209,8 @@ def policy_only(lengths: list[int], rounds: int, k: int = 8) -> None:
     """Without vLLM: the policy work of one step, before (a view per request and a sorted order
     of the whole queue, as 00f5d19's plugin did) and now (head selection over the index, the
     head set, one admission from it and one arrival), interleaved."""
-    from halffull.policy.larry_queue import WaitingIndex, WaitingQueue
+    from halffull.policy.larry_fifo import WaitingQueue
+    from halffull.policy.larry_queue import WaitingIndex
 
     old = load_before_policy()
     rng = random.Random(3)

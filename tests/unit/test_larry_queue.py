@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 from halffull.policy import larry_queue
 from halffull.policy.larry import KVCapacity, LarryPolicy, WaitingRequest, order
+from halffull.policy.larry_fifo import WaitingQueue
 from halffull.policy.larry_prefix import PrefixWatch
-from halffull.policy.larry_queue import Keys, WaitingIndex, WaitingQueue
+from halffull.policy.larry_queue import Keys, WaitingIndex
 
 CAPACITY = KVCapacity(block_size=16, num_blocks=256)
 NOW = 1_000.0

@@ -1,14 +1,16 @@
 """LARRY inside vLLM: `--scheduler-cls halffull.engine.scheduler.LarryScheduler`.
 
-The plugin changes one thing in vLLM's scheduler: before each `schedule()` it puts the head of
-the waiting queue in LARRY's order (the first requests up to the free sequence slots: vLLM admits
-no more in one step). The waiting queue is vLLM's own queue class with LARRY's index mixed in
-(`halffull.policy.larry_queue`), so each request's keys are computed once, when it enters.
+The plugin changes one thing in vLLM's scheduler: before each `schedule()` it points the head of
+the waiting queue at LARRY's first requests (up to the free sequence slots: vLLM admits no more
+in one step), which the queue serves first during that `schedule()`. The waiting queue is an
+implementation of vLLM's `RequestQueue` interface over `halffull.policy.larry_queue` (FIFO
+between steps, as vLLM's `FCFSRequestQueue`), so each request's keys are computed once, when it
+enters; its uncached blocks follow vLLM's prefix cache through `halffull.engine.prefix_events`.
 Everything else (running requests first, token budget, chunked prefill, stopping at the first
 waiting request that does not fit, preemption putting the victim back at the head of the queue)
-is vLLM's own code. Under policy "fcfs" the queue is not touched at all, so
-the engine behaves exactly like vanilla vLLM; the plugin stays loaded so that a policy change is
-a file change, not a pod restart.
+is vLLM's own code. Under policy "fcfs" no head is set, so the engine behaves exactly like
+vanilla vLLM; the plugin stays loaded so that a policy change is a file change, not a pod
+restart.
 
 vLLM picks `AsyncScheduler` by itself when async scheduling is on (the GPU default) and uses the
 configured class verbatim when one is given. `LarryScheduler` therefore resolves its base at
@@ -37,8 +39,9 @@ from halffull.engine.config_watcher import ConfigWatcher
 from halffull.engine.metrics import EngineMetrics
 from halffull.engine.prefix_events import BlockPoolEvents
 from halffull.policy.larry import KVCapacity
+from halffull.policy.larry_fifo import WaitingQueue
 from halffull.policy.larry_prefix import PrefixWatch
-from halffull.policy.larry_queue import Keys, WaitingIndex, WaitingQueue
+from halffull.policy.larry_queue import Keys, WaitingIndex
 
 logger = logging.getLogger("halffull.engine")
 

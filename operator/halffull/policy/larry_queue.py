@@ -12,10 +12,9 @@ The blocks a request needs change while it waits when the engine has a prefix ca
 counts follow the cache's events (`halffull.policy.larry_prefix`), re-keying only the requests a
 stored or evicted block concerns (`WaitingIndex.settle`).
 
-`WaitingQueue` is the queue itself: vLLM's FIFO semantics (append, appendleft, popleft, remove),
-with removal from anywhere in O(1), and a head that a step points at LARRY's selection
-(`set_head`): `peek`/`popleft` serve it first, then the FIFO. Nothing is rebuilt per step. vLLM's
-waiting queue and the simulator's both use it, so the plugin and the simulator run this code.
+The queue itself is `halffull.policy.larry_fifo.WaitingQueue` (vLLM's FIFO, O(1) removal, a
+head a step points at this selection); vLLM's waiting queue and the simulator's both use it, so
+the plugin and the simulator run this code.
 
 Ties: earlier arrival, then earlier entry into the queue (`append` counts up from the back,
 `appendleft` down from the front, so entry order is queue order).
@@ -24,8 +23,7 @@ Ties: earlier arrival, then earlier entry into the queue (`append` counts up fro
 from __future__ import annotations
 
 import heapq
-from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -352,119 +350,3 @@ class WaitingIndex(Generic[T]):
         rank = min(GUESS_RANKS * m, len(ranked)) - 1
         self._guess[tier] = ranked[rank][0] if len(ranked) > m else np.nan
         return [r[3] for r in ranked[:m]]
-
-
-class WaitingQueue(Generic[T]):
-    """A FIFO of waiting requests kept in step with a `WaitingIndex` (`larry`).
-
-    The FIFO is vLLM's deque semantics by entry: `append` at the back, `appendleft` at the
-    front, `popleft` from the front. A removed request leaves its entry behind, skipped when
-    reached and dropped in bulk when they pile up, so removal from the middle is O(1), as
-    LARRY's admissions are. For one step, `set_head` puts a selection ahead of the FIFO;
-    `clear_head` ends it (a step that does not select leaves the FIFO order)."""
-
-    def __init__(self, larry: WaitingIndex[T]) -> None:
-        self.larry = larry
-        self._q: deque[tuple[int, T]] = deque()
-        self._head: list[T] = []
-        self._stale = 0
-
-    def __len__(self) -> int:
-        return len(self.larry)
-
-    def __bool__(self) -> bool:
-        return len(self.larry) > 0
-
-    def __contains__(self, obj: object) -> bool:
-        return obj in self.larry
-
-    def __iter__(self) -> Iterator[T]:
-        """The requests in FIFO order. Safe to call from another thread: it iterates over a
-        copy (taken in one C call) of the entries."""
-        seq_of = self.larry.seq_of
-        return (obj for seq, obj in list(self._q) if seq_of(obj) == seq)
-
-    def append(self, obj: T) -> None:
-        self._q.append((self.larry.add(obj), obj))
-
-    def appendleft(self, obj: T) -> None:
-        self._q.appendleft((self.larry.add(obj, front=True), obj))
-
-    def extend(self, objs: Iterable[T]) -> None:
-        for obj in objs:
-            self.append(obj)
-
-    def extendleft(self, objs: Iterable[T]) -> None:
-        for obj in objs:
-            self.appendleft(obj)
-
-    def peek(self) -> T:
-        """The request `popleft` would return. IndexError if empty."""
-        head, larry = self._head, self.larry
-        while head:
-            if head[0] in larry:
-                return head[0]
-            head.pop(0)
-        first = self.fifo_first()
-        if first is None:
-            raise IndexError("peek from an empty queue")
-        return first
-
-    def popleft(self) -> T:
-        obj = self.peek()
-        q = self._q
-        if self._head and self._head[0] is obj:
-            self._head.pop(0)
-            if q[0][1] is obj:  # also the FIFO's first: leave no stale entry behind
-                q.popleft()
-            else:
-                self._stale += 1
-        else:
-            q.popleft()
-        self.larry.discard(obj)
-        self._compact()
-        return obj
-
-    def remove(self, obj: T) -> None:
-        """Remove `obj` wherever it is. ValueError if it is not queued."""
-        if not self.discard(obj):
-            raise ValueError("request is not in the queue")
-
-    def discard(self, obj: T) -> bool:
-        """Remove `obj` if queued; returns whether it was."""
-        if not self.larry.discard(obj):
-            return False
-        self._stale += 1
-        self._compact()
-        return True
-
-    def clear(self) -> None:
-        self.larry.clear()
-        self._q = deque()
-        self._head = []
-        self._stale = 0
-
-    def set_head(self, objs: list[T]) -> None:
-        """Serve `objs` (queued requests) first, in this order, until `clear_head`."""
-        self._head = list(objs)
-
-    def clear_head(self) -> None:
-        self._head = []
-
-    def fifo_first(self) -> T | None:
-        """The FIFO's first request (what vLLM would admit first), or None if empty."""
-        q, seq_of = self._q, self.larry.seq_of
-        while q:
-            seq, obj = q[0]
-            if seq_of(obj) == seq:
-                return obj
-            q.popleft()  # stale entries at the front go now
-            self._stale -= 1
-        return None
-
-    def _compact(self) -> None:
-        if self._stale > len(self.larry) + 64:
-            seq_of = self.larry.seq_of
-            # a new deque, swapped in whole: another thread may be copying the old one
-            self._q = deque(e for e in self._q if seq_of(e[1]) == e[0])
-            self._stale = 0

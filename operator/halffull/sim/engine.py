@@ -52,8 +52,9 @@ from typing import Literal
 import numpy as np
 
 from halffull.policy.larry import KVCapacity
+from halffull.policy.larry_fifo import WaitingQueue
 from halffull.policy.larry_prefix import PrefixWatch
-from halffull.policy.larry_queue import Keys, WaitingIndex, WaitingQueue
+from halffull.policy.larry_queue import Keys, WaitingIndex
 from halffull.sim.kvcache import BlockPool
 from halffull.sim.profiles import EngineShape, FloatArray, StepModel, attended_pairs
 
