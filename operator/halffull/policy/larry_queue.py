@@ -227,7 +227,7 @@ class WaitingIndex(Generic[T]):
         if k <= 0:
             return []
         if queue_len <= SMALL_QUEUE:
-            return self._select_small(policy, now, num_blocks, alpha, max_wait, k)
+            return self._select_small((policy, now, num_blocks, alpha, max_wait), k)
         hi = self._hi
         need = k
         chosen: list[int] = []
@@ -270,15 +270,11 @@ class WaitingIndex(Generic[T]):
         return [objs[i] for i in chosen]  # type: ignore[misc]  # live slots hold requests
 
     def _select_small(
-        self,
-        policy: LarryPolicy,
-        now: float,
-        num_blocks: int,
-        alpha: float,
-        max_wait: float,
-        k: int,
+        self, params: tuple[LarryPolicy, float, int, float, float], k: int
     ) -> list[T]:
-        """`select` for a short queue, in Python: the reference's arithmetic and tuple order."""
+        """`select` for a short queue, in Python: the reference's arithmetic and tuple order.
+        `params`: policy, now, num_blocks, alpha, max_wait."""
+        policy, now, num_blocks, alpha, max_wait = params
         seq, arrival, blocks = self._seq, self._arrival, self._blocks
         queue_len, literal = len(self._slot), policy == "larry-literal"
         pre: list[int] = []
