@@ -82,7 +82,7 @@ class WaitingQueue(Generic[T]):
         q = self._q
         if self._head and self._head[0] is obj:
             self._head.pop(0)
-            if q[0][1] is obj:  # also the FIFO's first: leave no stale entry behind
+            if q[0][1] is obj and q[0][0] == self.larry.seq_of(obj):  # also the FIFO's first
                 q.popleft()
             else:
                 self._stale += 1
