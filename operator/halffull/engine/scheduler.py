@@ -1,14 +1,16 @@
 """LARRY inside vLLM: `--scheduler-cls halffull.engine.scheduler.LarryScheduler`.
 
-The plugin changes one thing in vLLM's scheduler: before each `schedule()` it puts the head of
-the waiting queue in LARRY's order (the first requests up to the free sequence slots: vLLM admits
-no more in one step). The waiting queue is vLLM's own queue class with LARRY's index mixed in
-(`halffull.policy.larry_queue`), so each request's keys are computed once, when it enters.
+The plugin changes one thing in vLLM's scheduler: before each `schedule()` it points the head of
+the waiting queue at LARRY's first requests (up to the free sequence slots: vLLM admits no more
+in one step), which the queue serves first during that `schedule()`. The waiting queue is an
+implementation of vLLM's `RequestQueue` interface over `halffull.policy.larry_queue` (FIFO
+between steps, as vLLM's `FCFSRequestQueue`), so each request's keys are computed once, when it
+enters; its uncached blocks follow vLLM's prefix cache through `halffull.engine.prefix_events`.
 Everything else (running requests first, token budget, chunked prefill, stopping at the first
 waiting request that does not fit, preemption putting the victim back at the head of the queue)
-is vLLM's own code. Under policy "fcfs" the queue is not touched at all, so
-the engine behaves exactly like vanilla vLLM; the plugin stays loaded so that a policy change is
-a file change, not a pod restart.
+is vLLM's own code. Under policy "fcfs" no head is set, so the engine behaves exactly like
+vanilla vLLM; the plugin stays loaded so that a policy change is a file change, not a pod
+restart.
 
 vLLM picks `AsyncScheduler` by itself when async scheduling is on (the GPU default) and uses the
 configured class verbatim when one is given. `LarryScheduler` therefore resolves its base at
@@ -24,18 +26,22 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from vllm.v1.core.kv_cache_utils import BlockHash
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.request_queue import FCFSRequestQueue, RequestQueue
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
 from halffull.engine.config_watcher import ConfigWatcher
 from halffull.engine.metrics import EngineMetrics
+from halffull.engine.prefix_events import BlockPoolEvents
 from halffull.policy.larry import KVCapacity
-from halffull.policy.larry_queue import REFRESH_PER_STEP, IndexedDeque, Keys, WaitingIndex
+from halffull.policy.larry_fifo import WaitingQueue
+from halffull.policy.larry_prefix import PrefixWatch
+from halffull.policy.larry_queue import Keys, WaitingIndex
 
 logger = logging.getLogger("halffull.engine")
 
@@ -74,26 +80,43 @@ class LarryScheduler(Scheduler):
         num_blocks = self.cache_config.num_gpu_blocks
         assert num_blocks, "vLLM sizes the KV cache before it builds the scheduler"
         self._larry_capacity = KVCapacity(block_size=self.block_size, num_blocks=num_blocks)
+        # the block hashes are per block only when the hash block is the KV block (a model
+        # whose KV cache groups have other block sizes is keyed without its cached prefix)
         self._larry_prefix = bool(self.cache_config.enable_prefix_caching)
+        if self._larry_prefix and getattr(self, "hash_block_size", self.block_size) != (
+            self.block_size
+        ):
+            self._larry_prefix = False
+            logger.warning(
+                "halffull scheduler: hash blocks differ from KV blocks; mem(r) ignores the "
+                "prefix cache on this engine"
+            )
         self._larry_groups = list(range(len(self.kv_cache_config.kv_cache_groups)))
         self.larry_reorders = 0
-        """Steps at which the plugin changed the head of the queue (for tests and benchmarks)."""
-        self.larry_prefix_hits = 0
-        """Key computations that found some of a request's blocks in the prefix cache."""
+        """Steps at which LARRY's first request was not vLLM's (for tests and benchmarks)."""
+        self.larry_prefix_rekeys = 0
+        """Steps at which prefix-cache changes re-keyed some waiting request."""
         self._larry_watcher = ConfigWatcher.from_env()
         self._larry_metrics = EngineMetrics()
         self._larry_metrics.serve_from_env()
-        if isinstance(self.waiting, deque):
-            queue_cls = type("LarryRequestQueue", (IndexedDeque, type(self.waiting)), {})
-            index: WaitingIndex[Request] = WaitingIndex(self._larry_keys)
-            self.waiting = queue_cls(larry=index)
+        self._larry_queue: LarryRequestQueue | None = None
+        self._larry_events: BlockPoolEvents | None = None
+        if isinstance(self.waiting, FCFSRequestQueue):
+            prefix = None
+            if self._larry_prefix:
+                watch: PrefixWatch[bytes] = PrefixWatch(self._larry_cached)
+                pool = self.kv_cache_manager.block_pool
+                self._larry_events = BlockPoolEvents(pool, watch)
+                prefix = (watch, self._larry_hashes)
+            index: WaitingIndex[Request] = WaitingIndex(self._larry_keys, prefix=prefix)
+            self._larry_queue = LarryRequestQueue(index)
+            self.waiting = self._larry_queue
         else:
             logger.warning(
                 "halffull scheduler: vLLM scheduling policy %r keeps its own queue order; "
                 "LARRY stays off (use the default --scheduling-policy fcfs)",
                 self.scheduler_config.policy,
             )
-        self._larry_reordered = False
         self._larry_reloads_seen = 0
         self._larry_errors_seen = 0
         self.larry_clock: Callable[[], float] = time.time
@@ -115,53 +138,71 @@ class LarryScheduler(Scheduler):
             config.describe(),
         )
 
+    @property
+    def larry_prefix_hits(self) -> int:
+        """Key computations that found some of a request's blocks in the prefix cache."""
+        return self._larry_events.watch.hits if self._larry_events is not None else 0
+
     def _larry_keys(self, request: Request) -> Keys:
-        """Arrival, KV blocks still needed (prompt and output to recompute, less what the prefix
-        cache holds) and whether vLLM preempted it: computed when the request enters the queue."""
-        tokens = request.num_tokens - self._larry_cached_tokens(request)
-        blocks = -(-max(tokens, 0) // self._larry_capacity.block_size)
+        """Arrival, KV blocks its tokens fill (prompt and output to recompute; the index
+        subtracts the cached prefix) and whether vLLM preempted it: computed when it enters."""
+        blocks = -(-request.num_tokens // self._larry_capacity.block_size)
         return request.arrival_time, blocks, request.status == RequestStatus.PREEMPTED
 
-    def _larry_cached_tokens(self, request: Request) -> int:
-        """Tokens of `request`'s prompt whose KV blocks vLLM's prefix cache holds now: the
-        longest run of its full-block hashes that the block pool finds, as vLLM's own lookup."""
-        if not self._larry_prefix or not request.block_hashes:
-            return 0
-        pool, groups = self.kv_cache_manager.block_pool, self._larry_groups
+    def _larry_hashes(self, request: Request) -> Sequence[bytes]:
+        """The block hashes a prefix-cache hit can cover: vLLM looks up at most
+        `num_tokens - 1` tokens (it recomputes the last one for its logits)."""
+        return request.block_hashes[: (request.num_tokens - 1) // self._larry_capacity.block_size]
+
+    def _larry_cached(self, block_hash: bytes) -> bool:
+        """Whether vLLM's prefix cache holds this block, in every KV cache group."""
+        pool = self.kv_cache_manager.block_pool
+        return pool.get_cached_block(BlockHash(block_hash), self._larry_groups) is not None
+
+    def larry_fresh_blocks(self, request: Request) -> int:
+        """The blocks `request` needs, looked up now (what the index keeps current by events;
+        for tests and `bench/larry_staleness.py`)."""
         hit = 0
-        for block_hash in request.block_hashes:
-            if pool.get_cached_block(block_hash, groups) is None:
-                break
-            hit += 1
-        if hit:
-            self.larry_prefix_hits += 1
-        return hit * self._larry_capacity.block_size
+        if self._larry_prefix:
+            for block_hash in self._larry_hashes(request):
+                if not self._larry_cached(block_hash):
+                    break
+                hit += 1
+        return self._larry_keys(request)[1] - hit
 
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
-        self._larry_reorder()
-        return super().schedule(*args, **kwargs)
+        queue = self._larry_queue
+        if queue is None:
+            return super().schedule(*args, **kwargs)
+        self._larry_reorder(queue)
+        try:
+            return super().schedule(*args, **kwargs)
+        finally:
+            queue.clear_head()  # between steps the queue is vLLM's FIFO
 
-    def _larry_reorder(self) -> None:
+    def _larry_reorder(self, queue: LarryRequestQueue) -> None:
+        """Point the queue's head at LARRY's first requests for this step, unless nothing
+        could be admitted."""
         config = self._larry_watcher.current()
-        waiting = self.waiting
-        if not isinstance(waiting, IndexedDeque):
-            return
-        index = waiting.larry
         if config.policy == "fcfs":
-            if self._larry_reordered:  # hand vLLM back its own order once
-                self.waiting = type(waiting)(index.fcfs(), larry=index)
-                self._larry_reordered = False
             return
         free_slots = self.max_num_active_reqs - len(self.running)
-        if len(waiting) < 2 or free_slots <= 0:
+        if len(queue) < 2 or free_slots <= 0:
             return  # nothing to order, or no request can be admitted in this step
-        if self._larry_prefix:
-            index.refresh(REFRESH_PER_STEP)
+        index = queue.larry
+        if self._larry_events is not None:
+            self._larry_events.sync()
+            if index.settle():
+                self.larry_prefix_rekeys += 1
         # vLLM admits a request only if blocks for its whole uncached sequence are free (its
         # first chunk's, without scheduler_reserve_full_isl): if not even the smallest fits, the
         # order cannot matter in this step
-        need = index.min_blocks() if self.scheduler_reserve_full_isl else 1
-        if need > self.kv_cache_manager.block_pool.get_num_free_blocks():
+        free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
+        if self.scheduler_reserve_full_isl:
+            first = queue.fifo_first()  # if it fits, the minimum does: no pass over the slots
+            if first is not None and index.blocks_of(first) > free_blocks < index.min_blocks():
+                return
+        elif free_blocks < 1:
             return
         head = index.select(
             policy=config.policy,
@@ -171,12 +212,9 @@ class LarryScheduler(Scheduler):
             max_wait=config.max_wait_seconds,
             k=free_slots,
         )
-        if all(a is b for a, b in zip(head, waiting, strict=False)):
-            return
-        # A new queue object, swapped in whole: the plugin's thread may be reading the old one.
-        self.waiting = type(waiting)(head + index.others(head), larry=index)
-        self._larry_reordered = True
-        self.larry_reorders += 1
+        queue.set_head(head)
+        if head and queue.fifo_first() is not head[0]:
+            self.larry_reorders += 1
 
     def _larry_background(self) -> None:
         while True:
@@ -210,6 +248,42 @@ class LarryScheduler(Scheduler):
         for r in list(self.running):
             pending += max(r.num_prompt_tokens - r.num_computed_tokens, 0)
         metrics.waiting_prefill_tokens.set(pending)
+
+
+class LarryRequestQueue(WaitingQueue[Request], RequestQueue):
+    """LARRY's waiting queue behind vLLM's `RequestQueue` interface (what vLLM's scheduler
+    calls on `self.waiting`). FIFO between steps, exactly as vLLM's `FCFSRequestQueue`."""
+
+    def add_request(self, request: Request) -> None:
+        self.append(request)
+
+    def pop_request(self) -> Request:
+        return self.popleft()
+
+    def peek_request(self) -> Request:
+        return self.peek()
+
+    def prepend_request(self, request: Request) -> None:
+        self.appendleft(request)
+
+    def prepend_requests(self, requests: Iterable[Request]) -> None:
+        self.extendleft(requests)
+
+    def remove_request(self, request: Request) -> None:
+        self.remove(request)
+
+    def remove_requests(self, requests: Iterable[Request]) -> None:
+        for request in requests:
+            self.discard(request)
+
+    def __bool__(self) -> bool:
+        return len(self.larry) > 0
+
+    def __len__(self) -> int:
+        return len(self.larry)
+
+    def __iter__(self) -> Iterator[Request]:
+        return WaitingQueue.__iter__(self)
 
 
 class LarryAsyncScheduler(LarryScheduler, AsyncScheduler):

@@ -3,61 +3,114 @@
 `halffull.policy.larry.order` defines the order over a list; rebuilding that list and sorting it
 at every engine step cost about 1.3 us per waiting request (1.35 ms at 1,024), on the engine's
 critical path. Here each request's keys (arrival, blocks it needs, preempted) are computed once,
-when it enters the queue, and kept in numpy arrays indexed by a slot. A step then scores the
-live slots with a few vector operations and selects only the first `k` of the order with a
-partial selection: the engine admits at most its free sequence slots in one step, so positions
-after `k` cannot matter to that step.
+when it enters the queue, and kept in numpy arrays indexed by a slot. A step scores the slots
+with a few vector operations into preallocated buffers and selects only the first `k` of the
+order with a partial selection: the engine admits at most its free sequence slots in one step,
+so positions after `k` cannot matter to that step.
 
-`IndexedDeque` is a deque that keeps a `WaitingIndex` in step with its contents through its own
-mutating methods. vLLM's waiting queue and the simulator's both use it, so the engine plugin and
-the simulator run this same code.
+The blocks a request needs change while it waits when the engine has a prefix cache: those
+counts follow the cache's events (`halffull.policy.larry_prefix`), re-keying only the requests a
+stored or evicted block concerns (`WaitingIndex.settle`).
+
+The queue itself is `halffull.policy.larry_fifo.WaitingQueue` (vLLM's FIFO, O(1) removal, a
+head a step points at this selection); vLLM's waiting queue and the simulator's both use it, so
+the plugin and the simulator run this code.
 
 Ties: earlier arrival, then earlier entry into the queue (`append` counts up from the back,
-`appendleft` down from the front, so entry order is queue order for a queue only appended to and
-prepended to).
+`appendleft` down from the front, so entry order is queue order).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable, Iterable
-from typing import Any, Generic, SupportsIndex, TypeVar
+import heapq
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from halffull.policy.larry import LarryPolicy, check_parameters
+from halffull.policy.larry_prefix import PrefixWatch
 
-T = TypeVar("T")
+T = TypeVar("T", bound=Hashable)
 
 Keys = tuple[float, int, bool]
-"""What the index keeps per request: arrival time, KV blocks it needs, preempted."""
+"""What the index keeps per request: arrival time, KV blocks it needs (before any prefix-cache
+hit, which the index's `PrefixWatch` subtracts), preempted."""
 
 IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
 
-REFRESH_PER_STEP = 32
-"""Queued requests whose keys are recomputed per step where they change while waiting (the
-uncached blocks, with prefix caching): each is then at most `ceil(waiting / 32)` steps old.
-`bench/larry_staleness.py` measures what that costs the admission order."""
+_DEAD_BLOCKS = np.iinfo(np.int64).max
+"""`blocks` of a free slot: never the minimum."""
+
+SMALL_QUEUE = 64
+"""Up to this many waiting requests a step selects in Python: a numpy call costs microseconds
+whatever its size, more than a short loop."""
+
+GUESS_RANKS = 4
+"""The partial selection's guess of a cut keeps about this many times `k` slots (see
+`WaitingIndex._first_all`)."""
 
 
 class WaitingIndex(Generic[T]):
-    """Per-request keys of the requests in a waiting queue, in slot-indexed arrays."""
+    """Per-request keys of the requests in a waiting queue, in slot-indexed arrays.
 
-    def __init__(self, keys: Callable[[T], Keys], capacity: int = 64) -> None:
+    A free slot has arrival NaN, so every score computed from it is NaN, which numpy's
+    partition puts last and every comparison rejects: a step needs no mask of live slots."""
+
+    def __init__(
+        self,
+        keys: Callable[[T], Keys],
+        capacity: int = 64,
+        *,
+        prefix: tuple[PrefixWatch[Any], Callable[[T], Sequence[Any]]] | None = None,
+    ) -> None:
         self._keys = keys
+        self.watch: PrefixWatch[Any] | None = None
+        self._hashes: Callable[[T], Sequence[Any]] | None = None
+        if prefix is not None:
+            self.watch, self._hashes = prefix
         self._slot: dict[T, int] = {}
+        self._seq: list[int] = []
+        self._arrival: list[float] = []
+        self._blocks: list[int] = []
+        self.objs: list[T | None] = []
+        """Per slot, in Python lists: what the final sort of a few slots reads."""
+        self._frac_n = 0
         self._free: list[int] = []
         self._hi = 0
         self._front = 0
         self._back = 0
-        self._cursor = 0
-        self.arrival = np.zeros(capacity)
-        self.blocks = np.zeros(capacity, dtype=np.int64)
-        self.preempted = np.zeros(capacity, dtype=bool)
-        self.seq = np.zeros(capacity, dtype=np.int64)
-        self.live = np.zeros(capacity, dtype=bool)
-        self.objs = np.empty(capacity, dtype=object)
+        self._preempted: set[int] = set()
+        self._checked: tuple[str, float, float] | None = None
+        self._latest = -np.inf
+        """The latest arrival ever queued: while `now` is past it no wait needs clamping."""
+        self._guess = [np.nan, np.nan]
+        """Per tier (overdue, scored): see `_first_all`."""
+        self._alloc(capacity)
+
+    def _alloc(self, size: int) -> None:
+        """(Re)allocate the arrays for `size` slots, keeping the first ones' contents."""
+        old = self._hi if hasattr(self, "arrival") else 0
+        arrival = np.full(size, np.nan)
+        blocks = np.full(size, _DEAD_BLOCKS, dtype=np.int64)
+        total = np.zeros(size, dtype=np.int64)
+        seq = np.zeros(size, dtype=np.int64)
+        frac = np.zeros(size)
+        if old:
+            arrival[:old], blocks[:old], total[:old] = self.arrival, self.blocks, self.total
+            seq[:old], frac[:old] = self.seq, self.frac
+        self.arrival: FloatArray = arrival
+        self.blocks: IntArray = blocks
+        self.total: IntArray = total
+        self.seq: IntArray = seq
+        self.frac: FloatArray = frac
+        """blocks / `_frac_n`, maintained with `blocks` once a step asked for it"""
+        # scratch for a step: no array is allocated per step at the size of the queue
+        self._w: FloatArray = np.empty(size)
+        self._m: FloatArray = np.empty(size)
+        self._b: npt.NDArray[np.bool_] = np.empty(size, dtype=bool)
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -65,80 +118,94 @@ class WaitingIndex(Generic[T]):
     def __contains__(self, obj: object) -> bool:
         return obj in self._slot
 
-    def _grow(self) -> None:
-        size = 2 * self.live.size
-        for name in ("arrival", "blocks", "preempted", "seq", "live", "objs"):
-            old = getattr(self, name)
-            new = np.zeros(size, dtype=old.dtype) if name != "objs" else np.empty(size, object)
-            new[: old.size] = old
-            setattr(self, name, new)
+    def seq_of(self, obj: T) -> int | None:
+        """The entry number of `obj` if queued (a re-entry gets a new one), else None."""
+        slot = self._slot.get(obj)
+        return None if slot is None else self._seq[slot]
 
-    def add(self, obj: T, *, front: bool = False) -> None:
-        """Register `obj` as entering the queue (at its front or back); a no-op if present."""
+    def add(self, obj: T, *, front: bool = False) -> int:
+        """Register `obj` as entering the queue (at its front or back); returns its entry
+        number. ValueError if it is queued already."""
         if obj in self._slot:
-            return
+            raise ValueError("request is queued already")
         if self._free:
             slot = self._free.pop()
         else:
-            if self._hi == self.live.size:
-                self._grow()
+            if self._hi == self.arrival.size:
+                self._alloc(2 * self.arrival.size)
             slot = self._hi
             self._hi += 1
-        self._slot[obj] = slot
+            self._seq.append(0)
+            self._arrival.append(0.0)
+            self._blocks.append(0)
+            self.objs.append(None)
         if front:
             self._front -= 1
-            self.seq[slot] = self._front
+            seq = self._front
         else:
             self._back += 1
-            self.seq[slot] = self._back
+            seq = self._back
+        self._slot[obj] = slot
+        self._seq[slot] = seq
+        self.seq[slot] = seq
         self.objs[slot] = obj
-        self.live[slot] = True
-        self._set_keys(slot, obj)
-
-    def _set_keys(self, slot: int, obj: T) -> None:
         arrival, blocks, preempted = self._keys(obj)
         self.arrival[slot] = arrival
-        self.blocks[slot] = blocks
-        self.preempted[slot] = preempted
+        self._arrival[slot] = arrival
+        self.total[slot] = blocks
+        if arrival > self._latest:
+            self._latest = arrival
+        if self.watch is not None and self._hashes is not None:
+            blocks -= self.watch.watch(slot, self._hashes(obj))
+        self._set_blocks(slot, blocks)
+        if preempted:
+            self._preempted.add(slot)
+        return seq
 
-    def discard(self, obj: T) -> None:
-        """Register `obj` as gone from the queue; a no-op if absent."""
+    def discard(self, obj: T) -> bool:
+        """Register `obj` as gone from the queue; False if it was not queued."""
         slot = self._slot.pop(obj, None)
         if slot is None:
-            return
-        self.live[slot] = False
+            return False
+        self.arrival[slot] = np.nan
+        self._set_blocks(slot, _DEAD_BLOCKS)
         self.objs[slot] = None
+        self._preempted.discard(slot)
+        if self.watch is not None:
+            self.watch.unwatch(slot)
         self._free.append(slot)
+        return True
 
     def clear(self) -> None:
-        self._slot.clear()
-        self._free = list(range(self._hi - 1, -1, -1))
-        self.live[: self._hi] = False
-        self.objs[: self._hi] = None
+        for obj in list(self._slot):
+            self.discard(obj)
 
-    def refresh(self, limit: int) -> int:
-        """Recompute the keys of up to `limit` queued requests, round-robin over the slots.
+    def settle(self) -> int:
+        """Apply the prefix cache's changes since the last call (see `PrefixWatch`): the
+        requests they concern get their blocks re-keyed. Returns how many were."""
+        if self.watch is None:
+            return 0
+        changed = self.watch.settle()
+        total = self.total
+        for slot, hit in changed:
+            self._set_blocks(slot, int(total[slot]) - hit)
+        return len(changed)
 
-        Keys that change while a request waits (its uncached blocks, as the prefix cache fills
-        and evicts) are then at most `ceil(len / limit)` calls old. Returns how many were done."""
-        done = 0
-        hi = self._hi
-        for _ in range(min(hi, max(limit, 0) * 4)):
-            if done >= limit or hi == 0:
-                break
-            slot = self._cursor % hi
-            self._cursor = slot + 1
-            if self.live[slot]:
-                self._set_keys(slot, self.objs[slot])
-                done += 1
-        return done
+    def _set_blocks(self, slot: int, blocks: int) -> None:
+        self.blocks[slot] = blocks
+        self._blocks[slot] = blocks
+        if self._frac_n:
+            self.frac[slot] = blocks / self._frac_n
+
+    def blocks_of(self, obj: T) -> int:
+        """The blocks a queued request needs."""
+        return int(self.blocks[self._slot[obj]])
 
     def min_blocks(self) -> int:
         """The fewest blocks any queued request needs (0 when the queue is empty)."""
         if not self._slot:
             return 0
-        hi = self._hi
-        return int(self.blocks[:hi][self.live[:hi]].min())
+        return int(self.blocks[: self._hi].min())
 
     def select(
         self,
@@ -150,140 +217,132 @@ class WaitingIndex(Generic[T]):
         max_wait: float,
         k: int,
     ) -> list[T]:
-        """The first `k` requests of LARRY's admission order (`halffull.policy.larry.order`)."""
-        check_parameters(policy, alpha, max_wait)
-        hi = self._hi
-        live = np.flatnonzero(self.live[:hi])
-        queue_len = live.size
+        """The first `k` requests of LARRY's admission order (`halffull.policy.larry.order`),
+        computed with the same floating-point operations, so ties and near-ties agree."""
+        if self._checked != (policy, alpha, max_wait):
+            check_parameters(policy, alpha, max_wait)
+            self._checked = (policy, alpha, max_wait)
+        queue_len = len(self._slot)
         k = min(k, queue_len)
         if k <= 0:
             return []
-        pre_mask = self.preempted[live]
-        head = live[pre_mask]
-        if head.size:
-            head = head[np.argsort(self.seq[head], kind="stable")][:k]
-        parts = [head]
-        need = k - head.size
-        rest = live[~pre_mask]
-        if need > 0 and rest.size:
-            arrival = self.arrival[rest]
-            if max_wait > 0.0 or policy == "fcfs":
-                # under fcfs every request counts as overdue: arrival order throughout
-                late = (now - arrival > max_wait) | (policy == "fcfs")
-                overdue = rest[late]
-                if overdue.size:
-                    taken = self._first(self.arrival[overdue], overdue, need)
-                    parts.append(taken)
-                    need -= taken.size
-                    rest = rest[~late]
-                    arrival = arrival[~late]
-            if need > 0 and rest.size:
-                wait = np.maximum(now - arrival, 0.0)
-                memory = queue_len * (self.blocks[rest] / num_blocks)
-                score = (
-                    alpha * wait + memory if policy == "larry-literal" else alpha * wait - memory
-                )
-                parts.append(self._first(-score, rest, need))
-        chosen = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        out: list[T] = self.objs[chosen].tolist()
-        return out
-
-    def _first(self, key: npt.NDArray[np.float64], slots: IntArray, m: int) -> IntArray:
-        """The `m` slots with the smallest (key, arrival, entry), in that order."""
-        if slots.size > m:
-            cut = np.partition(key, m - 1)[m - 1]
-            keep = key <= cut  # every tie at the cut stays in, for the tie-break below
-            slots, key = slots[keep], key[keep]
-        ranked = np.lexsort((self.seq[slots], self.arrival[slots], key))
-        result: IntArray = slots[ranked[:m]]
-        return result
-
-    def others(self, chosen: Iterable[T]) -> list[T]:
-        """Every queued request not in `chosen`, in slot order."""
+        if queue_len <= SMALL_QUEUE:
+            return self._select_small((policy, now, num_blocks, alpha, max_wait), k)
         hi = self._hi
-        mask = self.live[:hi].copy()
-        slot = self._slot
-        for obj in chosen:
-            mask[slot[obj]] = False
-        out: list[T] = self.objs[:hi][mask].tolist()
-        return out
+        need = k
+        chosen: list[int] = []
+        # seconds waited; NaN for free slots, and for the tiers already taken below
+        wait = np.subtract(now, self.arrival[:hi], out=self._w[:hi])
+        if self._preempted:
+            chosen = sorted(self._preempted, key=self._seq.__getitem__)[:need]
+            need -= len(chosen)
+            wait[list(self._preempted)] = np.nan
+        if need > 0 and (policy == "fcfs" or (max_wait > 0.0 and np.fmax.reduce(wait) > max_wait)):
+            # overdue first, by arrival; under fcfs every request counts as overdue
+            late = self._b[:hi]
+            if policy == "fcfs":
+                np.equal(wait, wait, out=late)  # every live one (NaN != NaN)
+            else:
+                np.greater(wait, max_wait, out=late)
+            key = self._m[:hi]
+            key.fill(np.nan)
+            np.copyto(key, self.arrival[:hi], where=late)
+            if np.count_nonzero(late) >= need:
+                chosen += self._first_all(key, need, 0)
+                need = 0
+            else:  # all of them, then the scored tier without them
+                arrival, seq = self._arrival, self._seq
+                chosen += sorted(np.flatnonzero(late).tolist(), key=lambda i: (arrival[i], seq[i]))
+                need = k - len(chosen)
+                np.copyto(wait, np.nan, where=late)
+        if need > 0:
+            if self._latest > now:  # wait(r) = max(now - arrival, 0)
+                np.maximum(wait, 0.0, out=wait)
+            np.multiply(wait, alpha, out=wait)  # alpha * wait(r)
+            key = np.multiply(self._fractions(num_blocks), float(queue_len), out=self._m[:hi])
+            if policy == "larry-literal":  # key = -score: the same float as the reference's
+                np.add(wait, key, out=key)
+                np.negative(key, out=key)
+            else:
+                np.subtract(key, wait, out=key)  # -(a - b) == b - a exactly
+            chosen += self._first_all(key, need, 1)
+        objs = self.objs
+        return [objs[i] for i in chosen]  # type: ignore[misc]  # live slots hold requests
 
-    def fcfs(self) -> list[T]:
-        """Every queued request in vLLM's own order: preempted first by entry, then by arrival."""
-        hi = self._hi
-        live = np.flatnonzero(self.live[:hi])
-        pre_mask = self.preempted[live]
-        head, rest = live[pre_mask], live[~pre_mask]
-        head = head[np.argsort(self.seq[head], kind="stable")]
-        rest = rest[np.lexsort((self.seq[rest], self.arrival[rest]))]
-        out: list[T] = self.objs[np.concatenate([head, rest])].tolist()
-        return out
+    def _select_small(
+        self, params: tuple[LarryPolicy, float, int, float, float], k: int
+    ) -> list[T]:
+        """`select` for a short queue, in Python: the reference's arithmetic and tuple order.
+        `params`: policy, now, num_blocks, alpha, max_wait."""
+        policy, now, num_blocks, alpha, max_wait = params
+        seq, arrival, blocks = self._seq, self._arrival, self._blocks
+        queue_len, literal = len(self._slot), policy == "larry-literal"
+        pre: list[int] = []
+        late: list[tuple[float, int, int]] = []
+        scored: list[tuple[float, float, int, int]] = []
+        for slot in self._slot.values():
+            if slot in self._preempted:
+                pre.append(slot)
+                continue
+            a = arrival[slot]
+            if policy == "fcfs" or (max_wait > 0.0 and now - a > max_wait):
+                late.append((a, seq[slot], slot))
+                continue
+            wait = max(now - a, 0.0)
+            memory = queue_len * (blocks[slot] / num_blocks)
+            score = alpha * wait + memory if literal else alpha * wait - memory
+            scored.append((-score, a, seq[slot], slot))
+        pre.sort(key=seq.__getitem__)
+        chosen = pre[:k]
+        if len(chosen) < k:
+            chosen += [t[-1] for t in heapq.nsmallest(k - len(chosen), late)]
+        if len(chosen) < k:
+            chosen += [t[-1] for t in heapq.nsmallest(k - len(chosen), scored)]
+        objs = self.objs
+        return [objs[i] for i in chosen]  # type: ignore[misc]  # live slots hold requests
 
+    def _fractions(self, num_blocks: int) -> FloatArray:
+        """mem(r) per slot: blocks / num_blocks (kept up to date for the last `num_blocks`)."""
+        if num_blocks != self._frac_n:
+            np.divide(self.blocks, num_blocks, out=self.frac)
+            self._frac_n = num_blocks
+        return self.frac[: self._hi]
 
-class IndexedDeque(deque[T]):
-    """A deque whose mutating methods keep `larry` (its index) equal to its contents.
+    def _first_all(self, key: FloatArray, m: int, tier: int) -> list[int]:
+        """The `m` slots with the smallest (key, arrival, entry), in that order; NaN keys are
+        excluded (at least `m` others exist).
 
-    Building one from an iterable does not register the items (they are expected to be in the
-    index already: the plugin rebuilds the queue in a new order over the same requests)."""
-
-    larry: WaitingIndex[T]
-
-    def __init__(self, items: Iterable[T] = (), *, larry: WaitingIndex[T]) -> None:
-        super().__init__(items)
-        self.larry = larry
-
-    def __reduce__(self) -> Any:  # copies carry the index along
-        return (type(self), (list(self),), {"larry": self.larry})
-
-    def append(self, x: T) -> None:
-        super().append(x)
-        self.larry.add(x)
-
-    def appendleft(self, x: T) -> None:
-        super().appendleft(x)
-        self.larry.add(x, front=True)
-
-    def extend(self, xs: Iterable[T]) -> None:
-        for x in xs:
-            self.append(x)
-
-    def extendleft(self, xs: Iterable[T]) -> None:
-        for x in xs:
-            self.appendleft(x)
-
-    def insert(self, i: int, x: T) -> None:
-        super().insert(i, x)
-        self.larry.add(x, front=i == 0)
-
-    def pop(self) -> T:  # type: ignore[override]
-        x = super().pop()
-        self.larry.discard(x)
-        return x
-
-    def popleft(self) -> T:
-        x = super().popleft()
-        self.larry.discard(x)
-        return x
-
-    def remove(self, x: T) -> None:
-        super().remove(x)
-        self.larry.discard(x)
-
-    def clear(self) -> None:
-        super().clear()
-        self.larry.clear()
-
-    def __delitem__(self, i: SupportsIndex) -> None:  # type: ignore[override]
-        x = self[i]
-        super().__delitem__(i)
-        self.larry.discard(x)
-
-    def __setitem__(self, i: SupportsIndex, x: T) -> None:  # type: ignore[override]
-        old = self[i]
-        super().__setitem__(i, x)
-        self.larry.discard(old)
-        self.larry.add(x)
-
-    def __iadd__(self, xs: Iterable[T]) -> IndexedDeque[T]:
-        self.extend(xs)
-        return self
+        Only a few slots can be among them, and a numpy call costs microseconds however small
+        its array, so: one comparison finds the slots whose key is at most last step's guess
+        of the cut; if at least `m` are, the `m` smallest of all are among them (every key at
+        or below the `m`-th is at or below the guess), and those few are sorted in Python with
+        the same tuple comparison as the reference order. The guess is the key of rank
+        `GUESS_RANKS * m`, so that a step which admits `m` leaves enough below it for the next
+        one; when it does not, one partition over every slot sets a new guess."""
+        cand: IntArray | None = None
+        guess = self._guess[tier]
+        below = self._b[: key.size]
+        if guess == guess:  # not NaN
+            cand = np.flatnonzero(np.less_equal(key, guess, out=below))
+            if cand.size < m:
+                cand = None
+        if cand is None:
+            rank = min(GUESS_RANKS * m, key.size) - 1
+            cut = key[np.argpartition(key, rank)[rank]]
+            cand = np.flatnonzero(
+                np.less_equal(key, cut, out=below) if cut == cut else np.equal(key, key, out=below)
+            )
+        slots: list[int] = cand.tolist()
+        arrival, seq = self._arrival, self._seq
+        ranked = sorted(
+            zip(
+                key[cand].tolist(),
+                [arrival[i] for i in slots],
+                [seq[i] for i in slots],
+                slots,
+                strict=True,
+            )
+        )
+        rank = min(GUESS_RANKS * m, len(ranked)) - 1
+        self._guess[tier] = ranked[rank][0] if len(ranked) > m else np.nan
+        return [r[3] for r in ranked[:m]]

@@ -51,9 +51,10 @@ from typing import Literal
 
 import numpy as np
 
-from halffull.policy import larry_queue
 from halffull.policy.larry import KVCapacity
-from halffull.policy.larry_queue import IndexedDeque, Keys, WaitingIndex
+from halffull.policy.larry_fifo import WaitingQueue
+from halffull.policy.larry_prefix import PrefixWatch
+from halffull.policy.larry_queue import Keys, WaitingIndex
 from halffull.sim.kvcache import BlockPool
 from halffull.sim.profiles import EngineShape, FloatArray, StepModel, attended_pairs
 
@@ -153,11 +154,15 @@ class Replica:
         self._larry = policy if policy in ("larry", "larry-literal") else None
         self._alpha = alpha
         self._max_wait = max_wait
-        self.waiting: deque[SimRequest] = (
-            IndexedDeque(larry=WaitingIndex(self._larry_keys)) if self._larry else deque()
-        )
         self.running: list[SimRequest] = []
         self.pool = BlockPool(shape.num_blocks)
+        self.waiting: deque[SimRequest] | WaitingQueue[SimRequest] = deque()
+        if self._larry:
+            # the plugin's index and event-driven uncached blocks, fed by this cache model
+            watch: PrefixWatch[int] = PrefixWatch(self.pool.holds)
+            self.pool.listener = watch
+            keys = WaitingIndex(self._larry_keys, prefix=(watch, self._larry_hashes))
+            self.waiting = WaitingQueue(keys)
         self.num_preemptions = 0
         self.steps = 0
         self.busy_s = 0.0
@@ -378,8 +383,9 @@ class Replica:
         if not preempted and self.waiting and budget > 0 and len(running) < shape.max_num_seqs:
             if len(self.waiting) >= 2 and self._may_admit(budget):
                 self._reorder(now)
-            while self.waiting and budget > 0 and len(running) < shape.max_num_seqs:
-                req = self.waiting[0]
+            waiting = self.waiting
+            while waiting and budget > 0 and len(running) < shape.max_num_seqs:
+                req = waiting.peek() if isinstance(waiting, WaitingQueue) else waiting[0]
                 # vLLM 0.32 admits only when the whole sequence so far fits
                 # (scheduler_reserve_full_isl, on by default), then allocates the chunk
                 if self.blocks_to_admit(req) > self.pool.free:
@@ -388,13 +394,15 @@ class Replica:
                 tokens = min(req.to_compute, budget)
                 if not self._grow(req, tokens):
                     raise AssertionError("a chunk did not fit after the full-sequence check")
-                self.waiting.popleft()
+                waiting.popleft()
                 running.append(req)
                 if req.scheduled_at < 0:
                     req.scheduled_at = now
                 sched.append((req, tokens))
                 budget -= tokens
                 admitted = True
+            if isinstance(waiting, WaitingQueue):
+                waiting.clear_head()  # between steps the queue is the FIFO, as in the plugin
         self._sched = sched
         if not sched:
             self._ends = None
@@ -428,16 +436,26 @@ class Replica:
         return self.end_at
 
     def _larry_keys(self, req: SimRequest) -> Keys:
-        bs = self.shape.block_size
-        blocks = -(-(req.prompt + req.generated) // bs) - self.cached_prefix_blocks(req)
-        return req.arrival, max(blocks, 0), req.preemptions > 0
+        """Arrival, blocks of the whole sequence so far (the index subtracts the cached
+        prefix, `_larry_hashes`), preempted: as the engine plugin keys vLLM's requests."""
+        return (
+            req.arrival,
+            -(-(req.prompt + req.generated) // self.shape.block_size),
+            (req.preemptions > 0),
+        )
+
+    def _larry_hashes(self, req: SimRequest) -> list[int]:
+        """The prompt blocks a hit can cover (at most `prompt + generated - 1` tokens)."""
+        keys = req.keys
+        if not keys:
+            return []
+        return keys[: (req.prompt + req.generated - 1) // self.shape.block_size]
 
     def _reorder(self, now: float) -> None:
         waiting = self.waiting
-        if isinstance(waiting, IndexedDeque) and self._larry is not None:
+        if isinstance(waiting, WaitingQueue) and self._larry is not None:
             index = waiting.larry
-            if self.prefix_caching:
-                index.refresh(larry_queue.REFRESH_PER_STEP)
+            index.settle()
             head = index.select(
                 policy=self._larry,
                 now=now,
@@ -446,8 +464,7 @@ class Replica:
                 max_wait=self._max_wait,
                 k=self.shape.max_num_seqs - len(self.running),
             )
-            if not all(a is b for a, b in zip(head, waiting, strict=False)):
-                self.waiting = IndexedDeque(head + index.others(head), larry=index)
+            waiting.set_head(head)
         elif self._order is not None:
             items = list(waiting)
             self.waiting = deque(items[j] for j in self._order(items, now))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -56,6 +57,14 @@ def block_keys(prefix: Sequence[int], hash_block: int, block_size: int, prompt: 
     return result
 
 
+class CacheListener(Protocol):
+    """Told of every key the cache starts or stops holding (LARRY's `PrefixWatch`)."""
+
+    def stored(self, key: int) -> None: ...
+
+    def removed(self, key: int) -> None: ...
+
+
 class BlockPool:
     """Counts, reference counts and the LRU free queue of one replica's KV blocks."""
 
@@ -79,6 +88,8 @@ class BlockPool:
         self.hits = 0
         """Blocks found in the cache by admissions (for hit rates)."""
         self.evictions = 0
+        self.listener: CacheListener | None = None
+        """Told of each key cached and evicted, as vLLM's block pool reports them."""
 
     @property
     def free(self) -> int:
@@ -88,6 +99,10 @@ class BlockPool:
     def cached(self) -> int:
         """Blocks registered under a key, in use or free."""
         return len(self._refs)
+
+    def holds(self, key: int) -> bool:
+        """Whether `key`'s block is cached (in use or free)."""
+        return key in self._refs
 
     def lookup(self, keys: Sequence[int], limit: int) -> int:
         """How many of the leading `keys` (at most `limit`) are cached: the longest hit."""
@@ -133,6 +148,8 @@ class BlockPool:
             self.evictions += 1
             self.version += 1
             n -= 1
+            if self.listener is not None:
+                self.listener.removed(key)
 
     def register(self, key: int) -> bool:
         """Cache a block just allocated and filled with `key`'s tokens; False when the key is
@@ -141,17 +158,22 @@ class BlockPool:
             return False
         self._refs[key] = 1
         self.version += 1
+        if self.listener is not None:
+            self.listener.stored(key)
         return True
 
     def register_all(self, keys: Sequence[int], held: list[int]) -> None:
         """`register` each key in order, appending what the request then holds to `held`."""
         refs = self._refs
+        listener = self.listener
         for key in keys:
             if key in refs:
                 held.append(ANONYMOUS)
             else:
                 refs[key] = 1
                 held.append(key)
+                if listener is not None:
+                    listener.stored(key)
         self.version += 1
 
     def release(self, held: Sequence[int], tail: int = 0) -> None:
