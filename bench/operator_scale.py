@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import signal
 import statistics
@@ -136,8 +137,14 @@ class Variant:
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def trace_path(self) -> Path:
+        """The operator's timeline (`halffull.controller.trace`; a baseline may not write one)."""
+        return self.workdir / f"trace-{self.namespace}.jsonl"
+
     def start(self, kubeconfig: Path) -> None:
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": self.pythonpath}
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": self.pythonpath,
+               "HALFFULL_TRACE": str(self.trace_path)}  # fmt: skip
         log = (self.workdir / f"operator-{self.label}.log").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "halffull.cli", "operator", "-n", self.namespace, "-n", NOISE,
@@ -219,6 +226,7 @@ class Bench:
         self.recorder = Recorder(self.api, [v.namespace for v in variants])
         # (phase, measure, by variant, the machine's 1-minute load average when measured)
         self.rows: list[tuple[str, str, dict[str, str], float]] = []
+        self.create_returned: dict[tuple[str, str], float] = {}
 
     def create(self, ns: str, names: list[str], replicas: Callable[[int], int]) -> dict[str, float]:
         created = {}
@@ -227,6 +235,7 @@ class Bench:
             self.custom.create_namespaced_custom_object(
                 GROUP, VERSION, ns, PLURAL, body(name, replicas(i))
             )
+            self.create_returned[ns, name] = time.perf_counter()
         return created
 
     def wait_children(
@@ -367,6 +376,29 @@ class Bench:
                 summary = f"{statistics.median(vals):.3f} / {percentile(vals, 0.99):.3f}"
                 self.record(f"burst of {count}", f"create -> {what} p50 / p99 (s)",
                             {v.label: summary})  # fmt: skip
+            self.attribute(v, created[v.label])
+
+    def attribute(self, v: Variant, created: dict[str, float]) -> None:
+        """Where each LLMService's create -> all children went, from the operator's timeline
+        (`trace.py`) and the recorder's watches: the median and the slowest three."""
+        if not v.trace_path.exists() or not v.trace_path.stat().st_size:
+            return
+        marks = [json.loads(line) for line in v.trace_path.read_text().splitlines()]
+        rows = []
+        for name, t0 in created.items():
+            done = self.recorder.children_done(v.namespace, name)
+            mine = [m for m in marks if m["ns"] == v.namespace and m["name"] == name]
+            if done is None or not mine:
+                continue
+            parts = split_latency(t0, self.create_returned[v.namespace, name], done, mine)
+            if parts is not None:
+                rows.append((done - t0, name, parts))
+        rows.sort()
+        if not rows:
+            return
+        print(f"  {v.label}: create -> all children, split (s): " + " | ".join(PARTS))
+        for total, name, parts in [rows[len(rows) // 2], *rows[-3:]]:
+            print(f"    {name} {total:.3f}: " + " | ".join(f"{parts[p]:.3f}" for p in PARTS))
 
     def existing(self, args: argparse.Namespace) -> None:
         phase = f"{args.existing} existing"
@@ -431,6 +463,41 @@ def apiserver_writes(cluster: LocalCluster) -> dict[str, float]:
             key = f"{s.labels['verb']} {s.labels.get('resource')} {s.labels.get('code')}"
             out[key] = out.get(key, 0.0) + s.value
     return out
+
+
+PARTS = ("create call", "watch+kopf", "queued", "in pass, API", "in pass, operator", "to watcher")
+
+
+def split_latency(
+    t0: float, returned: float, done: float, marks: list[dict[str, Any]]
+) -> dict[str, float] | None:
+    """create -> all children of one LLMService, cut at the operator's marks: the create call
+    (API server), until kopf hands over the event (watch, kopf's batching), until the pass that
+    wrote the children starts (the operator's queue), that pass until its last child write
+    returned (time inside child writes' request/response = API, the rest = the operator's own
+    CPU and pools), and until the recorder's watch saw them."""
+    events = [m["t"] for m in marks if m["what"] == "event"]
+    child_recv = [m for m in marks if m["what"] == "recv" and m["kind"] not in ("status", "Event")]
+    if not events or not child_recv:
+        return None
+    last = max(m["t"] for m in child_recv)
+    start = max(m["t"] for m in marks if m["what"] == "pass" and m["t"] <= last)
+    sends = {(m["kind"], m["child"]): m["t"] for m in marks
+             if m["what"] == "send" and start <= m["t"] <= last}  # fmt: skip
+    spans = sorted((sends[m["kind"], m["child"]], m["t"]) for m in child_recv
+                   if (m["kind"], m["child"]) in sends and m["t"] >= start)  # fmt: skip
+    api, edge = 0.0, start
+    for a, b in spans:  # the union of the writes' request -> response intervals
+        api += max(0.0, b - max(a, edge))
+        edge = max(edge, b)
+    return {
+        "create call": returned - t0,
+        "watch+kopf": min(events) - returned,
+        "queued": start - min(events),
+        "in pass, API": api,
+        "in pass, operator": last - start - api,
+        "to watcher": done - last,
+    }
 
 
 def baseline_tree(commit: str, into: Path) -> str:
