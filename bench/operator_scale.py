@@ -198,8 +198,7 @@ class Variant:
 
     def cpu_s(self) -> float:
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_s(self.proc.pid)
 
 
 def spread(i: int, _: int) -> int:
@@ -363,6 +362,8 @@ class Bench:
         the same load; a burst run after the other's would meet its pods and ReplicaSets."""
         names = [f"burst-{i:03d}" for i in range(count)]
         created: dict[str, dict[str, float]] = {v.label: {} for v in self.variants}
+        before, wall = self.cpu_by_process(), time.perf_counter()
+        served_before = apiserver_write_seconds(self.cluster)
         for i, name in enumerate(names):
             for v in self.variants:
                 created[v.label] |= self.create(v.namespace, [name], functools.partial(spread, i))
@@ -377,6 +378,26 @@ class Bench:
                 self.record(f"burst of {count}", f"create -> {what} p50 / p99 (s)",
                             {v.label: summary})  # fmt: skip
             self.attribute(v, created[v.label])
+        after, wall = self.cpu_by_process(), time.perf_counter() - wall
+        print(f"  CPU seconds in the burst's {wall:.1f} s: "
+              + ", ".join(f"{k} {after[k] - before.get(k, 0.0):.1f}" for k in after)
+              + f"; {machine_load()}")  # fmt: skip
+        served = apiserver_write_seconds(self.cluster)
+        for verb, (total, n) in served.items():
+            t0, n0 = served_before.get(verb, (0.0, 0.0))
+            if n > n0:
+                print(
+                    f"  API server's own time per {verb} (all clients): "
+                    f"{(total - t0) / (n - n0) * 1000:.0f} ms mean over {n - n0:.0f}"
+                )
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds so far of the control plane's processes and the operators."""
+        out = {name: proc_cpu_s(p.pid) for name, p in self.cluster.control_plane._procs.items()}
+        for v in self.variants:
+            if v.proc is not None:
+                out[f"operator ({v.label})"] = v.cpu_s()
+        return out
 
     def attribute(self, v: Variant, created: dict[str, float]) -> None:
         """Where each LLMService's create -> all children went, from the operator's timeline
@@ -465,6 +486,27 @@ def apiserver_writes(cluster: LocalCluster) -> dict[str, float]:
     return out
 
 
+def apiserver_write_seconds(cluster: LocalCluster) -> dict[str, tuple[float, float]]:
+    """The API server's own time serving writes (sum, count) by verb, from its metrics."""
+    text = cluster.control_plane.kubectl("get", "--raw", "/metrics").stdout
+    out: dict[str, tuple[float, float]] = {}
+    for s in prom.parse(text):
+        verb = s.labels.get("verb", "")
+        if verb not in WRITE_VERBS or not s.name.startswith("apiserver_request_duration_seconds"):
+            continue
+        total, n = out.get(verb, (0.0, 0.0))
+        if s.name.endswith("_sum"):
+            out[verb] = (total + s.value, n)
+        elif s.name.endswith("_count"):
+            out[verb] = (total, n + s.value)
+    return out
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 PARTS = ("create call", "watch+kopf", "queued", "in pass, API", "in pass, operator", "to watcher")
 
 
@@ -536,7 +578,7 @@ def main() -> int:
     load_before = machine_load()
     print(f"Machine before: {load_before}; no node: pods stay Pending, nothing becomes Ready",
           flush=True)  # fmt: skip
-    with LocalCluster(workdir / "cp", with_kubelet=False) as cluster:
+    with LocalCluster(workdir / "cp", node="none") as cluster:
         bench = Bench(cluster, variants)
         for ns in [NOISE, *(v.namespace for v in variants)]:
             bench.core.create_namespace({"metadata": {"name": ns}})
