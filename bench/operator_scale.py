@@ -266,15 +266,19 @@ class Bench:
     def singles(self, phase: str, tries: int, tag: str) -> None:
         """One LLMService at a time, the variants taking turns: create -> all children."""
         lat: dict[str, list[float]] = {v.label: [] for v in self.variants}
+        every: dict[str, dict[str, float]] = {v.label: {} for v in self.variants}
         for i in range(tries):
             for v in self.variants:
                 name = f"{tag}-{i:03d}"
                 created = self.create(v.namespace, [name], lambda _: 1)
                 lat[v.label] += self.wait_children(v.namespace, created)
+                every[v.label] |= created
                 time.sleep(0.3)
         self.record(phase, f"one more, create -> children p50 / p99 over {tries} (s)",
                     {k: f"{statistics.median(x):.3f} / {percentile(x, 0.99):.3f}"
                      for k, x in lat.items()})  # fmt: skip
+        for v in self.variants:
+            self.attribute(v, every[v.label])
 
     def idle(self, phase: str, seconds: float) -> None:
         """RSS, CPU and API writes of each operator over a quiet window."""

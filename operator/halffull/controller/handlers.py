@@ -156,6 +156,8 @@ class Operator:
                 self.cache.drop("LLMService", namespace, name)
                 self.reconciler.memo.forget(key)
                 self.known.discard(key)
+                if self.runner is not None:
+                    self.runner.forget(namespace, name)
                 if self.weights is not None:
                     self.weights.forget(key)
                 return
