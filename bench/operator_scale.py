@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import signal
 import statistics
@@ -136,8 +137,14 @@ class Variant:
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def trace_path(self) -> Path:
+        """The operator's timeline (`halffull.controller.trace`; a baseline may not write one)."""
+        return self.workdir / f"trace-{self.namespace}.jsonl"
+
     def start(self, kubeconfig: Path) -> None:
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": self.pythonpath}
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONPATH": self.pythonpath,
+               "HALFFULL_TRACE": str(self.trace_path)}  # fmt: skip
         log = (self.workdir / f"operator-{self.label}.log").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "halffull.cli", "operator", "-n", self.namespace, "-n", NOISE,
@@ -191,8 +198,7 @@ class Variant:
 
     def cpu_s(self) -> float:
         assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_s(self.proc.pid)
 
 
 def spread(i: int, _: int) -> int:
@@ -219,6 +225,7 @@ class Bench:
         self.recorder = Recorder(self.api, [v.namespace for v in variants])
         # (phase, measure, by variant, the machine's 1-minute load average when measured)
         self.rows: list[tuple[str, str, dict[str, str], float]] = []
+        self.create_returned: dict[tuple[str, str], float] = {}
 
     def create(self, ns: str, names: list[str], replicas: Callable[[int], int]) -> dict[str, float]:
         created = {}
@@ -227,6 +234,7 @@ class Bench:
             self.custom.create_namespaced_custom_object(
                 GROUP, VERSION, ns, PLURAL, body(name, replicas(i))
             )
+            self.create_returned[ns, name] = time.perf_counter()
         return created
 
     def wait_children(
@@ -258,15 +266,19 @@ class Bench:
     def singles(self, phase: str, tries: int, tag: str) -> None:
         """One LLMService at a time, the variants taking turns: create -> all children."""
         lat: dict[str, list[float]] = {v.label: [] for v in self.variants}
+        every: dict[str, dict[str, float]] = {v.label: {} for v in self.variants}
         for i in range(tries):
             for v in self.variants:
                 name = f"{tag}-{i:03d}"
                 created = self.create(v.namespace, [name], lambda _: 1)
                 lat[v.label] += self.wait_children(v.namespace, created)
+                every[v.label] |= created
                 time.sleep(0.3)
         self.record(phase, f"one more, create -> children p50 / p99 over {tries} (s)",
                     {k: f"{statistics.median(x):.3f} / {percentile(x, 0.99):.3f}"
                      for k, x in lat.items()})  # fmt: skip
+        for v in self.variants:
+            self.attribute(v, every[v.label])
 
     def idle(self, phase: str, seconds: float) -> None:
         """RSS, CPU and API writes of each operator over a quiet window."""
@@ -354,6 +366,8 @@ class Bench:
         the same load; a burst run after the other's would meet its pods and ReplicaSets."""
         names = [f"burst-{i:03d}" for i in range(count)]
         created: dict[str, dict[str, float]] = {v.label: {} for v in self.variants}
+        before, wall = self.cpu_by_process(), time.perf_counter()
+        served_before = apiserver_write_seconds(self.cluster)
         for i, name in enumerate(names):
             for v in self.variants:
                 created[v.label] |= self.create(v.namespace, [name], functools.partial(spread, i))
@@ -367,6 +381,49 @@ class Bench:
                 summary = f"{statistics.median(vals):.3f} / {percentile(vals, 0.99):.3f}"
                 self.record(f"burst of {count}", f"create -> {what} p50 / p99 (s)",
                             {v.label: summary})  # fmt: skip
+            self.attribute(v, created[v.label])
+        after, wall = self.cpu_by_process(), time.perf_counter() - wall
+        print(f"  CPU seconds in the burst's {wall:.1f} s: "
+              + ", ".join(f"{k} {after[k] - before.get(k, 0.0):.1f}" for k in after)
+              + f"; {machine_load()}")  # fmt: skip
+        served = apiserver_write_seconds(self.cluster)
+        for verb, (total, n) in served.items():
+            t0, n0 = served_before.get(verb, (0.0, 0.0))
+            if n > n0:
+                print(
+                    f"  API server's own time per {verb} (all clients): "
+                    f"{(total - t0) / (n - n0) * 1000:.0f} ms mean over {n - n0:.0f}"
+                )
+
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds so far of the control plane's processes and the operators."""
+        out = {name: proc_cpu_s(p.pid) for name, p in self.cluster.control_plane._procs.items()}
+        for v in self.variants:
+            if v.proc is not None:
+                out[f"operator ({v.label})"] = v.cpu_s()
+        return out
+
+    def attribute(self, v: Variant, created: dict[str, float]) -> None:
+        """Where each LLMService's create -> all children went, from the operator's timeline
+        (`trace.py`) and the recorder's watches: the median and the slowest three."""
+        if not v.trace_path.exists() or not v.trace_path.stat().st_size:
+            return
+        marks = [json.loads(line) for line in v.trace_path.read_text().splitlines()]
+        rows = []
+        for name, t0 in created.items():
+            done = self.recorder.children_done(v.namespace, name)
+            mine = [m for m in marks if m["ns"] == v.namespace and m["name"] == name]
+            if done is None or not mine:
+                continue
+            parts = split_latency(t0, self.create_returned[v.namespace, name], done, mine)
+            if parts is not None:
+                rows.append((done - t0, name, parts))
+        rows.sort()
+        if not rows:
+            return
+        print(f"  {v.label}: create -> all children, split (s): " + " | ".join(PARTS))
+        for total, name, parts in [rows[len(rows) // 2], *rows[-3:]]:
+            print(f"    {name} {total:.3f}: " + " | ".join(f"{parts[p]:.3f}" for p in PARTS))
 
     def existing(self, args: argparse.Namespace) -> None:
         phase = f"{args.existing} existing"
@@ -433,6 +490,62 @@ def apiserver_writes(cluster: LocalCluster) -> dict[str, float]:
     return out
 
 
+def apiserver_write_seconds(cluster: LocalCluster) -> dict[str, tuple[float, float]]:
+    """The API server's own time serving writes (sum, count) by verb, from its metrics."""
+    text = cluster.control_plane.kubectl("get", "--raw", "/metrics").stdout
+    out: dict[str, tuple[float, float]] = {}
+    for s in prom.parse(text):
+        verb = s.labels.get("verb", "")
+        if verb not in WRITE_VERBS or not s.name.startswith("apiserver_request_duration_seconds"):
+            continue
+        total, n = out.get(verb, (0.0, 0.0))
+        if s.name.endswith("_sum"):
+            out[verb] = (total + s.value, n)
+        elif s.name.endswith("_count"):
+            out[verb] = (total, n + s.value)
+    return out
+
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+PARTS = ("create call", "watch+kopf", "queued", "in pass, API", "in pass, operator", "to watcher")
+
+
+def split_latency(
+    t0: float, returned: float, done: float, marks: list[dict[str, Any]]
+) -> dict[str, float] | None:
+    """create -> all children of one LLMService, cut at the operator's marks: the create call
+    (API server), until kopf hands over the event (watch, kopf's batching), until the pass that
+    wrote the children starts (the operator's queue), that pass until its last child write
+    returned (time inside child writes' request/response = API, the rest = the operator's own
+    CPU and pools), and until the recorder's watch saw them."""
+    events = [m["t"] for m in marks if m["what"] == "event"]
+    child_recv = [m for m in marks if m["what"] == "recv" and m["kind"] not in ("status", "Event")]
+    if not events or not child_recv:
+        return None
+    last = max(m["t"] for m in child_recv)
+    start = max(m["t"] for m in marks if m["what"] == "pass" and m["t"] <= last)
+    sends = {(m["kind"], m["child"]): m["t"] for m in marks
+             if m["what"] == "send" and start <= m["t"] <= last}  # fmt: skip
+    spans = sorted((sends[m["kind"], m["child"]], m["t"]) for m in child_recv
+                   if (m["kind"], m["child"]) in sends and m["t"] >= start)  # fmt: skip
+    api, edge = 0.0, start
+    for a, b in spans:  # the union of the writes' request -> response intervals
+        api += max(0.0, b - max(a, edge))
+        edge = max(edge, b)
+    return {
+        "create call": returned - t0,
+        "watch+kopf": min(events) - returned,
+        "queued": start - min(events),
+        "in pass, API": api,
+        "in pass, operator": last - start - api,
+        "to watcher": done - last,
+    }
+
+
 def baseline_tree(commit: str, into: Path) -> str:
     """The baseline's production package, from git, as a PYTHONPATH entry."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "operator"],
@@ -469,7 +582,7 @@ def main() -> int:
     load_before = machine_load()
     print(f"Machine before: {load_before}; no node: pods stay Pending, nothing becomes Ready",
           flush=True)  # fmt: skip
-    with LocalCluster(workdir / "cp", with_kubelet=False) as cluster:
+    with LocalCluster(workdir / "cp", node="none") as cluster:
         bench = Bench(cluster, variants)
         for ns in [NOISE, *(v.namespace for v in variants)]:
             bench.core.create_namespace({"metadata": {"name": ns}})

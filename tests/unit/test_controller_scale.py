@@ -15,7 +15,7 @@ from halffull.controller.failures import ApiCallError, Failure, classify, retry_
 from halffull.controller.memo import ReconcileMemo
 from halffull.controller.reconcile import status_patch, with_degraded
 from halffull.controller.runner import KeyedRunner
-from halffull.controller.writes import ChildWriter, waves
+from halffull.controller.writes import ChildWriter
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap() -> None:
@@ -151,6 +151,44 @@ def test_runner_gives_up_on_a_terminating_namespace_and_waits_while_inactive() -
     assert sorted(calls) == ["gone", "kept"]
 
 
+def test_runner_lets_new_objects_pass_before_re_passes_of_served_ones() -> None:
+    calls: list[str] = []
+    gate = threading.Event()
+
+    def work(ns: str, name: str) -> None:
+        if name == "blocker":
+            gate.wait(5)
+        calls.append(name)
+
+    async def main() -> None:
+        runner = KeyedRunner(work, workers=1)
+        for name in ("old1", "old2"):
+            runner.trigger("ns", name)
+        await runner.idle()
+        calls.clear()
+        runner.trigger("ns", "blocker")  # holds the only thread
+        await asyncio.sleep(0.05)
+        runner.trigger("ns", "old1")  # served before: waits behind the new ones
+        runner.trigger("ns", "new1")
+        runner.trigger("ns", "old2")
+        runner.trigger("ns", "new2")
+        await asyncio.sleep(0.05)
+        gate.set()
+        await runner.idle()
+        runner.forget("ns", "old2")  # deleted: new again should it come back
+        runner.trigger("ns", "blocker")
+        gate.clear()
+        await asyncio.sleep(0.05)
+        runner.trigger("ns", "old1")
+        runner.trigger("ns", "old2")
+        gate.set()
+        await runner.idle()
+        await runner.close()
+
+    asyncio.run(main())
+    assert calls == ["blocker", "new1", "new2", "old1", "old2", "blocker", "old2", "old1"]
+
+
 def test_memo_rebuilds_on_new_inputs_and_rechecks_new_versions_only() -> None:
     memo, owner = ReconcileMemo(), ("ns", "svc")
     builds: list[int] = []
@@ -185,27 +223,14 @@ def _child(kind: str, name: str) -> dict[str, Any]:
     return {"kind": kind, "metadata": {"name": name}}
 
 
-def test_children_are_written_in_two_waves_deployments_last() -> None:
-    objs = [_child("ConfigMap", "s"), _child("Deployment", "e"), _child("Service", "e"),
-            _child("Deployment", "r"), _child("PodDisruptionBudget", "e")]  # fmt: skip
-    assert [[o["metadata"]["name"] + o["kind"][0] for o in w] for w in waves(objs)] == [
-        ["sC", "eS", "eP"],
-        ["eD", "rD"],
-    ]
-    assert waves([_child("Deployment", "e")]) == [[_child("Deployment", "e")]]
-    assert waves([]) == []
-
-
-def test_child_writer_records_what_went_through_and_stops_at_a_failed_wave() -> None:
+def test_child_writer_sends_all_at_once_and_records_what_went_through() -> None:
     sent: list[str] = []
-    # The first wave's writes are all in flight at once (else the barrier times out).
-    first_wave_in = [threading.Barrier(3, timeout=5)]
+    # Every write is in flight at once, Deployments too (else the barrier times out).
+    all_in = [threading.Barrier(4, timeout=5)]
 
     def apply(obj: dict[str, Any]) -> dict[str, Any]:
-        name = obj["kind"] + "/" + obj["metadata"]["name"]
-        sent.append(name)
-        if obj["kind"] != "Deployment":
-            first_wave_in[0].wait()
+        sent.append(obj["kind"] + "/" + obj["metadata"]["name"])
+        all_in[0].wait()
         if obj["metadata"]["name"] == "bad":
             raise ApiCallError("patch", obj["kind"], 403, "no")
         return {**obj, "written": True}
@@ -216,13 +241,15 @@ def test_child_writer_records_what_went_through_and_stops_at_a_failed_wave() -> 
             _child("Deployment", "d")]  # fmt: skip
     with pytest.raises(ApiCallError, match="patch Service"):
         writer.apply_all(objs, lambda o, w: done.append(o["metadata"]["name"]) or None)
-    assert done == ["a", "b"]  # the writes that went through, in order
-    assert "Deployment/d" not in sent  # the second wave waits for the first
+    assert done == ["a", "b", "d"]  # the writes that went through, in order
     done.clear()
-    first_wave_in[0] = threading.Barrier(2, timeout=5)
+    all_in[0] = threading.Barrier(3, timeout=5)
     writer.apply_all([o for o in objs if o["metadata"]["name"] != "bad"],
                      lambda o, w: done.append(o["metadata"]["name"]) or None)  # fmt: skip
     assert done == ["a", "b", "d"]
+    all_in[0] = threading.Barrier(1, timeout=5)
+    writer.apply_all([_child("Deployment", "e")], lambda o, w: done.append("e") or None)
+    assert done[-1] == "e"
     writer.close()
 
 

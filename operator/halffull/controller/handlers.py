@@ -23,6 +23,7 @@ import kopf
 
 from halffull.api.spec import GROUP, PLURAL, VERSION
 from halffull.builders.meta import MANAGED_BY, OWNER_LABEL
+from halffull.controller import trace
 from halffull.controller.cache import ObjectCache
 from halffull.controller.failures import retry_delay
 from halffull.controller.leader import LeaseElector
@@ -71,7 +72,11 @@ class Operator:
         self._weights_task: asyncio.Task[None] | None = None
 
     def _reconcile(self, namespace: str, name: str) -> None:
-        outcome = self.reconciler.reconcile(namespace, name)
+        trace.mark("pass", namespace, name)
+        try:
+            outcome = self.reconciler.reconcile(namespace, name)
+        finally:
+            trace.mark("passed", namespace, name)
         if outcome.problems:
             log.warning("%s/%s is invalid: %s", namespace, name, "; ".join(outcome.problems))
 
@@ -151,9 +156,12 @@ class Operator:
                 self.cache.drop("LLMService", namespace, name)
                 self.reconciler.memo.forget(key)
                 self.known.discard(key)
+                if self.runner is not None:
+                    self.runner.forget(namespace, name)
                 if self.weights is not None:
                     self.weights.forget(key)
                 return
+            trace.mark("event", namespace, name, type=type)
             self.cache.put("LLMService", dict(event["object"]))
             self.known.add(key)
             self._trigger(namespace, name)

@@ -20,7 +20,8 @@ from kubernetes.client.rest import ApiException
 from prometheus_client import Counter
 
 from halffull.api.spec import GROUP, PLURAL, VERSION
-from halffull.builders.meta import FIELD_MANAGER
+from halffull.builders.meta import FIELD_MANAGER, OWNER_LABEL
+from halffull.controller import trace
 from halffull.controller.failures import ApiCallError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,15 @@ def calling(verb: str, kind: str) -> Iterator[None]:
         with contextlib.suppress(TypeError, ValueError, AttributeError):
             retry_after = float(str((exc.headers or {}).get("Retry-After")))
         raise ApiCallError(verb, kind, exc.status or 0, _server_message(exc), retry_after) from exc
+
+
+@contextlib.contextmanager
+def traced(namespace: str, owner: str, kind: str, child: str) -> Iterator[None]:
+    """Mark the response of a write (`trace`), failed or not."""
+    try:
+        yield
+    finally:
+        trace.mark("recv", namespace, owner, kind=kind, child=child)
 
 
 @dataclass(frozen=True)
@@ -191,7 +201,9 @@ class Kube:
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         kind, md = obj["kind"], obj["metadata"]
         API_WRITES.labels("apply", kind).inc()
-        with calling("patch", kind):
+        owner = md.get("labels", {}).get(OWNER_LABEL, "")
+        trace.mark("send", md["namespace"], owner, kind=kind, child=md["name"])
+        with calling("patch", kind), traced(md["namespace"], owner, kind, md["name"]):
             resp = self.kinds[kind].patch(
                 md["name"],
                 md["namespace"],
@@ -221,7 +233,8 @@ class Kube:
         body: dict[str, Any] = {"status": patch}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        with calling("patch", "LLMService/status"):
+        trace.mark("send", namespace, name, kind="status", child=name)
+        with calling("patch", "LLMService/status"), traced(namespace, name, "status", name):
             resp = self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE,
                 _preload_content=False,
@@ -234,7 +247,8 @@ class Kube:
         """A Kubernetes Event on the LLMService, for transitions users should see."""
         md = owner["metadata"]
         API_WRITES.labels("create", "Event").inc()
-        with calling("create", "Event"):
+        trace.mark("send", md["namespace"], md["name"], kind="Event", child=reason)
+        with calling("create", "Event"), traced(md["namespace"], md["name"], "Event", reason):
             self._create_event(md, owner, reason, message, type_)
 
     def _create_event(

@@ -22,6 +22,7 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from halffull.builders.children import Defaults
+from halffull.controller import trace
 from halffull.controller.handlers import ElectorFactory, Operator
 from halffull.controller.kube import Kube, served_pdb_api_version
 from halffull.controller.leader import LeaseElector
@@ -214,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not args.verbose:
         logging.getLogger("kopf").setLevel(logging.WARNING)
+    trace.enable()
     if not cluster_configured():
         print(
             "halffull operator: no cluster configured (KUBECONFIG, ~/.kube/config or in-cluster "
