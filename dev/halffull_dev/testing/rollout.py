@@ -252,10 +252,9 @@ class LoadReport:
 
 
 async def one_request(
-    session: aiohttp.ClientSession, url: str, stream: bool, max_tokens: int,
-    model: str = "fake-model",
-) -> Outcome:  # fmt: skip
-    body = {"model": model, "prompt": list(range(1, 65)), "max_tokens": max_tokens,
+    session: aiohttp.ClientSession, url: str, stream: bool, max_tokens: int
+) -> Outcome:
+    body = {"model": "fake-model", "prompt": list(range(1, 65)), "max_tokens": max_tokens,
             "stream": stream}  # fmt: skip
     try:
         async with session.post(url + "/v1/completions", json=body) as r:
@@ -285,10 +284,9 @@ async def one_request(
 
 async def open_loop(
     url: str, rate: float, seconds: float, *, stream_share: float = 0.5, max_tokens: int = 32,
-    seed: int = 1, model: str = "fake-model", stop: asyncio.Event | None = None,
+    seed: int = 1,
 ) -> LoadReport:  # fmt: skip
-    """Poisson arrivals at `rate` for `seconds`, or until `stop` is set; waits for every
-    request to end."""
+    """Poisson arrivals at `rate` for `seconds`; waits for every request to end."""
     rng = random.Random(seed)
     report = LoadReport()
     loop = asyncio.get_running_loop()
@@ -298,12 +296,12 @@ async def open_loop(
         tasks = []
         t = loop.time()
         end = t + seconds
-        while t < end and not (stop is not None and stop.is_set()):
+        while t < end:
             delay = t - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             stream = rng.random() < stream_share
-            tasks.append(asyncio.create_task(one_request(session, url, stream, max_tokens, model)))
+            tasks.append(asyncio.create_task(one_request(session, url, stream, max_tokens)))
             t += rng.expovariate(rate)
         report.outcomes = list(await asyncio.gather(*tasks))
     return report
