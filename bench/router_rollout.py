@@ -16,6 +16,8 @@ import argparse
 import asyncio
 import signal
 import tempfile
+import time
+from collections import Counter
 from pathlib import Path
 
 from halffull_dev.testing.rollout import (
@@ -55,12 +57,13 @@ async def scenario(
         await lb.start()
         await lb.wait_ready(old)
         try:
+            t0 = time.monotonic()
             load = asyncio.create_task(open_loop(lb.url, rate, seconds))
             await asyncio.sleep(seconds * 0.25)
             engines[-1].signal(signal.SIGKILL)
-            print(f"t={seconds * 0.25:.0f}s: killed {engines[-1].name}", flush=True)
+            print(f"t={time.monotonic() - t0:.1f}s: killed {engines[-1].name}", flush=True)
             for n, at in ((1, 0.5), (2, 0.75)):
-                await asyncio.sleep(seconds * 0.25)
+                await asyncio.sleep(max(0.0, t0 + seconds * (at - 0.05) - time.monotonic()))
                 new = await asyncio.to_thread(
                     start_router, f"router-{n}", engines, log_dir, *router_args
                 )
@@ -68,7 +71,9 @@ async def scenario(
                 lb.add(new)
                 await lb.wait_ready(new)
                 old.signal(signal.SIGTERM)
-                print(f"t={seconds * at:.0f}s: rolled {old.name} -> {new.name}", flush=True)
+                print(
+                    f"t={time.monotonic() - t0:.1f}s: rolled {old.name} -> {new.name}", flush=True
+                )
                 retiring = old
                 old = new
                 asyncio.get_running_loop().call_later(5, lb.remove, retiring)
@@ -101,6 +106,11 @@ def main() -> int:
     bad = report.failed_not_started()
     cut = report.cut_streams()
     print(f"failed before reaching an engine: {len(bad)}; streams cut silently: {len(cut)}")
+    start = min((o.sent_at for o in report.outcomes), default=0.0)
+    by_second = Counter(int(o.sent_at - start) for o in bad + cut)
+    if by_second:
+        print("failures by the second they were sent in: "
+              + ", ".join(f"t={t}s: {n}" for t, n in sorted(by_second.items())))  # fmt: skip
     for o in (bad + cut)[:10]:
         print(f"  {o.kind}: {o.detail[:160]}")
     print(f"logs: {log_dir}")

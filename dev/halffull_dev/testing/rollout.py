@@ -218,11 +218,14 @@ class Balancer:
 @dataclass
 class Outcome:
     kind: str
-    """ok | stream_error_event | http_<status> | cut (a stream that ended without [DONE] or an
-    error event) | conn_error (no response at all)."""
+    """ok | stream_error_event | http_<status> | cut (an answer that ended or stalled without
+    [DONE] or an error event) | conn_error (no answer at all: refused, dropped or timed out
+    before the status line)."""
     started: bool
     """An engine may have processed the request (see `started_status`)."""
     detail: str = ""
+    sent_at: float = 0.0
+    """When it was sent (`time.monotonic()`), to place it against the faults' times."""
 
 
 def started_status(status: int, body: bytes) -> bool:
@@ -252,12 +255,15 @@ class LoadReport:
 
 
 async def one_request(
-    session: aiohttp.ClientSession, url: str, stream: bool, max_tokens: int
-) -> Outcome:
-    body = {"model": "fake-model", "prompt": list(range(1, 65)), "max_tokens": max_tokens,
+    session: aiohttp.ClientSession, url: str, stream: bool, max_tokens: int,
+    model: str = "fake-model",
+) -> Outcome:  # fmt: skip
+    body = {"model": model, "prompt": list(range(1, 65)), "max_tokens": max_tokens,
             "stream": stream}  # fmt: skip
+    answered = False
     try:
         async with session.post(url + "/v1/completions", json=body) as r:
+            answered = True
             if r.status != 200:
                 data = await r.read()
                 return Outcome(
@@ -278,21 +284,30 @@ async def one_request(
             if done:
                 return Outcome("ok", True)
             return Outcome("stream_error_event" if error else "cut", True)
-    except (aiohttp.ClientError, OSError) as exc:
+    except (aiohttp.ClientError, OSError) as exc:  # a client timeout (TimeoutError) too
+        if answered:  # the status line had come: an answer that stopped (or stalled) midway
+            return Outcome("cut", True, repr(exc))
         return Outcome("conn_error", False, repr(exc))
 
 
 async def open_loop(
     url: str, rate: float, seconds: float, *, stream_share: float = 0.5, max_tokens: int = 32,
-    seed: int = 1,
+    seed: int = 1, model: str = "fake-model", timeout_s: float = 120.0,
 ) -> LoadReport:  # fmt: skip
     """Poisson arrivals at `rate` for `seconds`; waits for every request to end."""
     rng = random.Random(seed)
     report = LoadReport()
     loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=120)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def timed(stream: bool) -> Outcome:
+            sent_at = time.monotonic()
+            outcome = await one_request(session, url, stream, max_tokens, model)
+            outcome.sent_at = sent_at
+            return outcome
+
         tasks = []
         t = loop.time()
         end = t + seconds
@@ -301,7 +316,7 @@ async def open_loop(
             if delay > 0:
                 await asyncio.sleep(delay)
             stream = rng.random() < stream_share
-            tasks.append(asyncio.create_task(one_request(session, url, stream, max_tokens)))
+            tasks.append(asyncio.create_task(timed(stream)))
             t += rng.expovariate(rate)
         report.outcomes = list(await asyncio.gather(*tasks))
     return report

@@ -172,8 +172,11 @@ class Router:
         (those still running then end with an error), then close the admin port."""
         self.draining = True
         server = self.public.server
-        server.stop_listening()  # no new connections; idle keep-alive ones close now
-        await self.public.finish(self.drain_grace_s)
+        server.stop_listening()  # no new connections; open ones close as they go idle
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_grace_s
+        await server.wind_down(self.drain_grace_s)
+        await self.public.finish(max(0.0, deadline - loop.time()))
         server.close()
         for runner in self._runners:
             await runner.cleanup()
