@@ -177,6 +177,7 @@ class LeanServer:
         self.connections: set[HttpConnection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._none_left: asyncio.Event | None = None
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -210,10 +211,17 @@ class LeanServer:
         at 100 req/s lost 90 requests that way). Clients drop idle connections on their own
         keep-alive timeout, shorter than ours by convention (5-15 s in httpx and aiohttp), and
         the usual sweep closes any left after `KEEPALIVE_S`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + limit_s
-        while self.connections and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        if not self.connections:
+            return
+        self._none_left = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._none_left.wait(), limit_s)
+
+    def forget(self, conn: HttpConnection) -> None:
+        """`conn` has closed."""
+        self.connections.discard(conn)
+        if not self.connections and self._none_left is not None:
+            self._none_left.set()
 
     def close(self) -> None:
         """Every connection closes now (their handlers are cancelled)."""
@@ -268,7 +276,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self.server.connections.discard(self)
+        self.server.forget(self)
         self.pending.clear()
         if self.task is not None:
             self.task.cancel()
