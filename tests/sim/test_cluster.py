@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import pytest
 
-from halffull.policy import routing
+from halffull.policy import endpoints, routing
 from halffull.policy.endpoints import Endpoint
 from halffull.policy.larry_queue import WaitingIndex
 from halffull.policy.registry import ROUTING_POLICIES
@@ -128,3 +129,39 @@ def test_larry_lowers_median_ttft_under_a_long_queue() -> None:
     fcfs = simulate(work, ClusterConfig(PROFILE, admission="fcfs"))
     larry = simulate(work, ClusterConfig(PROFILE, admission="larry", alpha=0.01))
     assert np.median(larry.ttft) < np.median(fcfs.ttft)
+
+
+def test_plugin_gauges_reach_the_router_estimate_and_change_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # gauges="plugin": every fresh poll carries the exact gauges into the router's own
+    # estimate_replica, and the queued tokens it gives differ from what the same poll without
+    # them (vLLM's /metrics alone) gives; gauges="vllm": no poll carries them.
+    seen: dict[str, list[tuple[routing.EngineStats, float, float]]] = {"vllm": [], "plugin": []}
+    real = routing.estimate_replica
+    view = "vllm"
+
+    def spy(**kw: Any) -> routing.ReplicaState:
+        state = real(**kw)
+        stats = kw["stats"]
+        if stats is not None and kw["fresh"]:
+            bare = dataclasses.replace(stats, waiting_prefill_tokens=None, free_kv_tokens=None)
+            vllm_view = real(**{**kw, "stats": bare})
+            seen[view].append((stats, state.queued_tokens, vllm_view.queued_tokens))
+        return state
+
+    monkeypatch.setattr(endpoints, "estimate_replica", spy)
+    work = jobs(count=200, rate=60.0)
+    results = {}
+    for view in ("vllm", "plugin"):
+        config = ClusterConfig(PROFILE, replicas=3, router="sal", gauges=view)  # type: ignore[arg-type]
+        results[view] = simulate(work, config)
+    assert seen["vllm"] and seen["plugin"]
+    assert all(s.waiting_prefill_tokens is None for s, _, _ in seen["vllm"])
+    assert all(s.free_kv_tokens is None for s, _, _ in seen["vllm"])
+    assert all(s.waiting_prefill_tokens is not None for s, _, _ in seen["plugin"])
+    assert all(s.free_kv_tokens is not None for s, _, _ in seen["plugin"])
+    differ = [(exact, est) for _, exact, est in seen["plugin"] if abs(exact - est) > 0.5]
+    assert len(differ) > len(seen["plugin"]) // 10
+    # ... and so SAL routes differently
+    assert not np.array_equal(results["vllm"].replica, results["plugin"].replica)

@@ -109,6 +109,40 @@ def test_preemption_recomputes_the_newest_request_when_decode_runs_out_of_blocks
     assert ("done 1" in {e for _, e in log}) and replica.max_used_blocks <= 4
 
 
+def test_plugin_gauges_count_the_prefill_left_as_vllm_schedules_it() -> None:
+    # What the LARRY plugin exports (halffull.engine.scheduler): waiting requests' tokens not yet
+    # computed plus running requests' prompt tokens not yet computed, where vLLM counts a step's
+    # tokens as computed when it schedules the step; free KV = free blocks x block size.
+    replica = Replica(tiny(), ONE_SECOND)  # 100 blocks of 4 tokens, 8 tokens per step
+    r0, r1, r2 = SimRequest(0, 0.0, 6, 3), SimRequest(1, 0.0, 4, 2), SimRequest(2, 0.0, 10, 1)
+    for req in (r0, r1, r2):
+        replica.add(req, 0.0)
+    assert replica.waiting_prefill_tokens == 20
+    assert replica.free_kv_tokens_at(0.0) == 400
+    replica.plan(0.0)  # r0's 6 prompt tokens, r1's first 2; r2 waits
+    assert replica.waiting_prefill_tokens == 2 + 10
+    assert replica.free_kv_tokens_at(0.5) == (100 - 3) * 4
+    assert replica.free_kv_tokens_at(0.5) == 400 * (1 - replica.kv_usage_at(0.5))
+    replica.complete()
+    replica.plan(1.0)  # r0 decodes, r1's last 2, r2's first 5
+    assert replica.waiting_prefill_tokens == 10 - 5
+
+
+def test_plugin_gauge_counts_a_preempted_request_whole() -> None:
+    # as in the preemption test above: b is preempted and must recompute prompt and output
+    replica = Replica(tiny(num_blocks=4, max_num_batched_tokens=16, max_model_len=16), ONE_SECOND)
+    a, b = SimRequest(0, 0.0, 7, 4), SimRequest(1, 0.0, 7, 4)
+    replica.add(a, 0.0)
+    replica.add(b, 0.0)
+    now = replica.plan(0.0)
+    while b.preemptions == 0:
+        assert now is not None
+        replica.complete()
+        now = replica.plan(now)
+    assert b in replica.waiting and b.generated > 0
+    assert replica.waiting_prefill_tokens == b.prompt + b.generated
+
+
 LAW = LengthFit(prompt_mu=5.5, prompt_sigma=0.9, output_mu=4.5, output_sigma=0.8,
                 prompt_max=3000, output_max=600, rate=1.0, cv=1.0)  # fmt: skip
 

@@ -6,7 +6,10 @@ prompt tokens are added to its replica at dispatch and released at its first tok
 mean prompt length; the stale-stats rule; the policy class from the registry), driven here on the
 simulated clock, with polled stats every `poll_s`. What the router reads at a poll is what vLLM's
 /metrics would say at that instant: running and waiting requests, KV usage, blocks and block
-size, preemptions. Requests are streamed, so TTFT = first token - arrival and
+size, preemptions; with `gauges="plugin"` also the LARRY plugin's exact waiting prefill tokens
+and free KV tokens, as the router reads them when the operator gives it the plugin's port. Both
+go through the router's own `estimate_replica`, which uses the exact gauges when a poll has them
+and estimates otherwise. Requests are streamed, so TTFT = first token - arrival and
 TGT (total generation time) = last token - arrival.
 
 Events at the same instant run in this order: step ends, polls, arrivals (an arrival at the end
@@ -56,6 +59,12 @@ class ClusterConfig:
     """Where a prefix-aware policy learns what each replica caches: "router", the router's
     approximate index of its own routing history (what production runs); "engine", the
     replicas' true caches (what vLLM's KV-cache events would tell a precise index)."""
+    gauges: Literal["vllm", "plugin"] = "vllm"
+    """What each poll reads: "vllm", vLLM's /metrics alone (the router then prices the engine's
+    waiting requests it did not send, preempted ones included, at its mean prompt, and takes free
+    KV from the usage fraction); "plugin", also the LARRY plugin's
+    `halffull_engine_waiting_prefill_tokens` and `halffull_engine_free_kv_tokens` (the router's
+    `engineMetricsPort`), read at the same instant."""
 
 
 @dataclass(slots=True)
@@ -121,7 +130,8 @@ class SimResult:
         return float(self.output.sum() / self.makespan_s) if self.makespan_s > 0 else 0.0
 
 
-def _stats(rep: Replica, now: float) -> EngineStats:
+def _stats(rep: Replica, now: float, plugin: bool) -> EngineStats:
+    """One poll of `rep` at `now`: vLLM's /metrics, and the plugin's gauges when `plugin`."""
     return EngineStats(
         num_running=rep.num_running,
         num_waiting=rep.num_waiting,
@@ -129,6 +139,8 @@ def _stats(rep: Replica, now: float) -> EngineStats:
         num_gpu_blocks=rep.shape.num_blocks,
         block_size=rep.shape.block_size,
         num_preemptions=float(rep.num_preemptions),
+        waiting_prefill_tokens=float(rep.waiting_prefill_tokens) if plugin else None,
+        free_kv_tokens=float(rep.free_kv_tokens_at(now)) if plugin else None,
     )
 
 
@@ -169,6 +181,7 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
     heap: list[tuple[float, int, int]] = []  # (end time, version, replica)
     versions = [0] * config.replicas
     next_poll = 0.0 if router is not None else float("inf")
+    plugin = config.gauges == "plugin"
     a = 0  # next arrival
     remaining = n
     now = 0.0
@@ -202,7 +215,7 @@ def simulate(jobs: Sequence[Job], config: ClusterConfig) -> SimResult:
         elif next_poll <= t_arr:
             now = next_poll
             for ep, rep in zip(endpoints, reps, strict=True):
-                ep.poll_succeeded(_stats(rep, now), ep.poll_started(), now)
+                ep.poll_succeeded(_stats(rep, now, plugin), ep.poll_started(), now)
             next_poll = now + config.poll_s
         else:
             now = t_arr

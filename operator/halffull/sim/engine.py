@@ -214,6 +214,31 @@ class Replica:
     def kv_usage_at(self, now: float) -> float:
         return self.used_blocks_at(now) / self.shape.num_blocks
 
+    # -- what the LARRY plugin's gauges would read (`halffull.engine.metrics`) ----------------
+
+    def free_kv_tokens_at(self, now: float) -> int:
+        """`halffull_engine_free_kv_tokens`: free blocks (cached-but-unused ones included, as
+        in vLLM's block pool) times the block size."""
+        return (self.shape.num_blocks - self.used_blocks_at(now)) * self.shape.block_size
+
+    @property
+    def waiting_prefill_tokens(self) -> int:
+        """`halffull_engine_waiting_prefill_tokens`, counted as the plugin counts vLLM's
+        requests: every waiting request's tokens not yet computed (a preempted one recomputes
+        its output too) plus the running requests' prompt tokens not yet computed. vLLM counts
+        a step's tokens as computed when it schedules the step, so the step in progress is
+        already done here."""
+        pending = sum(r.prompt + r.generated - r.computed for r in self.waiting)
+        for req in self.running:
+            left = req.prompt - req.computed
+            if left > 0:
+                pending += left
+        for req, tokens in self._sched:  # every scheduled request is a running one
+            left = req.prompt - req.computed
+            if left > 0:
+                pending -= min(tokens, left)
+        return pending
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)

@@ -94,6 +94,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="what prefix-aware policies match against: the router's approximate index "
         "(production) or the replicas' true caches (a precise index)",
     )
+    r.add_argument(
+        "--gauges",
+        choices=["vllm", "plugin"],
+        default="vllm",
+        help="what each poll reads: vLLM's /metrics alone (waiting count, KV usage) or also the "
+        "LARRY plugin's exact waiting prefill and free KV tokens",
+    )
     p.add_argument("--json", type=Path, help="write per-request results here")
 
 
@@ -163,6 +170,7 @@ def run_one(
         poll_s=args.poll_ms / 1000,
         seed=args.seed,
         prefix_source=args.prefix_source,
+        gauges=args.gauges,
     )
     label = admission if args.replicas == 1 else f"{admission} / {router}"
     return label, simulate(jobs, config)
