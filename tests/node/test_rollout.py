@@ -18,14 +18,19 @@ from halffull_dev.testing.rollout import LoadReport, open_loop
 from tests.cluster.test_operator import manifest
 from tests.conftest import Cluster, OperatorProcess, wait_for
 from tests.node.conftest import pods, serve_ready
-from tests.node.test_serving_e2e import FAKE_ENGINE, MODEL
+from tests.node.test_serving_e2e import MODEL
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.slow]
 
 RATE = 20.0
-"""Requests a second, half of them streamed: well below what 3 fake engines and one router pod
-take on 2 loaded cores, so what fails is the rollout's doing, not overload."""
+"""Requests a second, half of them streamed, 32 tokens each: far below what 3 such engines and one
+router pod take on 2 loaded cores (each engine steps every 10 ms whatever its batch: about 9
+requests a second each even if only one ran at a time), so what fails is the faults' doing, not
+overload. (A first version ran the serving test's engines, 20 ms per sequence per step: 4.7
+requests a second for the three, and timed out from the first second.)"""
 SECONDS = 70.0
+ENGINE = {"gpus": 0, "extraArgs": ["--step-ms", "10", "--seq-ms", "0.05"],
+          "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}}}  # fmt: skip
 
 
 def describe(report: LoadReport, events: dict[str, float]) -> str:
@@ -41,7 +46,7 @@ def test_router_rollout_and_engine_deletion_lose_nothing(
     node_cluster: Cluster, node_namespace: str, node_operator: OperatorProcess
 ) -> None:
     cluster, namespace = node_cluster, node_namespace
-    url = serve_ready(cluster, namespace, "roll", manifest("roll", replicas=3, engine=FAKE_ENGINE,
+    url = serve_ready(cluster, namespace, "roll", manifest("roll", replicas=3, engine=ENGINE,
                       router={"pollIntervalMs": 50}), engines=3)  # fmt: skip
     routers_before = {p["metadata"]["uid"] for p in pods(cluster, namespace, "router")}
     victim = pods(cluster, namespace, "engine")[0]["metadata"]["name"]
@@ -52,9 +57,16 @@ def test_router_rollout_and_engine_deletion_lose_nothing(
         time.sleep(SECONDS * 0.15)
         events["router rollout started"] = time.monotonic() - t0
         cluster.kubectl("rollout", "restart", "deployment/roll-router", "-n", namespace)
-        cluster.kubectl("rollout", "status", "deployment/roll-router", "-n", namespace,
-                        "--timeout=120s")  # fmt: skip
-        events["router rollout done"] = time.monotonic() - t0
+
+        def replaced() -> bool:
+            now = pods(cluster, namespace, "router")
+            ready = [p for p in now if all(c.get("ready") for c in
+                     p["status"].get("containerStatuses") or [{}])]  # fmt: skip
+            uids = {p["metadata"]["uid"] for p in now}
+            return bool(ready) and not uids & routers_before
+
+        wait_for(replaced, timeout=150, interval=0.5, what="the old router pod gone, a new ready")
+        events["router rollout done (old pod gone)"] = time.monotonic() - t0
         time.sleep(max(0.0, SECONDS * 0.55 - (time.monotonic() - t0)))
         events["engine pod deleted"] = time.monotonic() - t0
         cluster.kubectl("delete", "pod", victim, "-n", namespace, "--wait=false")
