@@ -1,7 +1,7 @@
 # The two commands of the README. Both set up what they need first (hack/setup.sh).
 CACHE_BIN := $(HOME)/.cache/halffull/bin
 export PATH := $(PATH):$(CACHE_BIN)
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=30
 
 .PHONY: run test lint images
 
