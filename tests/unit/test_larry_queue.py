@@ -3,8 +3,8 @@ steps it is vLLM's FIFO."""
 
 from __future__ import annotations
 
-from collections import deque
 import random
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -271,6 +271,29 @@ def test_long_queue_follows_the_reference_over_steps() -> None:
                 q.remove(item)
             now += 0.5
         index.check()
+    # most requests leave (admitted oldest first, as overdue ones are, and from anywhere): the
+    # list by arrival drops its stale entries in bulk and still gives the reference's head
+    queued = list(q)
+    for item in sorted(queued, key=lambda it: it.view.arrival_time)[:1500] + queued[-1400:]:
+        if item in q:
+            q.remove(item)
+    index.check()
+    assert len(index._by_arrival) - index._lo < 3 * len(q) + 64
+    queued = list(q)
+    fresh = [
+        WaitingRequest(
+            CAPACITY.block_size * (cached_keys(it)[1] - cached_run(_hashes(it), cache)),
+            it.view.arrival_time,
+            it.view.preempted,
+        )
+        for it in queued
+    ]
+    for max_wait in (0.0, 30.0, 200.0):
+        ref = order(fresh, policy="larry", now=NOW + 60, capacity=CAPACITY, alpha=0.1,
+                    max_wait=max_wait)  # fmt: skip
+        got = index.select(policy="larry", now=NOW + 60, num_blocks=CAPACITY.num_blocks,
+                           alpha=0.1, max_wait=max_wait, k=16)  # fmt: skip
+        assert got == [queued[i] for i in ref[:16]]
 
 
 def test_a_later_group_that_ties_the_cut_is_still_visited() -> None:

@@ -4,9 +4,10 @@ The operator mounts a ConfigMap as a directory; kubelet replaces the file by swa
 symlink (`halffull.runtime.file_watch` tells a new version). The scheduler asks for the
 parameters at every step (comparing the clock with `watch.next_check` first, so that a step
 between checks costs one clock read); the file is checked at most once per `interval` seconds and
-read only when its version changed. A missing, unreadable or invalid file is logged once per version, counted in `errors`
-(the plugin's `halffull_scheduler_config_errors_total`), and the last good parameters stay in
-force (FCFS when there never were any): the engine never stops over its configuration.
+read only when its version changed. A missing, unreadable or invalid file is logged once per
+version, counted in `errors` (the plugin's `halffull_scheduler_config_errors_total`), and the
+last good parameters stay in force (FCFS when there never were any): the engine never stops over
+its configuration.
 
 This module imports nothing from vLLM so that it can be tested on its own.
 """

@@ -16,13 +16,14 @@ event-driven counts equal fresh lookups:
 
 So the hook wraps the map's `insert` and `pop` on that one map object (instance attributes: the
 class and every other pool are untouched), and `sync` notices a replaced map and has every
-request walk again. It runs at every block cached or evicted, inside vLLM's `schedule()`, so it
-does as little as it can: with one KV cache group (`group_keys`) the watch is keyed by the map's
-own keys (`GroupKeys`), and the hook tests each key as it comes, without cutting the group id off
-(a new bytes object to allocate and hash, half the hook's cost). vLLM's own KV events (`BlockStored`, `BlockRemoved`) report the same changes
-but only with `enable_kv_cache_events`, which also builds an event object with the block's token
-ids for every cached block and hands them to a publisher that would then be missing the ones
-LARRY drained: the in-process hook costs a dict lookup per change instead.
+request walk again. It runs at every block cached or evicted, inside vLLM's `schedule()`, so it does
+as little as it can: with one KV cache group (`group_keys`) the watch is keyed by the map's own keys
+(`GroupKeys`), and the hook tests each key as it comes, without cutting the group id off (a new
+bytes object to allocate and hash, half the hook's cost). vLLM's own KV events (`BlockStored`,
+`BlockRemoved`) report the same changes but only with `enable_kv_cache_events`, which also builds an
+event object with the block's token ids for every cached block and hands them to a publisher that
+would then be missing the ones LARRY drained: the in-process hook costs a dict lookup per change
+instead.
 """
 
 from __future__ import annotations

@@ -109,9 +109,7 @@ class LarryScheduler(Scheduler):
             if self._larry_prefix:
                 watch: PrefixWatch[bytes] = PrefixWatch(self._larry_cached)
                 pool = self.kv_cache_manager.block_pool
-                self._larry_events = BlockPoolEvents(
-                    pool, watch, group_keys=self._larry_group_keys
-                )
+                self._larry_events = BlockPoolEvents(pool, watch, group_keys=self._larry_group_keys)
                 prefix = (watch, self._larry_hashes)
             index: WaitingIndex[Request] = WaitingIndex(self._larry_keys, prefix=prefix)
             self._larry_queue = LarryRequestQueue(index)
@@ -169,7 +167,8 @@ class LarryScheduler(Scheduler):
         lookup, without making the key)."""
         pool = self.kv_cache_manager.block_pool
         if self._larry_group_keys:
-            return pool.cached_block_hash_to_block.get_one_block(block_hash) is not None
+            key: Any = block_hash  # a BlockHashWithGroupId already
+            return pool.cached_block_hash_to_block.get_one_block(key) is not None
         return pool.get_cached_block(BlockHash(block_hash), self._larry_groups) is not None
 
     def larry_fresh_blocks(self, request: Request) -> int:

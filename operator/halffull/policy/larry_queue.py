@@ -164,9 +164,7 @@ class WaitingIndex(Generic[T]):
             self._stale += 1
             if self._stale > len(self._slot) + 64:
                 entries = self._entry
-                self._by_arrival = [
-                    e for e in self._by_arrival[self._lo :] if entries[e[2]] is e
-                ]
+                self._by_arrival = [e for e in self._by_arrival[self._lo :] if entries[e[2]] is e]
                 self._lo = self._stale = 0
         self._seq[slot] = 0
         self.objs[slot] = None
