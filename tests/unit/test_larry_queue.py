@@ -312,6 +312,21 @@ def test_a_later_group_that_ties_the_cut_is_still_visited() -> None:
     assert ref[:2] == [1, 0]
     got = q.larry.select(policy="larry", now=NOW, num_blocks=256, alpha=1.0, max_wait=0.0, k=1)
     assert got == [items[1]]
+    # the same for the literal reading, which visits the largest block counts first
+    views = [
+        WaitingRequest(kv_tokens=16 * 65, arrival_time=NOW - 1),  # -score -(1 + 4*65/256)
+        WaitingRequest(kv_tokens=16 * 1, arrival_time=NOW - 2),  # -score -(2 + 4/256): equal
+        WaitingRequest(kv_tokens=16 * 200, arrival_time=NOW),
+        WaitingRequest(kv_tokens=16 * 200, arrival_time=NOW),
+    ]
+    q = queue_of(views)
+    items = list(q)
+    ref = order(views, policy="larry-literal", now=NOW, capacity=CAPACITY, alpha=1.0)
+    assert ref[:3] == [2, 3, 1]
+    got = q.larry.select(
+        policy="larry-literal", now=NOW, num_blocks=256, alpha=1.0, max_wait=0.0, k=3
+    )
+    assert got == [items[2], items[3], items[1]]
 
 
 def test_overdue_requests_go_first_in_arrival_order_after_preempted_ones() -> None:
