@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             events = self.__dict__.setdefault("probe_events", self._larry_events)
             self._larry_events = events if mode["refresh"] is None else None
             if mode["refresh"] is not None:  # the round-robin plugin: no events, N re-reads
-                hi = index._hi
+                hi = len(index.objs)
                 done = 0
                 for _ in range(hi):
                     if done >= mode["refresh"]:
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                     mode["cursor"] = slot + 1
                     obj = index.objs[slot]
                     if obj is not None:
-                        index.blocks[slot] = self.larry_fresh_blocks(obj)
+                        index.set_blocks(slot, self.larry_fresh_blocks(obj))
                         done += 1
             elif events is not None:
                 if events._map is not events.pool.cached_block_hash_to_block:
@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                     stats["steps"] += 1
                     stats["differ"] += kept_head != fresh_head
                     for r in queue:
-                        kept = int(index.blocks[index._slot[r]])
-                        stats["err"] += abs(kept - int(fresh.blocks[fresh._slot[r]]))
+                        stats["err"] += abs(index.blocks_of(r) - fresh.blocks_of(r))
                         stats["keys"] += 1
             super()._larry_reorder(queue)
 

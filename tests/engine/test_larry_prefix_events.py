@@ -46,18 +46,33 @@ def fresh_hit(pool: Any, hashes: list[bytes]) -> int:
     return hit
 
 
+@pytest.mark.parametrize("group_keys", [False, True], ids=["block-hashes", "group-keys"])
 @pytest.mark.parametrize("seed", range(6))
-def test_event_driven_hits_equal_fresh_lookups_on_vllms_block_pool(seed: int) -> None:
-    from halffull.engine.prefix_events import BlockPoolEvents
+def test_event_driven_hits_equal_fresh_lookups_on_vllms_block_pool(
+    seed: int, group_keys: bool
+) -> None:
+    """Keyed by block hash (any number of KV cache groups) or by the map's own keys of group 0
+    (the plugin's choice with one group): the same counts."""
+    from halffull.engine.prefix_events import BlockPoolEvents, GroupKeys
     from halffull.policy.larry_prefix import PrefixWatch
 
     pool, requests = make_pool_and_requests(12, seed)
-    watch: PrefixWatch[bytes] = PrefixWatch(lambda h: pool.get_cached_block(h, [0]) is not None)
-    events = BlockPoolEvents(pool, watch)
+
+    def cached(h: bytes) -> bool:
+        if group_keys:  # the map may have been replaced (a reset): look it up each time
+            return pool.cached_block_hash_to_block.get_one_block(h) is not None
+        return pool.get_cached_block(h, [0]) is not None
+
+    def keys(r: Any) -> Any:
+        return GroupKeys(r.block_hashes, len(r.block_hashes)) if group_keys else r.block_hashes
+
+    watch: PrefixWatch[bytes] = PrefixWatch(cached)
+    events = BlockPoolEvents(pool, watch, group_keys=group_keys)
     rng = random.Random(seed)
     waiting = dict(enumerate(requests[:8]))  # slot -> request
     for slot, r in waiting.items():
-        watch.watch(slot, r.block_hashes)
+        watch.watch(slot, keys(r))
+    rekeyed = 0
     held: dict[int, list[Any]] = {}  # running requests' blocks
     compared = 0
     for _ in range(200):
@@ -88,12 +103,12 @@ def test_event_driven_hits_equal_fresh_lookups_on_vllms_block_pool(seed: int) ->
             slot = rng.randrange(8)
             watch.unwatch(slot)
             waiting[slot] = requests[rng.randrange(len(requests))]
-            assert watch.watch(slot, waiting[slot].block_hashes) == fresh_hit(
+            assert watch.watch(slot, keys(waiting[slot])) == fresh_hit(
                 pool, waiting[slot].block_hashes
             )
         events.sync()
-        watch.settle()
+        rekeyed += len(watch.settle())
         for slot, w in waiting.items():
             assert watch.hit(slot) == fresh_hit(pool, w.block_hashes), (slot, op)
             compared += 1
-    assert events.events > 0 and watch.hits > 0 and compared > 1000
+    assert rekeyed > 0 and watch.hits > 0 and compared > 1000

@@ -1,11 +1,13 @@
 """The engine plugin's parameter file, re-read when it changes.
 
 The operator mounts a ConfigMap as a directory; kubelet replaces the file by swapping a `..data`
-symlink (`halffull.runtime.file_watch` tells a new version). The scheduler asks `current()` at
-every step; the file is checked at most once per `interval` seconds and read only when its version
-changed. A missing, unreadable or invalid file is logged once per version, counted in `errors`
-(the plugin's `halffull_scheduler_config_errors_total`), and the last good parameters stay in
-force (FCFS when there never were any): the engine never stops over its configuration.
+symlink (`halffull.runtime.file_watch` tells a new version). The scheduler asks for the
+parameters at every step (comparing the clock with `watch.next_check` first, so that a step
+between checks costs one clock read); the file is checked at most once per `interval` seconds and
+read only when its version changed. A missing, unreadable or invalid file is logged once per
+version, counted in `errors` (the plugin's `halffull_scheduler_config_errors_total`), and the
+last good parameters stay in force (FCFS when there never were any): the engine never stops over
+its configuration.
 
 This module imports nothing from vLLM so that it can be tested on its own.
 """
@@ -72,8 +74,12 @@ class ConfigWatcher:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
-        self._watch = FileWatch(path, interval_s=interval, clock=clock) if path else None
-        self._config = FALLBACK
+        self.clock = clock
+        self.watch = FileWatch(path, interval_s=interval, clock=clock) if path else None
+        """None without a file. A hot path may compare `clock()` with its `next_check` and call
+        `current()` only from then on (in between, `config` is what `current()` returns)."""
+        self.config = FALLBACK
+        """The parameters in force, without checking the file."""
         self.reloads = 0
         self.errors = 0
         self._lock = threading.Lock()
@@ -100,27 +106,22 @@ class ConfigWatcher:
             )
         return cls(Path(raw) if raw else None, interval=interval)
 
-    @property
-    def config(self) -> SchedulerConfig:
-        """The parameters in force, without checking the file."""
-        return self._config
-
     def current(self) -> SchedulerConfig:
         """The parameters in force, after a check of the file if one is due.
 
         Safe to call from several threads: a check is done by one of them at a time."""
-        if self._watch is not None and self._watch.due():
+        if self.watch is not None and self.watch.due():
             with self._lock:  # with interval 0 several threads may be due at once
                 self.poll()
-        return self._config
+        return self.config
 
     def poll(self) -> Change:
         """Check the file now. Reads it only if its version changed since the last check."""
-        if self._watch is None or self.path is None:
-            return Change(self._config, changed=False)
-        check = self._watch.check()
+        if self.watch is None or self.path is None:
+            return Change(self.config, changed=False)
+        check = self.watch.check()
         if not check.changed:
-            return Change(self._config, changed=False)
+            return Change(self.config, changed=False)
         if check.error is not None:
             return self._fail(check.error)
         try:
@@ -128,9 +129,9 @@ class ConfigWatcher:
             config = parse_scheduler_config(text)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             return self._fail(str(exc))
-        if config == self._config and self.reloads:
+        if config == self.config and self.reloads:
             return Change(config, changed=False)
-        previous, self._config = self._config, config
+        previous, self.config = self.config, config
         self.reloads += 1
         logger.info(
             "halffull scheduler: %s in force (was %s), from %s",
@@ -146,6 +147,6 @@ class ConfigWatcher:
             "halffull scheduler: parameter file %s rejected (%s); keeping %s",
             self.path,
             reason,
-            self._config.describe(),
+            self.config.describe(),
         )
-        return Change(self._config, changed=False, error=reason)
+        return Change(self.config, changed=False, error=reason)

@@ -16,30 +16,66 @@ event-driven counts equal fresh lookups:
 
 So the hook wraps the map's `insert` and `pop` on that one map object (instance attributes: the
 class and every other pool are untouched), and `sync` notices a replaced map and has every
-request walk again. vLLM's own KV events (`BlockStored`, `BlockRemoved`) report the same changes
-but only with `enable_kv_cache_events`, which also builds an event object with the block's token
-ids for every cached block and hands them to a publisher that would then be missing the ones
-LARRY drained: the in-process hook costs a dict lookup per change instead.
+request walk again. It runs at every block cached or evicted, inside vLLM's `schedule()`, so it does
+as little as it can: with one KV cache group (`group_keys`) the watch is keyed by the map's own keys
+(`GroupKeys`), and the hook tests each key as it comes, without cutting the group id off (a new
+bytes object to allocate and hash, half the hook's cost). vLLM's own KV events (`BlockStored`,
+`BlockRemoved`) report the same changes but only with `enable_kv_cache_events`, which also builds an
+event object with the block's token ids for every cached block and hands them to a publisher that
+would then be missing the ones LARRY drained: the in-process hook costs a dict lookup per change
+instead.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, overload
 
 from halffull.policy.larry_prefix import PrefixWatch
 
 GROUP_ID_BYTES = 4
 """Bytes of the group id at the end of a `BlockHashWithGroupId` (vLLM 0.32)."""
 
+GROUP_0 = bytes(GROUP_ID_BYTES)
+"""The suffix of KV cache group 0's keys (the id, big-endian)."""
+
+
+class GroupKeys(Sequence[bytes]):
+    """A request's first `n` block hashes as the prefix-cache map's keys of KV cache group 0,
+    each made when read: the watch reads only a request's cached run and one more."""
+
+    __slots__ = ("_hashes", "_n")
+
+    def __init__(self, hashes: Sequence[bytes], n: int) -> None:
+        self._hashes = hashes
+        self._n = max(min(n, len(hashes)), 0)
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[bytes]: ...
+    def __getitem__(self, i: int | slice) -> bytes | list[bytes]:
+        if isinstance(i, slice):
+            return [self._hashes[j] + GROUP_0 for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        return self._hashes[i % self._n] + GROUP_0
+
 
 class BlockPoolEvents:
-    """Feeds the stored and removed hashes of one vLLM `BlockPool` into a `PrefixWatch`."""
+    """Feeds the stored and removed hashes of one vLLM `BlockPool` into a `PrefixWatch`.
 
-    def __init__(self, pool: Any, watch: PrefixWatch[bytes]) -> None:
+    `group_keys`: the watch is keyed by the map's keys of KV cache group 0 (`GroupKeys`), as
+    fits a model with one KV cache group; otherwise by block hash (the key less its group id),
+    for changes in any group."""
+
+    def __init__(self, pool: Any, watch: PrefixWatch[bytes], *, group_keys: bool = False) -> None:
         self.pool = pool
         self.watch = watch
-        self.events = 0
-        """Hook calls so far (changes to the cache map), for benchmarks."""
+        self.group_keys = group_keys
         self._map: Any = None
         self.sync()
 
@@ -59,18 +95,31 @@ class BlockPoolEvents:
         stored, removed, concerns = self.watch.stored, self.watch.removed, self.watch.concerns
         cut = -GROUP_ID_BYTES
 
-        def hooked_insert(key: bytes, block: Any) -> None:
-            insert(key, block)
-            self.events += 1
-            if concerns(key[:cut]):
-                stored(key[:cut])
+        if self.group_keys:
 
-        def hooked_pop(key: bytes, block_id: int) -> Any:
-            block = pop(key, block_id)
-            self.events += 1
-            if block is not None and concerns(key[:cut]) and get_one(key) is None:
-                removed(key[:cut])
-            return block
+            def hooked_insert(key: bytes, block: Any) -> None:
+                insert(key, block)
+                if concerns(key):
+                    stored(key)
+
+            def hooked_pop(key: bytes, block_id: int) -> Any:
+                block = pop(key, block_id)
+                if block is not None and concerns(key) and get_one(key) is None:
+                    removed(key)
+                return block
+
+        else:
+
+            def hooked_insert(key: bytes, block: Any) -> None:
+                insert(key, block)
+                if concerns(key[:cut]):
+                    stored(key[:cut])
+
+            def hooked_pop(key: bytes, block_id: int) -> Any:
+                block = pop(key, block_id)
+                if block is not None and concerns(key[:cut]) and get_one(key) is None:
+                    removed(key[:cut])
+                return block
 
         cache_map.insert = hooked_insert
         cache_map.pop = hooked_pop

@@ -37,7 +37,7 @@ from vllm.v1.request import Request, RequestStatus
 
 from halffull.engine.config_watcher import ConfigWatcher
 from halffull.engine.metrics import EngineMetrics
-from halffull.engine.prefix_events import BlockPoolEvents
+from halffull.engine.prefix_events import BlockPoolEvents, GroupKeys
 from halffull.policy.larry import KVCapacity
 from halffull.policy.larry_fifo import WaitingQueue
 from halffull.policy.larry_prefix import PrefixWatch
@@ -92,6 +92,9 @@ class LarryScheduler(Scheduler):
                 "prefix cache on this engine"
             )
         self._larry_groups = list(range(len(self.kv_cache_config.kv_cache_groups)))
+        self._larry_group_keys = len(self._larry_groups) == 1
+        """One KV cache group: the watch is keyed by the prefix-cache map's own keys (see
+        `halffull.engine.prefix_events.GroupKeys`), which its hook tests as they come."""
         self.larry_reorders = 0
         """Steps at which LARRY's first request was not vLLM's (for tests and benchmarks)."""
         self.larry_prefix_rekeys = 0
@@ -106,7 +109,7 @@ class LarryScheduler(Scheduler):
             if self._larry_prefix:
                 watch: PrefixWatch[bytes] = PrefixWatch(self._larry_cached)
                 pool = self.kv_cache_manager.block_pool
-                self._larry_events = BlockPoolEvents(pool, watch)
+                self._larry_events = BlockPoolEvents(pool, watch, group_keys=self._larry_group_keys)
                 prefix = (watch, self._larry_hashes)
             index: WaitingIndex[Request] = WaitingIndex(self._larry_keys, prefix=prefix)
             self._larry_queue = LarryRequestQueue(index)
@@ -151,12 +154,21 @@ class LarryScheduler(Scheduler):
 
     def _larry_hashes(self, request: Request) -> Sequence[bytes]:
         """The block hashes a prefix-cache hit can cover: vLLM looks up at most
-        `num_tokens - 1` tokens (it recomputes the last one for its logits)."""
-        return request.block_hashes[: (request.num_tokens - 1) // self._larry_capacity.block_size]
+        `num_tokens - 1` tokens (it recomputes the last one for its logits). With one KV cache
+        group, as the map's keys of that group."""
+        n = (request.num_tokens - 1) // self._larry_capacity.block_size
+        if self._larry_group_keys:
+            return GroupKeys(request.block_hashes, n)
+        return request.block_hashes[:n]
 
     def _larry_cached(self, block_hash: bytes) -> bool:
-        """Whether vLLM's prefix cache holds this block, in every KV cache group."""
+        """Whether vLLM's prefix cache holds this block, in every KV cache group (with one
+        group, `block_hash` is already that group's key: `BlockPool.get_cached_block`'s own
+        lookup, without making the key)."""
         pool = self.kv_cache_manager.block_pool
+        if self._larry_group_keys:
+            key: Any = block_hash  # a BlockHashWithGroupId already
+            return pool.cached_block_hash_to_block.get_one_block(key) is not None
         return pool.get_cached_block(BlockHash(block_hash), self._larry_groups) is not None
 
     def larry_fresh_blocks(self, request: Request) -> int:
@@ -183,26 +195,27 @@ class LarryScheduler(Scheduler):
     def _larry_reorder(self, queue: LarryRequestQueue) -> None:
         """Point the queue's head at LARRY's first requests for this step, unless nothing
         could be admitted."""
-        config = self._larry_watcher.current()
+        watcher = self._larry_watcher
+        watch = watcher.watch  # the file is checked once per interval: between, a clock read
+        if watch is not None and watcher.clock() >= watch.next_check:
+            watcher.current()
+        config = watcher.config
         if config.policy == "fcfs":
             return
         free_slots = self.max_num_active_reqs - len(self.running)
-        if len(queue) < 2 or free_slots <= 0:
-            return  # nothing to order, or no request can be admitted in this step
         index = queue.larry
-        if self._larry_events is not None:
-            self._larry_events.sync()
+        if len(index) < 2 or free_slots <= 0:
+            return  # nothing to order, or no request can be admitted in this step
+        events = self._larry_events
+        if events is not None:
+            events.sync()
             if index.settle():
                 self.larry_prefix_rekeys += 1
         # vLLM admits a request only if blocks for its whole uncached sequence are free (its
         # first chunk's, without scheduler_reserve_full_isl): if not even the smallest fits, the
         # order cannot matter in this step
         free_blocks = self.kv_cache_manager.block_pool.get_num_free_blocks()
-        if self.scheduler_reserve_full_isl:
-            first = queue.fifo_first()  # if it fits, the minimum does: no pass over the slots
-            if first is not None and index.blocks_of(first) > free_blocks < index.min_blocks():
-                return
-        elif free_blocks < 1:
+        if free_blocks < (index.min_blocks() if self.scheduler_reserve_full_isl else 1):
             return
         head = index.select(
             policy=config.policy,

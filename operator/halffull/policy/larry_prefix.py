@@ -45,7 +45,8 @@ class PrefixWatch(Generic[H]):
         self._hit: dict[int, int] = {}
         self._reg: dict[int, int] = {}
         """slot -> positions [0, reg) of its hashes are registered in `_by_hash`"""
-        self._dirty: set[int] = set()
+        self.dirty: set[int] = set()
+        """Slots to walk at the next `settle` (the index skips `settle` while it is empty)."""
         self.walks = 0
         """Slots walked (entries and re-keys), for tests and benchmarks."""
         self.hits = 0
@@ -84,14 +85,14 @@ class PrefixWatch(Generic[H]):
             if not slots:
                 del by_hash[h]
         del self._hit[slot]
-        self._dirty.discard(slot)
+        self.dirty.discard(slot)
 
     def stored(self, h: H) -> None:
         """The cache now holds `h` (called by the engine's hook, on its hot path: cheap)."""
         slots = self._by_hash.get(h)
         if slots is not None:  # the requests whose run it extends walk on at the next step
             hit = self._hit
-            self._dirty.update(slot for slot, pos in slots.items() if pos == hit[slot])
+            self.dirty.update(slot for slot, pos in slots.items() if pos == hit[slot])
 
     def removed(self, h: H) -> None:
         """The cache no longer holds `h`."""
@@ -102,20 +103,20 @@ class PrefixWatch(Generic[H]):
         for slot, pos in slots.items():
             if pos < hit[slot]:
                 hit[slot] = pos
-                self._dirty.add(slot)
+                self.dirty.add(slot)
 
     def rewalk_all(self) -> None:
         """Forget every run (the engine replaced its cache wholesale): all walk from 0."""
         for slot in self._hit:
             self._hit[slot] = 0
-        self._dirty.update(self._hit)
+        self.dirty.update(self._hit)
 
     def settle(self) -> list[tuple[int, int]]:
         """Walk the dirty slots on; returns (slot, hit) for each, in no particular order."""
-        if not self._dirty:
+        if not self.dirty:
             return []
-        done = [(slot, self._walk(slot)) for slot in self._dirty]
-        self._dirty.clear()
+        done = [(slot, self._walk(slot)) for slot in self.dirty]
+        self.dirty.clear()
         return done
 
     def _walk(self, slot: int) -> int:

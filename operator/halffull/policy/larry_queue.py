@@ -1,16 +1,36 @@
-"""LARRY's waiting queue as arrays: the head of the admission order in microseconds per step.
+"""LARRY's waiting queue, indexed so that a step finds the head of the admission order without a
+pass over the queue.
 
 `halffull.policy.larry.order` defines the order over a list; rebuilding that list and sorting it
 at every engine step cost about 1.3 us per waiting request (1.35 ms at 1,024), on the engine's
-critical path. Here each request's keys (arrival, blocks it needs, preempted) are computed once,
-when it enters the queue, and kept in numpy arrays indexed by a slot. A step scores the slots
-with a few vector operations into preallocated buffers and selects only the first `k` of the
-order with a partial selection: the engine admits at most its free sequence slots in one step,
-so positions after `k` cannot matter to that step.
+critical path, and scoring every request with array operations still cost a dozen numpy calls
+per step. The engine admits at most its free sequence slots `k` in one step, so only the first
+`k` of the order matter, and the order has a structure that gives them without scoring everyone:
 
-The blocks a request needs change while it waits when the engine has a prefix cache: those
-counts follow the cache's events (`halffull.policy.larry_prefix`), re-keying only the requests a
-stored or evicted block concerns (`WaitingIndex.settle`).
+- Preempted requests come first, by entry. They are few; they are kept apart.
+- Overdue requests (waited longer than `max_wait`) come next, by arrival. Whether a request is
+  overdue (`now - arrival > max_wait`) is monotone in its arrival, so they are a prefix of all
+  other requests sorted by arrival: the first `k` of that sorted list give this tier (and under
+  "fcfs", which orders everyone by arrival, the whole answer).
+- Everyone else is ordered by `score = alpha * wait - queue_len * mem` (or `+` for
+  "larry-literal"). Within one group of requests that need the same number of blocks, `mem` is
+  the same, so the score can only fall as the arrival grows (`wait = max(now - arrival, 0)`; every
+  floating-point step used here is monotone, so this holds for the computed floats too), and ties
+  go to the earlier arrival, then the earlier entry. So each group, kept sorted by (arrival,
+  entry), is already in LARRY's order, and the first `k` overall are a merge of the groups'
+  fronts. A step visits the groups from the smallest block count ("larry"; the largest for
+  "larry-literal") and stops when even a request that waited as long as the oldest one could not
+  beat the `k`-th best found so far: the memory term then rules out every group after it.
+
+The sorted lists change on entry (bisection, then an insertion: a memmove), on removal (from its
+group at once; from the list by arrival lazily: the entry goes stale, is skipped when reached and
+dropped in bulk, since a memmove of that list per admission is what a step would pay most) and
+when a request's blocks change. Those change while it waits when the engine has a prefix cache: the
+counts follow the cache's events (`halffull.policy.larry_prefix`), and only the requests a
+stored or evicted block concerns move to another group (`WaitingIndex.settle`).
+
+A step's cost is then about `k` plus the groups it visits, not the queue's length, and no
+numpy call is made (each costs microseconds whatever its size).
 
 The queue itself is `halffull.policy.larry_fifo.WaitingQueue` (vLLM's FIFO, O(1) removal, a
 head a step points at this selection); vLLM's waiting queue and the simulator's both use it, so
@@ -22,12 +42,9 @@ Ties: earlier arrival, then earlier entry into the queue (`append` counts up fro
 
 from __future__ import annotations
 
-import heapq
+from bisect import bisect_left, insort
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
-
-import numpy as np
-import numpy.typing as npt
 
 from halffull.policy.larry import LarryPolicy, check_parameters
 from halffull.policy.larry_prefix import PrefixWatch
@@ -38,31 +55,23 @@ Keys = tuple[float, int, bool]
 """What the index keeps per request: arrival time, KV blocks it needs (before any prefix-cache
 hit, which the index's `PrefixWatch` subtracts), preempted."""
 
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
+Entry = tuple[float, int, int]
+"""(arrival, entry number, slot) of a request that is not preempted: sorted lists hold these.
+The entry number is unique, so the slot never takes part in a comparison."""
 
-_DEAD_BLOCKS = np.iinfo(np.int64).max
-"""`blocks` of a free slot: never the minimum."""
 
-SMALL_QUEUE = 64
-"""Up to this many waiting requests a step selects in Python: a numpy call costs microseconds
-whatever its size, more than a short loop."""
-
-GUESS_RANKS = 4
-"""The partial selection's guess of a cut keeps about this many times `k` slots (see
-`WaitingIndex._first_all`)."""
+def _remove(entries: list[Entry], entry: Entry) -> None:
+    """Remove `entry` (present) from the sorted list `entries`."""
+    del entries[bisect_left(entries, entry)]
 
 
 class WaitingIndex(Generic[T]):
-    """Per-request keys of the requests in a waiting queue, in slot-indexed arrays.
-
-    A free slot has arrival NaN, so every score computed from it is NaN, which numpy's
-    partition puts last and every comparison rejects: a step needs no mask of live slots."""
+    """Per-request keys of the requests in a waiting queue, and the sorted lists a step's
+    selection reads: by arrival, and by arrival within each block count (module docstring)."""
 
     def __init__(
         self,
         keys: Callable[[T], Keys],
-        capacity: int = 64,
         *,
         prefix: tuple[PrefixWatch[Any], Callable[[T], Sequence[Any]]] | None = None,
     ) -> None:
@@ -72,45 +81,26 @@ class WaitingIndex(Generic[T]):
         if prefix is not None:
             self.watch, self._hashes = prefix
         self._slot: dict[T, int] = {}
+        # per slot; a free slot has entry number 0 (never given) and no object
         self._seq: list[int] = []
-        self._arrival: list[float] = []
         self._blocks: list[int] = []
+        self._total: list[int] = []
+        self._entry: list[Entry | None] = []
         self.objs: list[T | None] = []
-        """Per slot, in Python lists: what the final sort of a few slots reads."""
-        self._frac_n = 0
         self._free: list[int] = []
-        self._hi = 0
         self._front = 0
         self._back = 0
         self._preempted: set[int] = set()
+        self._by_arrival: list[Entry] = []
+        """Every request that is not preempted, by (arrival, entry), and stale entries (those
+        that are not their slot's `_entry` any more): none before `_lo`, `_stale` after it."""
+        self._lo = 0
+        self._stale = 0
+        self._groups: dict[int, list[Entry]] = {}
+        """Block count -> its requests that are not preempted, by (arrival, entry)."""
+        self._sizes: list[int] = []
+        """The block counts that have a group, ascending."""
         self._checked: tuple[str, float, float] | None = None
-        self._latest = -np.inf
-        """The latest arrival ever queued: while `now` is past it no wait needs clamping."""
-        self._guess = [np.nan, np.nan]
-        """Per tier (overdue, scored): see `_first_all`."""
-        self._alloc(capacity)
-
-    def _alloc(self, size: int) -> None:
-        """(Re)allocate the arrays for `size` slots, keeping the first ones' contents."""
-        old = self._hi if hasattr(self, "arrival") else 0
-        arrival = np.full(size, np.nan)
-        blocks = np.full(size, _DEAD_BLOCKS, dtype=np.int64)
-        total = np.zeros(size, dtype=np.int64)
-        seq = np.zeros(size, dtype=np.int64)
-        frac = np.zeros(size)
-        if old:
-            arrival[:old], blocks[:old], total[:old] = self.arrival, self.blocks, self.total
-            seq[:old], frac[:old] = self.seq, self.frac
-        self.arrival: FloatArray = arrival
-        self.blocks: IntArray = blocks
-        self.total: IntArray = total
-        self.seq: IntArray = seq
-        self.frac: FloatArray = frac
-        """blocks / `_frac_n`, maintained with `blocks` once a step asked for it"""
-        # scratch for a step: no array is allocated per step at the size of the queue
-        self._w: FloatArray = np.empty(size)
-        self._m: FloatArray = np.empty(size)
-        self._b: npt.NDArray[np.bool_] = np.empty(size, dtype=bool)
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -131,13 +121,11 @@ class WaitingIndex(Generic[T]):
         if self._free:
             slot = self._free.pop()
         else:
-            if self._hi == self.arrival.size:
-                self._alloc(2 * self.arrival.size)
-            slot = self._hi
-            self._hi += 1
+            slot = len(self.objs)
             self._seq.append(0)
-            self._arrival.append(0.0)
             self._blocks.append(0)
+            self._total.append(0)
+            self._entry.append(None)
             self.objs.append(None)
         if front:
             self._front -= 1
@@ -145,21 +133,21 @@ class WaitingIndex(Generic[T]):
         else:
             self._back += 1
             seq = self._back
+        arrival, blocks, preempted = self._keys(obj)
         self._slot[obj] = slot
         self._seq[slot] = seq
-        self.seq[slot] = seq
         self.objs[slot] = obj
-        arrival, blocks, preempted = self._keys(obj)
-        self.arrival[slot] = arrival
-        self._arrival[slot] = arrival
-        self.total[slot] = blocks
-        if arrival > self._latest:
-            self._latest = arrival
+        self._total[slot] = blocks
         if self.watch is not None and self._hashes is not None:
             blocks -= self.watch.watch(slot, self._hashes(obj))
-        self._set_blocks(slot, blocks)
+        self._blocks[slot] = blocks
         if preempted:
             self._preempted.add(slot)
+        else:
+            entry = (arrival, seq, slot)
+            self._entry[slot] = entry
+            insort(self._by_arrival, entry, lo=self._lo)  # what is before _lo is stale
+            self._group_add(blocks, entry)
         return seq
 
     def discard(self, obj: T) -> bool:
@@ -167,10 +155,19 @@ class WaitingIndex(Generic[T]):
         slot = self._slot.pop(obj, None)
         if slot is None:
             return False
-        self.arrival[slot] = np.nan
-        self._set_blocks(slot, _DEAD_BLOCKS)
+        entry = self._entry[slot]
+        if entry is None:
+            self._preempted.discard(slot)
+        else:
+            self._group_remove(self._blocks[slot], entry)
+            self._entry[slot] = None  # its entry in _by_arrival is stale now
+            self._stale += 1
+            if self._stale > len(self._slot) + 64:
+                entries = self._entry
+                self._by_arrival = [e for e in self._by_arrival[self._lo :] if entries[e[2]] is e]
+                self._lo = self._stale = 0
+        self._seq[slot] = 0
         self.objs[slot] = None
-        self._preempted.discard(slot)
         if self.watch is not None:
             self.watch.unwatch(slot)
         self._free.append(slot)
@@ -183,29 +180,59 @@ class WaitingIndex(Generic[T]):
     def settle(self) -> int:
         """Apply the prefix cache's changes since the last call (see `PrefixWatch`): the
         requests they concern get their blocks re-keyed. Returns how many were."""
-        if self.watch is None:
+        watch = self.watch
+        if watch is None or not watch.dirty:
             return 0
-        changed = self.watch.settle()
-        total = self.total
+        changed = watch.settle()
+        total = self._total
         for slot, hit in changed:
-            self._set_blocks(slot, int(total[slot]) - hit)
+            self.set_blocks(slot, total[slot] - hit)
         return len(changed)
 
-    def _set_blocks(self, slot: int, blocks: int) -> None:
-        self.blocks[slot] = blocks
+    def set_blocks(self, slot: int, blocks: int) -> None:
+        """The request in `slot` now needs `blocks` blocks: it moves to that group."""
+        old = self._blocks[slot]
+        if blocks == old:
+            return
         self._blocks[slot] = blocks
-        if self._frac_n:
-            self.frac[slot] = blocks / self._frac_n
+        entry = self._entry[slot]
+        if entry is not None:
+            self._group_remove(old, entry)
+            self._group_add(blocks, entry)
+
+    def slot_of(self, obj: T) -> int:
+        """The slot of a queued request (KeyError if it is not queued)."""
+        return self._slot[obj]
 
     def blocks_of(self, obj: T) -> int:
         """The blocks a queued request needs."""
-        return int(self.blocks[self._slot[obj]])
+        return self._blocks[self._slot[obj]]
 
     def min_blocks(self) -> int:
         """The fewest blocks any queued request needs (0 when the queue is empty)."""
-        if not self._slot:
-            return 0
-        return int(self.blocks[: self._hi].min())
+        if not self._preempted:
+            return self._sizes[0] if self._sizes else 0
+        blocks = self._blocks
+        least = min((blocks[s] for s in self._preempted), default=None)
+        if self._sizes and (least is None or self._sizes[0] < least):
+            return self._sizes[0]
+        assert least is not None
+        return least
+
+    def _group_add(self, blocks: int, entry: Entry) -> None:
+        group = self._groups.get(blocks)
+        if group is None:
+            self._groups[blocks] = [entry]
+            insort(self._sizes, blocks)
+        else:
+            insort(group, entry)
+
+    def _group_remove(self, blocks: int, entry: Entry) -> None:
+        group = self._groups[blocks]
+        _remove(group, entry)
+        if not group:
+            del self._groups[blocks]
+            del self._sizes[bisect_left(self._sizes, blocks)]
 
     def select(
         self,
@@ -226,123 +253,95 @@ class WaitingIndex(Generic[T]):
         k = min(k, queue_len)
         if k <= 0:
             return []
-        if queue_len <= SMALL_QUEUE:
-            return self._select_small((policy, now, num_blocks, alpha, max_wait), k)
-        hi = self._hi
-        need = k
+        objs = self.objs
         chosen: list[int] = []
-        # seconds waited; NaN for free slots, and for the tiers already taken below
-        wait = np.subtract(now, self.arrival[:hi], out=self._w[:hi])
-        if self._preempted:
-            chosen = sorted(self._preempted, key=self._seq.__getitem__)[:need]
-            need -= len(chosen)
-            wait[list(self._preempted)] = np.nan
-        if need > 0 and (policy == "fcfs" or (max_wait > 0.0 and np.fmax.reduce(wait) > max_wait)):
-            # overdue first, by arrival; under fcfs every request counts as overdue
-            late = self._b[:hi]
-            if policy == "fcfs":
-                np.equal(wait, wait, out=late)  # every live one (NaN != NaN)
+        if self._preempted:  # first, by entry
+            chosen = sorted(self._preempted, key=self._seq.__getitem__)[:k]
+        need = k - len(chosen)
+        if need <= 0:
+            return [objs[i] for i in chosen]  # type: ignore[misc]  # live slots hold requests
+        # the others by arrival: under "fcfs" all of them, else the overdue ones (a prefix)
+        entries, by_arrival = self._entry, self._by_arrival
+        i, end = self._lo, len(by_arrival)
+        while i < end and entries[by_arrival[i][2]] is not by_arrival[i]:
+            i += 1  # stale at the front: dropped from the walk for good
+        self._stale -= i - self._lo
+        self._lo = i
+        fcfs, bounded = policy == "fcfs", max_wait > 0.0
+        oldest = None
+        while i < end:
+            e = by_arrival[i]
+            i += 1
+            if entries[e[2]] is not e:
+                continue
+            if fcfs or (bounded and now - e[0] > max_wait):
+                chosen.append(e[2])
+                need -= 1
+                if need == 0:
+                    break
             else:
-                np.greater(wait, max_wait, out=late)
-            key = self._m[:hi]
-            key.fill(np.nan)
-            np.copyto(key, self.arrival[:hi], where=late)
-            if np.count_nonzero(late) >= need:
-                chosen += self._first_all(key, need, 0)
-                need = 0
-            else:  # all of them, then the scored tier without them
-                arrival, seq = self._arrival, self._seq
-                chosen += sorted(np.flatnonzero(late).tolist(), key=lambda i: (arrival[i], seq[i]))
-                need = k - len(chosen)
-                np.copyto(wait, np.nan, where=late)
-        if need > 0:
-            if self._latest > now:  # wait(r) = max(now - arrival, 0)
-                np.maximum(wait, 0.0, out=wait)
-            np.multiply(wait, alpha, out=wait)  # alpha * wait(r)
-            key = np.multiply(self._fractions(num_blocks), float(queue_len), out=self._m[:hi])
-            if policy == "larry-literal":  # key = -score: the same float as the reference's
-                np.add(wait, key, out=key)
-                np.negative(key, out=key)
-            else:
-                np.subtract(key, wait, out=key)  # -(a - b) == b - a exactly
-            chosen += self._first_all(key, need, 1)
-        objs = self.objs
-        return [objs[i] for i in chosen]  # type: ignore[misc]  # live slots hold requests
+                oldest = e[0]  # the earliest arrival of the scored tier
+                break
+        if oldest is not None:
+            chosen += self._best(
+                need, oldest, (policy, now, num_blocks, alpha, max_wait), queue_len
+            )
+        return [objs[i] for i in chosen]  # type: ignore[misc]
 
-    def _select_small(
-        self, params: tuple[LarryPolicy, float, int, float, float], k: int
-    ) -> list[T]:
-        """`select` for a short queue, in Python: the reference's arithmetic and tuple order.
-        `params`: policy, now, num_blocks, alpha, max_wait."""
+    def _best(
+        self,
+        m: int,
+        oldest: float,
+        params: tuple[LarryPolicy, float, int, float, float],
+        queue_len: int,
+    ) -> list[int]:
+        """The `m` slots of the scored tier with the smallest (-score, arrival, entry), in
+        that order. `oldest`: the earliest arrival in that tier, which bounds every wait.
+        `params`: policy, now, num_blocks, alpha, max_wait (overdue requests are skipped: they
+        were all taken before)."""
         policy, now, num_blocks, alpha, max_wait = params
-        seq, arrival, blocks = self._seq, self._arrival, self._blocks
-        queue_len, literal = len(self._slot), policy == "larry-literal"
-        pre: list[int] = []
-        late: list[tuple[float, int, int]] = []
-        scored: list[tuple[float, float, int, int]] = []
-        for slot in self._slot.values():
-            if slot in self._preempted:
-                pre.append(slot)
-                continue
-            a = arrival[slot]
-            if policy == "fcfs" or (max_wait > 0.0 and now - a > max_wait):
-                late.append((a, seq[slot], slot))
-                continue
-            wait = max(now - a, 0.0)
-            memory = queue_len * (blocks[slot] / num_blocks)
-            score = alpha * wait + memory if literal else alpha * wait - memory
-            scored.append((-score, a, seq[slot], slot))
-        pre.sort(key=seq.__getitem__)
-        chosen = pre[:k]
-        if len(chosen) < k:
-            chosen += [t[-1] for t in heapq.nsmallest(k - len(chosen), late)]
-        if len(chosen) < k:
-            chosen += [t[-1] for t in heapq.nsmallest(k - len(chosen), scored)]
-        objs = self.objs
-        return [objs[i] for i in chosen]  # type: ignore[misc]  # live slots hold requests
+        literal = policy == "larry-literal"
+        # no request of the tier waited longer than the oldest: alpha * wait <= top (the same
+        # rounded operations, each monotone, as the score's)
+        top = alpha * max(now - oldest, 0.0)
+        groups = self._groups
+        best: list[tuple[float, float, int, int]] = []
+        for blocks in reversed(self._sizes) if literal else self._sizes:
+            memory = queue_len * (blocks / num_blocks)
+            if len(best) == m:
+                # the best key this group (or any after it: the memory term only gets worse)
+                # could have, for a request that waited as long as the oldest
+                bound = -(top + memory) if literal else -(top - memory)
+                if bound > best[-1][0]:
+                    break
+            for arrival, seq, slot in groups[blocks]:
+                if max_wait > 0.0 and now - arrival > max_wait:
+                    continue  # overdue (a prefix of the group): taken already
+                wait = max(now - arrival, 0.0)
+                score = alpha * wait + memory if literal else alpha * wait - memory
+                cand = (-score, arrival, seq, slot)
+                if len(best) < m:
+                    insort(best, cand)
+                elif cand < best[-1]:
+                    insort(best, cand)
+                    best.pop()
+                else:
+                    break  # the rest of the group comes after it in the order
+        return [c[3] for c in best]
 
-    def _fractions(self, num_blocks: int) -> FloatArray:
-        """mem(r) per slot: blocks / num_blocks (kept up to date for the last `num_blocks`)."""
-        if num_blocks != self._frac_n:
-            np.divide(self.blocks, num_blocks, out=self.frac)
-            self._frac_n = num_blocks
-        return self.frac[: self._hi]
-
-    def _first_all(self, key: FloatArray, m: int, tier: int) -> list[int]:
-        """The `m` slots with the smallest (key, arrival, entry), in that order; NaN keys are
-        excluded (at least `m` others exist).
-
-        Only a few slots can be among them, and a numpy call costs microseconds however small
-        its array, so: one comparison finds the slots whose key is at most last step's guess
-        of the cut; if at least `m` are, the `m` smallest of all are among them (every key at
-        or below the `m`-th is at or below the guess), and those few are sorted in Python with
-        the same tuple comparison as the reference order. The guess is the key of rank
-        `GUESS_RANKS * m`, so that a step which admits `m` leaves enough below it for the next
-        one; when it does not, one partition over every slot sets a new guess."""
-        cand: IntArray | None = None
-        guess = self._guess[tier]
-        below = self._b[: key.size]
-        if guess == guess:  # not NaN
-            cand = np.flatnonzero(np.less_equal(key, guess, out=below))
-            if cand.size < m:
-                cand = None
-        if cand is None:
-            rank = min(GUESS_RANKS * m, key.size) - 1
-            cut = key[np.argpartition(key, rank)[rank]]
-            cand = np.flatnonzero(
-                np.less_equal(key, cut, out=below) if cut == cut else np.equal(key, key, out=below)
-            )
-        slots: list[int] = cand.tolist()
-        arrival, seq = self._arrival, self._seq
-        ranked = sorted(
-            zip(
-                key[cand].tolist(),
-                [arrival[i] for i in slots],
-                [seq[i] for i in slots],
-                slots,
-                strict=True,
-            )
-        )
-        rank = min(GUESS_RANKS * m, len(ranked)) - 1
-        self._guess[tier] = ranked[rank][0] if len(ranked) > m else np.nan
-        return [r[3] for r in ranked[:m]]
+    def check(self) -> None:
+        """Assert the sorted lists agree with the per-slot keys (for tests)."""
+        live = [s for s in self._slot.values() if s not in self._preempted]
+        assert sorted(self._by_arrival[self._lo :]) == self._by_arrival[self._lo :]
+        current = [e for e in self._by_arrival if self._entry[e[2]] is e]
+        assert current == [e for e in self._by_arrival[self._lo :] if self._entry[e[2]] is e]
+        assert sorted(e[2] for e in current) == sorted(live)
+        assert len(self._by_arrival) - self._lo - len(current) == self._stale
+        assert self._sizes == sorted(self._groups) and all(self._groups.values())
+        grouped = 0
+        for blocks, group in self._groups.items():
+            assert group == sorted(group)
+            for entry in group:
+                assert self._entry[entry[2]] == entry and self._blocks[entry[2]] == blocks
+            grouped += len(group)
+        assert grouped == len(live)

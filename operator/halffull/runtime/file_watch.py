@@ -83,19 +83,21 @@ class FileWatch:
         self._clock = clock
         self._seen: FileVersion | str | None = None
         self._checked = False
-        self._next_check = float("-inf")
+        self.next_check = float("-inf")
+        """Clock time from which `due()` answers True: a caller on a hot path may compare its
+        clock with it first and skip the call."""
         self._lock = threading.Lock()
 
     def due(self) -> bool:
         """True at most once per `interval_s` (always with interval 0): time for a `check()`.
         Of several threads asking at once, one gets True."""
-        if self._clock() < self._next_check:
+        if self._clock() < self.next_check:
             return False
         with self._lock:
             now = self._clock()
-            if now < self._next_check:
+            if now < self.next_check:
                 return False
-            self._next_check = now + self.interval_s
+            self.next_check = now + self.interval_s
             return True
 
     def check(self) -> FileCheck:
