@@ -368,6 +368,7 @@ class Bench:
         created: dict[str, dict[str, float]] = {v.label: {} for v in self.variants}
         before, wall = self.cpu_by_process(), time.perf_counter()
         served_before = apiserver_write_seconds(self.cluster)
+        writes_before = apiserver_writes(self.cluster)
         for i, name in enumerate(names):
             for v in self.variants:
                 created[v.label] |= self.create(v.namespace, [name], functools.partial(spread, i))
@@ -386,6 +387,16 @@ class Bench:
         print(f"  CPU seconds in the burst's {wall:.1f} s: "
               + ", ".join(f"{k} {after[k] - before.get(k, 0.0):.1f}" for k in after)
               + f"; {machine_load()}")  # fmt: skip
+        writes: dict[str, float] = {}
+        for key, n in apiserver_writes(self.cluster).items():
+            verb, resource, _ = key.split(" ")
+            writes[f"{verb} {resource}"] = (
+                writes.get(f"{verb} {resource}", 0.0) + n - (writes_before.get(key, 0.0))
+            )
+        total = sum(writes.values())
+        print(f"  writes the API server served in the burst, all clients ({total:.0f}): "
+              + ", ".join(f"{k} {n:.0f}" for k, n in sorted(writes.items(), key=lambda kv: -kv[1])
+                          if n))  # fmt: skip
         served = apiserver_write_seconds(self.cluster)
         for verb, (total, n) in served.items():
             t0, n0 = served_before.get(verb, (0.0, 0.0))

@@ -20,7 +20,8 @@ import yaml
 from kubernetes import client, config, watch
 
 from halffull.builders.children import Defaults
-from halffull.controller.kube import API_READS, Kube, served_pdb_api_version
+from halffull.controller.cache import slim
+from halffull.controller.kube import API_READS, API_WRITES, Kube, served_pdb_api_version
 from halffull.controller.reconcile import Reconciler
 from halffull_dev.testing import prom
 from tests.chart.apiproxy import RETRY_AFTER_S, ApiRecorder, Request, token_kubeconfig
@@ -371,3 +372,41 @@ def test_conflict_rereads_the_llmservice_and_runs_the_pass_again(
     cached = reconciler.cache.get("LLMService", namespace, "cf") or {}
     assert cached["metadata"]["resourceVersion"] == fresh["metadata"]["resourceVersion"]
     all_children(cluster, namespace, "cf")
+
+
+def test_a_created_child_changed_later_loses_what_we_dropped_and_keeps_what_others_set(
+    cluster: Cluster, namespace: str
+) -> None:
+    """A missing child is created with POST (our fields under an Update entry); its first
+    change folds that entry into our Apply entry, so the apply removes a data key and a label
+    we no longer set, while an annotation another manager set stays."""
+    api = config.new_client_from_config(str(cluster.kubeconfig))
+    kube = Kube(api, pdb_api_version=served_pdb_api_version(api))
+    first = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "folded", "namespace": namespace,
+                     "labels": {"keep": "1", "drop": "1"}},
+        "data": {"keep": "a", "drop": "b"},
+    }  # fmt: skip
+    created = kube.write(first, None)
+    assert [(e["manager"], e["operation"]) for e in created["metadata"]["managedFields"]] == [
+        ("halffull-operator", "Update")
+    ]
+    cluster.patch("configmap", "folded", namespace,
+                  {"metadata": {"annotations": {"someone/else": "x"}}})  # fmt: skip
+    second = {**first, "metadata": {**first["metadata"], "labels": {"keep": "2"}},
+              "data": {"keep": "c"}}  # fmt: skip
+    cached = slim("ConfigMap", created)  # what the cache holds: who manages how, not the fields
+
+    written = kube.write(second, cached)
+
+    assert written["data"] == {"keep": "c"}
+    assert written["metadata"]["labels"] == {"keep": "2"}
+    assert written["metadata"]["annotations"] == {"someone/else": "x"}
+    ours = [e for e in written["metadata"]["managedFields"] if e["manager"] == "halffull-operator"]
+    assert [e["operation"] for e in ours] == ["Apply"]
+    # Later changes are plain applies.
+    writes = API_WRITES.labels("fold-ownership", "ConfigMap")._value.get()
+    third = {**second, "data": {"keep": "d"}}
+    assert kube.write(third, slim("ConfigMap", written))["data"] == {"keep": "d"}
+    assert API_WRITES.labels("fold-ownership", "ConfigMap")._value.get() == writes
