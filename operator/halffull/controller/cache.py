@@ -2,7 +2,7 @@
 (and its own writes) delivered them.
 
 The reconcile reads from here instead of making five GETs per pass. The watches carry a
-server-side label selector (see `handlers.CHILD_SELECTOR`), so only our children are held.
+server-side label selector (see `kube.CHILD_SELECTOR`), so only our children are held.
 A write's response goes in at once, so the next pass does not repeat the write before its
 watch event arrives; a watch event that is older than what is held (the write's response got
 here first) is ignored.

@@ -12,8 +12,8 @@ A create records our fields under an "Update" entry of our manager, an apply und
 entry, and the API server keeps the two apart: a field we stop setting would stay while the
 Update entry still holds it. So before the first apply to a child we created, its Update entry
 is folded into the Apply entry (`applied_ownership`, one merge patch of managedFields that
-changes nothing else, conditional on the resourceVersion), as `kubectl` does when it moves an
-object from client-side to server-side apply. That happens once in a child's life, at its first
+changes nothing else, conditional on the resourceVersion; kubectl does the same when it moves
+an object from client-side to server-side apply). That happens once in a child's life, at its first
 change; most children are never changed.
 """
 
@@ -32,7 +32,7 @@ from kubernetes.client.rest import ApiException
 from prometheus_client import Counter
 
 from halffull.api.spec import GROUP, PLURAL, VERSION
-from halffull.builders.meta import FIELD_MANAGER, OWNER_LABEL
+from halffull.builders.meta import FIELD_MANAGER, MANAGED_BY, OWNER_LABEL
 from halffull.controller import trace
 from halffull.controller.failures import ApiCallError
 
@@ -49,6 +49,8 @@ API_READS = Counter(
     ["verb", "kind"],
 )
 
+CHILD_SELECTOR = f"{OWNER_LABEL},app.kubernetes.io/managed-by={MANAGED_BY}"
+"""Our children's labels: what the API server filters child watches and lists by."""
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 
@@ -267,8 +269,8 @@ class Kube:
                     raise
             md = obj["metadata"]
             live = self.read_child(obj["kind"], md["namespace"], md["name"])
-            if live is None:  # deleted again meanwhile: the pass runs again (409)
-                raise ApiCallError("create", obj["kind"], 409, "created and deleted meanwhile")
+            if live is None:  # deleted meanwhile, or not labelled as ours: apply as it is
+                return self.apply(obj)
         if created_by_update(live):
             self.fold_ownership(obj, live)
         return self.apply(obj)
@@ -285,33 +287,36 @@ class Kube:
         return dict(self._json(resp))
 
     def read_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """One child, fresh and whole (managedFields too), read with a list by name: the
-        operator's RBAC grants list and watch on its children, not get."""
+        """One child, fresh and whole (managedFields too), read with a list by name and our
+        children's labels: the operator's RBAC grants list and watch on its children, not
+        get."""
         API_READS.labels("list", kind).inc()
         with calling("list", kind):
             resp = self.kinds[kind].list(
-                namespace, field_selector=f"metadata.name={name}", _preload_content=False
-            )
+                namespace, field_selector=f"metadata.name={name}",
+                label_selector=CHILD_SELECTOR, _preload_content=False,
+            )  # fmt: skip
         items = list(self._json(resp)["items"])
         return dict(items[0]) if items else None
 
     def fold_ownership(self, obj: dict[str, Any], live: dict[str, Any]) -> None:
         """Fold our Update entry of a child into our Apply entry (see the module's docstring),
-        conditional on the version read: 409 when the child changed since."""
+        conditional on the version of `live`: 409 when the child changed since. The cache holds
+        no field sets, so the child is read whole first (unless `live` is whole)."""
         kind, md = obj["kind"], obj["metadata"]
         if not any("fieldsV1" in e for e in live["metadata"].get("managedFields") or []):
-            fresh = self.read_child(kind, md["namespace"], md["name"])  # the cache's is slim
+            fresh = self.read_child(kind, md["namespace"], md["name"])
             if fresh is None:
-                return  # gone: the apply creates it
+                return  # gone, or no longer labelled as ours: the apply goes ahead
             live = fresh
-        entries = applied_ownership(
+        folded = applied_ownership(
             live["metadata"].get("managedFields") or [], FIELD_MANAGER, now_rfc3339()
         )
-        if entries is None:
+        if folded is None:
             return
         API_WRITES.labels("fold-ownership", kind).inc()
         body = {"metadata": {"resourceVersion": live["metadata"]["resourceVersion"],
-                             "managedFields": entries}}  # fmt: skip
+                             "managedFields": folded}}  # fmt: skip
         with calling("patch", kind):
             self.kinds[kind].patch(
                 md["name"], md["namespace"], body, field_manager=FIELD_MANAGER,
