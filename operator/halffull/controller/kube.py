@@ -4,9 +4,10 @@ Objects are read as raw JSON (no model classes: what the server sent is what we 
 
 A missing child is created with a plain create (POST); a child that exists is changed with
 server-side apply under our own field manager, so fields set by other controllers or by users
-outside what we manage are left alone, and fields we stopped setting are removed. A create costs
-the API server (v1.20) about half the CPU of an apply of a new object and a third of its time
-(`bench/apiserver_write_cost.py`), and a burst of new LLMServices is nearly all creates.
+outside what we manage are left alone, and fields we stopped setting are removed. On the API
+server (v1.20) an apply of a new object costs 1.3-1.8 times the CPU of a create, and 1.3 (quiet)
+to 3 (loaded) times its time (`bench/apiserver_write_cost.py`); a burst of new LLMServices is
+nearly all creates.
 
 A create records our fields under an "Update" entry of our manager, an apply under an "Apply"
 entry, and the API server keeps the two apart: a field we stop setting would stay while the
