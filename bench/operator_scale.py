@@ -54,6 +54,8 @@ CHILD_SUFFIXES = {
     "Service": ("-engine", ""),
     "ConfigMap": ("-scheduler", "-router"),
 }
+CHILD_RESOURCES = frozenset({"configmaps", "services", "deployments", "poddisruptionbudgets"})
+"""What only the operators write (the controller-manager writes their status, not these)."""
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE"})
 
 
@@ -368,6 +370,7 @@ class Bench:
         created: dict[str, dict[str, float]] = {v.label: {} for v in self.variants}
         before, wall = self.cpu_by_process(), time.perf_counter()
         served_before = apiserver_write_seconds(self.cluster)
+        writes_before = apiserver_writes(self.cluster)
         for i, name in enumerate(names):
             for v in self.variants:
                 created[v.label] |= self.create(v.namespace, [name], functools.partial(spread, i))
@@ -386,12 +389,23 @@ class Bench:
         print(f"  CPU seconds in the burst's {wall:.1f} s: "
               + ", ".join(f"{k} {after[k] - before.get(k, 0.0):.1f}" for k in after)
               + f"; {machine_load()}")  # fmt: skip
+        writes: dict[str, float] = {}
+        for key, n in apiserver_writes(self.cluster).items():
+            verb, resource, _ = key.split(" ")
+            writes[f"{verb} {resource}"] = (
+                writes.get(f"{verb} {resource}", 0.0) + n - (writes_before.get(key, 0.0))
+            )
+        total = sum(writes.values())
+        print(f"  writes the API server served in the burst, all clients ({total:.0f}): "
+              + ", ".join(f"{k} {n:.0f}" for k, n in sorted(writes.items(), key=lambda kv: -kv[1])
+                          if n))  # fmt: skip
         served = apiserver_write_seconds(self.cluster)
         for verb, (total, n) in served.items():
             t0, n0 = served_before.get(verb, (0.0, 0.0))
             if n > n0:
                 print(
-                    f"  API server's own time per {verb} (all clients): "
+                    f"  API server's own time per {verb}"
+                    f"{'' if 'children' in verb else ' (all clients)'}: "
                     f"{(total - t0) / (n - n0) * 1000:.0f} ms mean over {n - n0:.0f}"
                 )
 
@@ -498,11 +512,15 @@ def apiserver_write_seconds(cluster: LocalCluster) -> dict[str, tuple[float, flo
         verb = s.labels.get("verb", "")
         if verb not in WRITE_VERBS or not s.name.startswith("apiserver_request_duration_seconds"):
             continue
-        total, n = out.get(verb, (0.0, 0.0))
-        if s.name.endswith("_sum"):
-            out[verb] = (total + s.value, n)
-        elif s.name.endswith("_count"):
-            out[verb] = (total, n + s.value)
+        keys = [verb]
+        if s.labels.get("resource") in CHILD_RESOURCES and not s.labels.get("subresource"):
+            keys.append(f"{verb} of children")  # the operators' writes alone
+        for key in keys:
+            total, n = out.get(key, (0.0, 0.0))
+            if s.name.endswith("_sum"):
+                out[key] = (total + s.value, n)
+            elif s.name.endswith("_count"):
+                out[key] = (total, n + s.value)
     return out
 
 

@@ -95,7 +95,8 @@ def serve_example_end_to_end(
     cluster: Cluster, ns: str, op: ChartOperator, recorder: ApiRecorder
 ) -> None:
     """What the operator does for one LLMService in its life: create every child and the
-    status, post events, remove the router when it is switched off, and remove a stale child.
+    status, post events, restore children someone edited, remove the router when it is
+    switched off, and remove a stale child.
     Any request the RBAC refuses fails the test at once (pytest.fail escapes wait_for)."""
 
     def wait_for(fn: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
@@ -132,6 +133,25 @@ def serve_example_end_to_end(
         ))["items"],
         what="an Event on the LLMService",
     )  # fmt: skip
+
+    # Someone edits children the operator created: it puts back what it set (a patch: server-
+    # side apply, after folding its create's field ownership).
+    edited = {"metadata": {"labels": {"app.kubernetes.io/part-of": "edited"}}}
+    kinds = ("deployment", "poddisruptionbudget", "networkpolicy")
+    for kind in kinds:
+        cluster.patch(kind, f"{NAME}-engine", ns, edited)
+
+    def restored(kind: str) -> Callable[[], bool]:
+        def check() -> bool:
+            labels = ((cluster.get(kind, f"{NAME}-engine", ns) or {}).get("metadata") or {}).get(
+                "labels"
+            ) or {}
+            return labels.get("app.kubernetes.io/part-of") == "halffull"
+
+        return check
+
+    for kind in kinds:
+        wait_for(restored(kind), what=f"{kind}/{NAME}-engine restored")
 
     cluster.patch("llmservice", NAME, ns, {"spec": {"router": {"enabled": False}}})
     for kind, child in (("deployment", f"{NAME}-router"), ("configmap", f"{NAME}-router")):

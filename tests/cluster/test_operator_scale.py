@@ -20,7 +20,9 @@ import yaml
 from kubernetes import client, config, watch
 
 from halffull.builders.children import Defaults
-from halffull.controller.kube import API_READS, Kube, served_pdb_api_version
+from halffull.controller.cache import slim
+from halffull.controller.failures import ApiCallError
+from halffull.controller.kube import API_READS, API_WRITES, Kube, served_pdb_api_version
 from halffull.controller.reconcile import Reconciler
 from halffull_dev.testing import prom
 from tests.chart.apiproxy import RETRY_AFTER_S, ApiRecorder, Request, token_kubeconfig
@@ -104,8 +106,13 @@ def test_child_watches_are_filtered_by_the_api_server_and_reconciles_read_the_ca
     assert all("labelSelector" not in r.query for r in llms_reads)
     # No GET per reconcile: the children were listed at start-up (the cache's first fill and
     # kopf's), then only watched; no LLMService was read by name.
-    lists = [r for r in child_reads if r not in watches]
+    by_name = [r for r in child_reads if "fieldSelector=metadata.name" in r.query]
+    lists = [r for r in child_reads if r not in watches and r not in by_name]
     assert len(lists) <= 2 * len(CHILD_RESOURCES), lists
+    # The only reads by name: before the first change of a child the operator created (the
+    # router ConfigMaps', as endpoints appear), to fold the create's field ownership, once.
+    names = [parse_qs(r.query)["fieldSelector"][0] for r in by_name]
+    assert len(names) == len(set(names)) <= 2, names
     assert not [r for r in llms_reads if resource_of(r).startswith("llmservices/")]
 
 
@@ -157,8 +164,10 @@ def test_two_replicas_one_leads_and_the_other_takes_over_without_double_writes(
             return bool(json.loads(cm["data"]["scheduler.json"]).get("alpha") == value)
 
         # One change: the scheduler ConfigMap and a touch of each engine pod (the live-tuning
-        # fast path), each written once.
-        once = ["PATCH configmaps/ha-scheduler", *(f"PATCH pods/{p}" for p in engine_pods())]
+        # fast path), each written once. The ConfigMap's first change after its create is two
+        # PATCHes: our create's field ownership folded into our apply's, then the apply.
+        once = ["PATCH configmaps/ha-scheduler", "PATCH configmaps/ha-scheduler",
+                *(f"PATCH pods/{p}" for p in engine_pods())]  # fmt: skip
         marks = [len(r.recorded()) for r in recs]
         cluster.patch("llms", "ha", namespace, {"spec": {"scheduler": {"alpha": 0.3}}})
         wait_for(lambda: alpha_is(0.3), what="alpha 0.3 applied by the leader")
@@ -287,11 +296,11 @@ def test_forbidden_child_kind_is_degraded_with_verb_and_kind(
 
         cond = wait_for(degraded, what="Degraded=True")
         assert cond["reason"] == "Forbidden"
-        assert "patch Deployment" in cond["message"], cond["message"]
+        assert "create Deployment" in cond["message"], cond["message"]
         assert cluster.get("configmap", "nodeploy-scheduler", namespace) is not None
         events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                                  "involvedObject.name=nodeploy,reason=Forbidden")  # fmt: skip
-        assert "patch Deployment" in events
+        assert "create Deployment" in events
         reconciles = op.reconciles()
         time.sleep(3)  # retries back off: a handful, not one per event or per 100 ms
         assert op.reconciles() - reconciles <= 4
@@ -309,8 +318,8 @@ def test_busy_or_failing_api_server_is_retried_with_backoff(
     refused_at: list[float] = []
 
     def fault(method: str, path: str) -> int | None:
-        engine = path.endswith("/deployments/busy-engine")  # one refusal per pass
-        if method == "PATCH" and engine and len(refused_at) < len(injected):
+        # The create of the one Deployment (no router): one refusal per pass.
+        if method == "POST" and path.endswith("/deployments") and len(refused_at) < len(injected):
             refused_at.append(time.monotonic())
             return injected[len(refused_at) - 1]
         return None
@@ -320,11 +329,12 @@ def test_busy_or_failing_api_server_is_retried_with_backoff(
                          tmp_path / "operator.log")  # fmt: skip
     op.start()
     try:
-        cluster.apply(namespace, manifest("busy"))
-        all_children(cluster, namespace, "busy")
+        cluster.apply(namespace, manifest("busy", router={"enabled": False}))
+        wait_for(lambda: cluster.get("deployment", "busy-engine", namespace),
+                 what="the engine Deployment")  # fmt: skip
         retried_at = next(
             r for r in recorder.recorded()
-            if r.method == "PATCH" and "/deployments/" in r.path and r.status < 300
+            if r.method == "POST" and r.path.endswith("/deployments") and r.status < 300
         )  # fmt: skip
         assert retried_at and len(refused_at) == 3
 
@@ -342,7 +352,7 @@ def test_busy_or_failing_api_server_is_retried_with_backoff(
     events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                              "involvedObject.name=busy,type=Warning")  # fmt: skip
     assert "ApiServerBusy" in events and "ApiServerError" in events, events
-    assert "patch Deployment" in events
+    assert "create Deployment" in events
 
 
 def test_conflict_rereads_the_llmservice_and_runs_the_pass_again(
@@ -371,3 +381,46 @@ def test_conflict_rereads_the_llmservice_and_runs_the_pass_again(
     cached = reconciler.cache.get("LLMService", namespace, "cf") or {}
     assert cached["metadata"]["resourceVersion"] == fresh["metadata"]["resourceVersion"]
     all_children(cluster, namespace, "cf")
+
+
+def test_a_created_child_changed_later_loses_what_we_dropped_and_keeps_what_others_set(
+    cluster: Cluster, namespace: str
+) -> None:
+    """A missing child is created with POST (our fields under an Update entry); its first
+    change folds that entry into our Apply entry, so the apply removes a data key and a label
+    we no longer set, while an annotation another manager set stays."""
+    api = config.new_client_from_config(str(cluster.kubeconfig))
+    kube = Kube(api, pdb_api_version=served_pdb_api_version(api))
+    ours = {OWNER_LABEL: "none", "app.kubernetes.io/managed-by": "halffull-operator"}
+    first = {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "folded", "namespace": namespace,
+                     "labels": {**ours, "keep": "1", "drop": "1"}},
+        "data": {"keep": "a", "drop": "b"},
+    }  # fmt: skip
+    created = kube.write(first, None)
+    assert [(e["manager"], e["operation"]) for e in created["metadata"]["managedFields"]] == [
+        ("halffull-operator", "Update")
+    ]
+    cluster.patch("configmap", "folded", namespace,
+                  {"metadata": {"annotations": {"someone/else": "x"}}})  # fmt: skip
+    second = {**first, "metadata": {**first["metadata"], "labels": {**ours, "keep": "2"}},
+              "data": {"keep": "c"}}  # fmt: skip
+    # The fold is conditional on the version read: an older one gets 409.
+    with pytest.raises(ApiCallError) as stale:
+        kube.fold_ownership(second, created)
+    assert stale.value.status == 409
+    cached = slim("ConfigMap", created)  # what the cache holds: who manages how, not the fields
+
+    written = kube.write(second, cached)
+
+    assert written["data"] == {"keep": "c"}, (cached, written["metadata"]["managedFields"])
+    assert written["metadata"]["labels"] == {**ours, "keep": "2"}
+    assert written["metadata"]["annotations"] == {"someone/else": "x"}
+    managers = [(e["manager"], e["operation"]) for e in written["metadata"]["managedFields"]]
+    assert sorted(managers) == [("halffull-operator", "Apply"), ("kubectl-patch", "Update")]
+    # Later changes are plain applies.
+    writes = API_WRITES.labels("fold-ownership", "ConfigMap")._value.get()
+    third = {**second, "data": {"keep": "d"}}
+    assert kube.write(third, slim("ConfigMap", written))["data"] == {"keep": "d"}
+    assert API_WRITES.labels("fold-ownership", "ConfigMap")._value.get() == writes

@@ -12,6 +12,7 @@ import pytest
 from halffull.api import status as status_api
 from halffull.controller.cache import ObjectCache, matches, slim
 from halffull.controller.failures import ApiCallError, Failure, classify, retry_delay
+from halffull.controller.kube import Kube, applied_ownership, created_by_update
 from halffull.controller.memo import ReconcileMemo
 from halffull.controller.reconcile import status_patch, with_degraded
 from halffull.controller.runner import KeyedRunner
@@ -272,3 +273,82 @@ def test_cache_holds_of_a_pod_only_what_a_reconcile_reads() -> None:
     assert slim("Pod", {"metadata": {"name": "q"}, "spec": {}})["spec"] == {}  # not yet bound
     cm = {**_obj("c", "1", "svc"), "data": {"k": "v"}}
     assert slim("ConfigMap", cm) == {"kind": "ConfigMap", **cm}  # children: whole, for drift
+    entry = {"manager": "halffull-operator", "operation": "Update", "apiVersion": "v1",
+             "fieldsV1": {"f:data": {}}}  # fmt: skip
+    cm["metadata"]["managedFields"] = [entry]
+    held_cm = slim("ConfigMap", cm)  # who manages how, without the field sets
+    assert held_cm["metadata"]["managedFields"] == [
+        {"manager": "halffull-operator", "operation": "Update"}
+    ]
+    assert created_by_update(held_cm) and not created_by_update(_obj("c", "1", "svc"))
+
+
+def _entry(manager: str, operation: str, fields: dict[str, Any], **kw: str) -> dict[str, Any]:
+    return {"manager": manager, "operation": operation, "apiVersion": "apps/v1",
+            "fieldsType": "FieldsV1", "fieldsV1": fields, **kw}  # fmt: skip
+
+
+def test_our_create_s_ownership_is_folded_into_our_apply_s() -> None:
+    ours = "halffull-operator"
+    created = _entry(ours, "Update", {"f:spec": {"f:replicas": {}, "f:template": {"f:x": {}}}})
+    applied = _entry(ours, "Apply", {"f:spec": {"f:template": {"f:y": {}}}})
+    hpa = _entry("kube-controller-manager", "Update", {"f:spec": {"f:replicas": {}}})
+    status = _entry(ours, "Update", {"f:status": {}}, subresource="status")
+    folded = applied_ownership([created, hpa, applied, status], ours, "now")
+    assert folded is not None
+    assert folded[0] == {
+        "manager": ours, "operation": "Apply", "apiVersion": "apps/v1", "time": "now",
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {"f:x": {}, "f:y": {}}}},
+    }  # fmt: skip
+    assert folded[1:] == [hpa, status]  # the others', and a subresource's, as they were
+    assert applied_ownership([applied, hpa], ours, "now") is None  # nothing to fold
+    other_version = {**applied, "apiVersion": "apps/v1beta1"}
+    assert applied_ownership([created, other_version], ours, "now") is None
+
+
+class _RecordingKube(Kube):
+    """Kube.write's decisions, with the calls recorded instead of sent."""
+
+    def __init__(self, exists: dict[str, Any] | None = None) -> None:
+        self.calls: list[str] = []
+        self.exists = exists
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("create")
+        if self.exists is not None:
+            raise ApiCallError("create", obj["kind"], 409, "already exists")
+        return obj
+
+    def read_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("read")
+        return self.exists
+
+    def fold_ownership(self, obj: dict[str, Any], live: dict[str, Any]) -> None:
+        self.calls.append("fold")
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("apply")
+        return obj
+
+
+def test_a_missing_child_is_created_and_an_existing_one_applied_once_folded() -> None:
+    want = {"kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}}
+    by_create = {"metadata": {"managedFields": [{"manager": "halffull-operator",
+                                                 "operation": "Update"}]}}  # fmt: skip
+    by_apply = {"metadata": {"managedFields": [{"manager": "halffull-operator",
+                                                "operation": "Apply"}]}}  # fmt: skip
+    for live, exists, calls in (
+        (None, None, ["create"]),
+        (by_apply, None, ["apply"]),
+        (by_create, None, ["fold", "apply"]),
+        (None, by_create, ["create", "read", "fold", "apply"]),  # the cache had not seen it
+        (None, by_apply, ["create", "read", "apply"]),
+    ):
+        kube = _RecordingKube(exists)
+        kube.write(want, live)
+        assert kube.calls == calls, (live, exists)
+    kube = _RecordingKube({})
+    kube.read_child = lambda *a: None  # type: ignore[method-assign]
+    kube.write(want, None)  # exists, yet not as ours (or deleted meanwhile): applied as it is
+    assert kube.calls == ["create", "apply"]

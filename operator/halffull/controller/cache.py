@@ -2,7 +2,7 @@
 (and its own writes) delivered them.
 
 The reconcile reads from here instead of making five GETs per pass. The watches carry a
-server-side label selector (see `handlers.CHILD_SELECTOR`), so only our children are held.
+server-side label selector (see `kube.CHILD_SELECTOR`), so only our children are held.
 A write's response goes in at once, so the next pass does not repeat the write before its
 watch event arrives; a watch event that is older than what is held (the write's response got
 here first) is ignored.
@@ -32,13 +32,24 @@ POD_STATUS_KEYS = ("phase", "conditions", "podIP", "containerStatuses")
 """What a reconcile reads of a pod's status: readiness, address, image pulls."""
 
 
+def managers(obj: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Who manages fields of `obj` and how (manager and operation, without the fields)."""
+    return [
+        {"manager": e.get("manager", ""), "operation": e.get("operation", "")}
+        for e in obj["metadata"].get("managedFields") or []
+    ]
+
+
 def slim(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
-    """`obj` as held: without managedFields (large, never read here); a pod also without its
-    spec but the node it is bound to and without the status a reconcile never reads. With 500
-    LLMServices, their pods' full specs (the engine's arguments, probes, volumes) were the
-    largest part of the operator's memory."""
+    """`obj` as held: managedFields only as who manages how (the field sets are large and never
+    read here; the writes need to know whether a child was created by POST, `kube.Kube.write`);
+    a pod without them, without its spec but the node it is bound to and without the status a
+    reconcile never reads. With 500 LLMServices, their pods' full specs (the engine's
+    arguments, probes, volumes) were the largest part of the operator's memory."""
     md = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
     if kind != "Pod":
+        if obj["metadata"].get("managedFields"):
+            md["managedFields"] = managers(obj)
         return {"kind": kind, **obj, "metadata": md}
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     return {

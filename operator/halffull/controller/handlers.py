@@ -22,10 +22,11 @@ from typing import Any
 import kopf
 
 from halffull.api.spec import GROUP, PLURAL, VERSION
-from halffull.builders.meta import MANAGED_BY, OWNER_LABEL
+from halffull.builders.meta import OWNER_LABEL
 from halffull.controller import trace
 from halffull.controller.cache import ObjectCache
 from halffull.controller.failures import retry_delay
+from halffull.controller.kube import CHILD_SELECTOR
 from halffull.controller.leader import LeaseElector
 from halffull.controller.login import login
 from halffull.controller.reconcile import Reconciler
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 ElectorFactory = Callable[[Callable[[], None], Callable[[], None]], LeaseElector]
 """Makes the leader elector from the callbacks for gaining and losing the lead."""
 
-CHILD_SELECTOR = f"{OWNER_LABEL},app.kubernetes.io/managed-by={MANAGED_BY}"
-"""What the API server filters child watches and lists by."""
 CHILD_RESOURCES = (
     ("apps", "v1", "deployments", "Deployment"),
     ("", "v1", "services", "Service"),

@@ -236,7 +236,10 @@ class Reconciler:
             self.cache.put(key[0], result)
             outcome.applied.append("/".join(key))
 
-        self.writer.apply_all([obj for obj in desired if stale(obj)], written)
+        def write(obj: dict[str, Any]) -> dict[str, Any]:
+            return self.kube.write(obj, live.get((obj["kind"], obj["metadata"]["name"])))
+
+        self.writer.apply_all([obj for obj in desired if stale(obj)], written, write)
         for key in sorted(set(live) - wanted):
             self.kube.delete(key[0], svc.meta.namespace, key[1])
             self.cache.drop(key[0], svc.meta.namespace, key[1])

@@ -1,8 +1,9 @@
 """The child writes of one pass, sent together: one round trip to the API server, not eight.
 
-A new LLMService needs eight applies. One after the other, its first pass takes eight round
-trips, and on a busy server each is tens to hundreds of milliseconds. The applies are
-independent (server-side apply, no object refers to another's version), so they go out at once.
+A new LLMService needs eight writes. One after the other, its first pass takes eight round
+trips, and on a busy server each is tens to hundreds of milliseconds. The writes are
+independent (creates and server-side applies, no object refers to another's version), so they
+go out at once.
 
 Pods mount the ConfigMaps, yet the Deployments need not wait for them: a Deployment's pods exist
 only after the controller-manager made its ReplicaSet and the pods and the scheduler placed
@@ -32,14 +33,20 @@ class ChildWriter:
         self._apply = apply
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="apply")
 
-    def apply_all(self, objs: Sequence[Obj], done: Callable[[Obj, Obj], None]) -> None:
-        """Apply `objs`; `done(desired, written)` for each write that went through, in the
-        order given. A failure is raised after every write has returned (the writes that went
-        through are recorded first)."""
+    def apply_all(
+        self,
+        objs: Sequence[Obj],
+        done: Callable[[Obj, Obj], None],
+        write: Callable[[Obj], Obj] | None = None,
+    ) -> None:
+        """Write `objs` (with `write`, else the writer's apply); `done(desired, written)` for
+        each write that went through, in the order given. A failure is raised after every
+        write has returned (the writes that went through are recorded first)."""
+        send = write or self._apply
         if len(objs) == 1:  # nothing to overlap: no hand-over to another thread
-            done(objs[0], self._apply(objs[0]))
+            done(objs[0], send(objs[0]))
             return
-        sent: list[tuple[Obj, Future[Obj]]] = [(o, self._pool.submit(self._apply, o)) for o in objs]
+        sent: list[tuple[Obj, Future[Obj]]] = [(o, self._pool.submit(send, o)) for o in objs]
         failure: BaseException | None = None
         for obj, fut in sent:
             try:
