@@ -191,3 +191,39 @@ def test_a_half_closed_client_gets_its_answer_then_the_close() -> None:
         assert await asyncio.wait_for(reader.read(), 10) == b""
 
     with_router(test)
+
+
+def test_an_idle_connection_is_still_served_after_the_listener_closes() -> None:
+    """A stopping router leaves idle keep-alive connections to their clients: closing them
+    would race with a request being written on one (see `LeanServer.wind_down`). A request that
+    comes on one after the listener closed is answered, with `Connection: close`."""
+
+    async def test(r: Router, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(post())
+        status, headers, _ = await read_answer(reader)
+        assert status == 200 and headers.get("connection") != "close"  # kept alive, now idle
+        stopping = asyncio.create_task(r.stop())
+
+        async def refused() -> bool:
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", r.port)
+            except OSError:
+                return True
+            w.close()
+            return False
+
+        for _ in range(200):  # until the listener is closed
+            if await refused():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the listener never closed")
+        assert not stopping.done()  # waiting for this client's connection
+        writer.write(post())
+        status, headers, body = await read_answer(reader)
+        assert status == 200 and headers["connection"] == "close"
+        assert json.loads(body)["usage"]["completion_tokens"] == 2
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        await asyncio.wait_for(stopping, 10)  # the last connection gone, the drain ends
+
+    with_router(test)
