@@ -180,15 +180,7 @@ def test_select_follows_the_reference_over_steps_with_rekeying(
         index.settle()
         index.check()
         queued = list(q)
-        fresh = [
-            WaitingRequest(
-                kv_tokens=CAPACITY.block_size
-                * (cached_keys(it)[1] - cached_run(_hashes(it), cache)),
-                arrival_time=it.view.arrival_time,
-                preempted=it.view.preempted,
-            )
-            for it in queued
-        ]
+        fresh = fresh_views(queued, cache)
         assert [index.blocks_of(it) for it in queued] == [
             -(-v.kv_tokens // CAPACITY.block_size) for v in fresh
         ]
@@ -209,6 +201,19 @@ def test_select_follows_the_reference_over_steps_with_rekeying(
 def _hashes(item: Cached) -> list[str]:
     """The hashes a hit can cover: no more than the request's blocks."""
     return item.hashes[: cached_keys(item)[1]]
+
+
+def fresh_views(queued: list[Cached], cache: set[str]) -> list[WaitingRequest]:
+    """What the reference order sees of each queued request when its uncached blocks are looked
+    up afresh in `cache` (not kept up to date by events, as the index's are)."""
+    return [
+        WaitingRequest(
+            kv_tokens=CAPACITY.block_size * (cached_keys(it)[1] - cached_run(_hashes(it), cache)),
+            arrival_time=it.view.arrival_time,
+            preempted=it.view.preempted,
+        )
+        for it in queued
+    ]
 
 
 def test_long_queue_follows_the_reference_over_steps() -> None:
@@ -252,14 +257,7 @@ def test_long_queue_follows_the_reference_over_steps() -> None:
                 watch.stored(h)
             index.settle()
             queued = list(q)
-            fresh = [
-                WaitingRequest(
-                    CAPACITY.block_size * (cached_keys(it)[1] - cached_run(_hashes(it), cache)),
-                    it.view.arrival_time,
-                    it.view.preempted,
-                )
-                for it in queued
-            ]
+            fresh = fresh_views(queued, cache)
             ref = order(fresh, policy=policy, now=now, capacity=CAPACITY, alpha=alpha,
                         max_wait=max_wait)  # fmt: skip
             got = index.select(
@@ -280,14 +278,7 @@ def test_long_queue_follows_the_reference_over_steps() -> None:
     index.check()
     assert len(index._by_arrival) - index._lo < 3 * len(q) + 64
     queued = list(q)
-    fresh = [
-        WaitingRequest(
-            CAPACITY.block_size * (cached_keys(it)[1] - cached_run(_hashes(it), cache)),
-            it.view.arrival_time,
-            it.view.preempted,
-        )
-        for it in queued
-    ]
+    fresh = fresh_views(queued, cache)
     for max_wait in (0.0, 30.0, 200.0):
         ref = order(fresh, policy="larry", now=NOW + 60, capacity=CAPACITY, alpha=0.1,
                     max_wait=max_wait)  # fmt: skip
