@@ -277,14 +277,21 @@ class Kube:
         return self.apply(obj)
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        md = obj["metadata"]
+        return self._write("create", "create", obj, lambda api: api.create(
+            md["namespace"], obj, field_manager=FIELD_MANAGER, _preload_content=False))  # fmt: skip
+
+    def _write(
+        self, counted: str, verb: str, obj: dict[str, Any], send: Callable[[_KindApi], Any]
+    ) -> dict[str, Any]:
+        """One write of a child by `send(api of its kind)`: counted, traced, its error naming
+        `verb` and the kind; the object as stored comes back."""
         kind, md = obj["kind"], obj["metadata"]
-        API_WRITES.labels("create", kind).inc()
+        API_WRITES.labels(counted, kind).inc()
         owner = md.get("labels", {}).get(OWNER_LABEL, "")
         trace.mark("send", md["namespace"], owner, kind=kind, child=md["name"])
-        with calling("create", kind), traced(md["namespace"], owner, kind, md["name"]):
-            resp = self.kinds[kind].create(
-                md["namespace"], obj, field_manager=FIELD_MANAGER, _preload_content=False
-            )
+        with calling(verb, kind), traced(md["namespace"], owner, kind, md["name"]):
+            resp = send(self.kinds[kind])
         return dict(self._json(resp))
 
     def read_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -325,21 +332,10 @@ class Kube:
             )  # fmt: skip
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        kind, md = obj["kind"], obj["metadata"]
-        API_WRITES.labels("apply", kind).inc()
-        owner = md.get("labels", {}).get(OWNER_LABEL, "")
-        trace.mark("send", md["namespace"], owner, kind=kind, child=md["name"])
-        with calling("patch", kind), traced(md["namespace"], owner, kind, md["name"]):
-            resp = self.kinds[kind].patch(
-                md["name"],
-                md["namespace"],
-                obj,
-                field_manager=FIELD_MANAGER,
-                force=True,
-                _content_type=APPLY,
-                _preload_content=False,
-            )
-        return dict(self._json(resp))
+        md = obj["metadata"]
+        return self._write("apply", "patch", obj, lambda api: api.patch(
+            md["name"], md["namespace"], obj, field_manager=FIELD_MANAGER, force=True,
+            _content_type=APPLY, _preload_content=False))  # fmt: skip
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         API_WRITES.labels("delete", kind).inc()
