@@ -309,20 +309,7 @@ def run_policy(
 
 
 def simulate_policy(policy: str, jobs: list[Job], kv_tokens: int, args: Any) -> dict[str, Any]:
-    m = CPU_TINY.model
-    k = args.sim_time_scale
-    slowed = replace(
-        CPU_TINY,
-        model=replace(
-            m,
-            overhead_s=m.overhead_s * k,
-            seq_s=m.seq_s * k,
-            token_s=m.token_s * k,
-            attn_s=m.attn_s * k,
-            weights_s=m.weights_s * k,
-            kv_s=m.kv_s * k,
-        ),
-    )
+    slowed = replace(CPU_TINY, model=CPU_TINY.model.scaled(args.sim_time_scale))
     profile = with_shape(
         slowed,
         num_blocks=kv_tokens // ENGINE_BLOCK,
@@ -334,7 +321,7 @@ def simulate_policy(policy: str, jobs: list[Job], kv_tokens: int, args: Any) -> 
     )
     return {
         "policy": policy,
-        "time_scale": k,
+        "time_scale": args.sim_time_scale,
         "hit_rate": res.hit_rate(),
         **summary(res.ttft.tolist()),
     }
